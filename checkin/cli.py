@@ -1,0 +1,110 @@
+"""The ``checkin`` command: one entry point for every process of the system.
+
+Each subcommand imports what it needs lazily, so ``checkin decode`` does not
+load the server and ``checkin door`` never loads the network stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from checkin import __version__
+
+#: Exit status for a usage or config error, before anything has started.
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="checkin", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"checkin {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    door = commands.add_parser("door", help="run a door: camera, decision, LEDs and buzzer")
+    door.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
+    door.add_argument("--exit-when-done", action="store_true",
+                      help="exit 0 once a finite (images:) source is exhausted")
+    door.add_argument("-v", "--verbose", action="store_true")
+    door.set_defaults(handler=_door)
+
+    decode = commands.add_parser("decode", help="decode QR codes in image files")
+    decode.add_argument("paths", nargs="+", metavar="PATH")
+    decode.add_argument("--decoder", default="zxing-cpp", choices=("zxing-cpp", "pyzbar"))
+    decode.set_defaults(handler=_decode)
+    return parser
+
+
+def _load_config_or_exit(path: str):  # -> DeviceConfig, or exits 2
+    from device.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _door(args: argparse.Namespace) -> int:
+    from device.door import run_door
+    from device.indicators.signals import IndicatorError, Indicators
+    from device.scanner.decoders import make_decoder
+    from device.scanner.frames import CameraError
+
+    config = _load_config_or_exit(args.config)
+    log = logging.getLogger("checkin.door")
+    try:
+        indicators = Indicators.from_config(config.gpio, config.data_dir)
+    except IndicatorError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        return asyncio.run(run_door(config, make_decoder(config.scanner.decoder), indicators,
+                                    sys.stdout, exit_when_done=args.exit_when_done))
+    except CameraError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from device.scanner.decoders import make_decoder
+    from device.scanner.images import ImageError, list_images, load_grey
+    from device.scanner.payload import printable
+
+    decoder = make_decoder(args.decoder)
+    status = 0
+    for given in args.paths:
+        for path in list_images(given):
+            try:
+                grey = load_grey(path)
+            except ImageError as exc:
+                print(f"checkin decode: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            payloads = decoder.decode(grey)
+            for raw in payloads:
+                print(f"{path}\t{printable(raw, limit=None)}")
+            if not payloads:
+                print(f"{path}\t")
+    sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The device config file (TOML), shared by the door and the sync daemon.
+
+:func:`load_config` reads and checks the whole file before anything touches
+hardware: every missing, mistyped or unknown key is reported at once, by key,
+value and what was expected. Relative paths are relative to the config file.
+See ``config/door.example.toml`` for every key with its default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DECODERS = ("zxing-cpp", "pyzbar")
+PIN_FACTORIES = ("mock", "lgpio")
+AUTOFOCUS_MODES = ("continuous", "manual", "auto")
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class ConfigError(Exception):
+    """The config file is unusable; :attr:`problems` lists every reason."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"config error in {path}: {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    source: str
+    width: int = 640
+    height: int = 480
+    fps: float = 10.0
+    frames_per_image: int = 3
+    timeout: float = 2.0
+    autofocus: str = "continuous"
+    lens_position: float = 1.0
+    exposure_time_us: int = 0
+    analogue_gain: float = 0.0
+
+    @property
+    def images_path(self) -> str | None:
+        """The path of an ``images:PATH`` source, else ``None``."""
+        return self.source.removeprefix("images:") if self.source.startswith("images:") else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerConfig:
+    decoder: str = "zxing-cpp"
+    debounce_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DoorConfig:
+    allow_reentry: bool = True
+    open_before_minutes: float = 15.0
+    heartbeat_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class GpioConfig:
+    pin_factory: str
+    green: int
+    red: int
+    buzzer: int
+    active_high: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    device_id: str
+    data_dir: Path
+    camera: CameraConfig
+    scanner: ScannerConfig
+    door: DoorConfig
+    gpio: GpioConfig
+    server: ServerConfig | None
+    path: Path
+
+
+# -- value checks: each returns the converted value or raises ValueError(expected) --
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float, *, open_low: bool = False) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        if not ok or value > high:
+            bound = "greater than" if open_low else "at least"
+            raise ValueError(f"a number {bound} {low:g} and at most {high:g}")
+        return float(value)
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
+        return value
+
+    return check
+
+
+def _device_id(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE_ID_RE.fullmatch(value):
+        raise ValueError("1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def _camera_source(value: Any) -> str:
+    if value == "picamera2" or (isinstance(value, str) and len(value) > len("images:")
+                                and value.startswith("images:")):
+        return value
+    raise ValueError('"picamera2" or "images:PATH" (an image file or a folder of images)')
+
+
+def _server_url(value: Any) -> str:
+    if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
+            or not value.rstrip("/").endswith("/sync")):
+        raise ValueError("a ws:// or wss:// URL ending in /sync")
+    return value.rstrip("/")
+
+
+_Field = tuple[Callable[[Any], Any], bool]  # (check, required)
+
+SCHEMA: dict[str, dict[str, _Field]] = {
+    "device": {"id": (_device_id, True), "data_dir": (_string, True)},
+    "camera": {
+        "source": (_camera_source, True),
+        "width": (_integer(64, 4096), False),
+        "height": (_integer(64, 4096), False),
+        "fps": (_number(0, 120, open_low=True), False),
+        "frames_per_image": (_integer(1, 10_000), False),
+        "timeout": (_number(0, 60, open_low=True), False),
+        "autofocus": (_choice(*AUTOFOCUS_MODES), False),
+        "lens_position": (_number(0, 32), False),
+        "exposure_time_us": (_integer(0, 1_000_000), False),
+        "analogue_gain": (_number(0, 64), False),
+    },
+    "scanner": {
+        "decoder": (_choice(*DECODERS), False),
+        "debounce_seconds": (_number(0, 3600), False),
+    },
+    "door": {
+        "allow_reentry": (_boolean, False),
+        "open_before_minutes": (_number(0, 24 * 60), False),
+        "heartbeat_seconds": (_number(0, 3600, open_low=True), False),
+    },
+    "gpio": {
+        "pin_factory": (_choice(*PIN_FACTORIES), True),
+        "green": (_integer(0, 27), True),
+        "red": (_integer(0, 27), True),
+        "buzzer": (_integer(0, 27), True),
+        "active_high": (_boolean, False),
+    },
+    "server": {
+        "url": (_server_url, True),
+        "token_file": (_string, True),
+        "ca_file": (_string, False),
+    },
+}
+#: Sections that may be left out entirely (the door runs without a server).
+OPTIONAL_SECTIONS = frozenset({"scanner", "door", "server"})
+
+
+def load_config(path: Path | str) -> DeviceConfig:
+    """Read and check the config file at *path*; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read file: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
+    """Check a parsed TOML document; pure apart from resolving relative paths."""
+    path = Path(path)
+    problems: list[str] = []
+    sections = {name: _check_section(data, name, problems) for name in SCHEMA}
+    for name, value in data.items():
+        if name not in SCHEMA:
+            problems.append(f"[{name}] is an unknown section (expected: {', '.join(SCHEMA)})")
+        elif not isinstance(value, dict):
+            problems.append(f"{name} = {_show(value)}: expected a [{name}] table")
+    gpio = sections["gpio"]
+    pins = [gpio.get(k) for k in ("green", "red", "buzzer")]
+    if None not in pins and len(set(pins)) < 3:
+        problems.append(f"[gpio] green, red and buzzer = {pins}: expected three different pins")
+    if problems:
+        raise ConfigError(path, problems)
+    return _build(sections, path.parent, path)
+
+
+def _check_section(data: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:
+    table = data.get(name)
+    if not isinstance(table, dict):
+        if table is None and name not in OPTIONAL_SECTIONS:
+            problems.append(f"[{name}] is missing")
+        return {}
+    fields = SCHEMA[name]
+    checked: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            problems.append(
+                f"[{name}] {key} = {_show(value)}: unknown key (expected one of: "
+                f"{', '.join(fields)})"
+            )
+            continue
+        try:
+            checked[key] = fields[key][0](value)
+        except ValueError as exc:
+            problems.append(f"[{name}] {key} = {_show(value)}: expected {exc}")
+    for key, (_check, required) in fields.items():
+        if required and key not in table:
+            problems.append(f"[{name}] {key} is missing")
+    return checked
+
+
+def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> DeviceConfig:
+    camera = dict(sections["camera"])
+    if camera["source"].startswith("images:"):
+        camera["source"] = "images:" + str(base / camera["source"].removeprefix("images:"))
+    server = sections["server"]
+    return DeviceConfig(
+        device_id=sections["device"]["id"],
+        data_dir=base / sections["device"]["data_dir"],
+        camera=CameraConfig(**camera),
+        scanner=ScannerConfig(**sections["scanner"]),
+        door=DoorConfig(**sections["door"]),
+        gpio=GpioConfig(**sections["gpio"]),
+        server=ServerConfig(
+            url=server["url"],
+            token_file=base / server["token_file"],
+            ca_file=base / server["ca_file"] if "ca_file" in server else None,
+        ) if server else None,
+        path=path,
+    )
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,140 @@
+"""The Validate Registrants decision: code + cached facts + policy -> verdict.
+
+This is the functional core of the door. :func:`decide` is a pure function of
+its arguments, and :class:`Debouncer` is a small pure state machine over
+monotonic timestamps, so both are tested exhaustively without a camera,
+a database or a clock.
+
+The rules, in order (first match wins):
+
+==============================================  ==========  ==================
+condition                                       decision    reason
+==============================================  ==========  ==================
+payload is not a valid code                     rejected    ``invalid_code``
+no registrant list synced yet (or no storage)   rejected    ``not_ready``
+code is not an attendee of the event            rejected    ``unknown_code``
+Validate Registrants on, not a registrant       rejected    ``not_registered``
+outside the session's time window (if set)      rejected    ``outside_window``
+admitted before, re-entry forbidden             rejected    ``already_admitted``
+admitted before                                 admitted    ``reentry``
+otherwise                                       admitted    ``registered``
+==============================================  ==========  ==================
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+class Reason(enum.StrEnum):
+    """Why the door decided as it did (the words of the output contract)."""
+
+    REGISTERED = "registered"
+    REENTRY = "reentry"
+    INVALID_CODE = "invalid_code"
+    NOT_READY = "not_ready"
+    UNKNOWN_CODE = "unknown_code"
+    NOT_REGISTERED = "not_registered"
+    OUTSIDE_WINDOW = "outside_window"
+    ALREADY_ADMITTED = "already_admitted"
+
+    @property
+    def admitted(self) -> bool:
+        return self in (Reason.REGISTERED, Reason.REENTRY)
+
+    @property
+    def decision(self) -> str:
+        """``"admitted"`` or ``"rejected"``."""
+        return "admitted" if self.admitted else "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    """The settings of the door's session, as synced from the server."""
+
+    session_id: str
+    validate_registrants: bool
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the local cache knows about one code, looked up in one query.
+
+    ``session`` is ``None`` while no registrant list has been synced.
+    """
+
+    session: SessionRules | None
+    is_attendee: bool = False
+    is_registrant: bool = False
+    admitted_before: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The door's own policy, from its config file."""
+
+    allow_reentry: bool = True
+    #: How long before ``starts_at`` the door already lets people in.
+    open_before: timedelta = timedelta(minutes=15)
+
+
+def decide(valid_code: bool, facts: Facts, policy: Policy, now: datetime) -> Reason:
+    """Decide one scan. *now* is the device's aware wall-clock time."""
+    if not valid_code:
+        return Reason.INVALID_CODE
+    session = facts.session
+    if session is None:
+        return Reason.NOT_READY
+    if not facts.is_attendee:
+        return Reason.UNKNOWN_CODE
+    if session.validate_registrants and not facts.is_registrant:
+        return Reason.NOT_REGISTERED
+    if not _inside_window(session, policy, now):
+        return Reason.OUTSIDE_WINDOW
+    if facts.admitted_before:
+        return Reason.REENTRY if policy.allow_reentry else Reason.ALREADY_ADMITTED
+    return Reason.REGISTERED
+
+
+def _inside_window(session: SessionRules, policy: Policy, now: datetime) -> bool:
+    if session.starts_at is not None and now < session.starts_at - policy.open_before:
+        return False
+    return session.ends_at is None or now <= session.ends_at
+
+
+class Debouncer:
+    """Tells a new presentation of a code from the same phone still in view.
+
+    A code seen again less than *window_ns* after it was last seen is the same
+    phone held in front of the camera: :meth:`is_new` answers ``False`` and the
+    window slides on, so a phone held still for a minute is one scan. A code
+    must leave the view for the whole window before it counts again.
+
+    Memory stays bounded: entries older than the window are dropped as new
+    codes arrive.
+    """
+
+    def __init__(self, window_ns: int) -> None:
+        if window_ns < 0:
+            raise ValueError("debounce window must not be negative")
+        self.window_ns = window_ns
+        self._last_seen: dict[bytes, int] = {}
+
+    def is_new(self, payload: bytes, now_ns: int) -> bool:
+        """Record a sighting of *payload* at monotonic *now_ns*; say if it is a new scan."""
+        last = self._last_seen.get(payload)
+        self._last_seen[payload] = now_ns
+        if last is not None and now_ns - last < self.window_ns:
+            return False
+        self._expire(now_ns)
+        return True
+
+    def _expire(self, now_ns: int) -> None:
+        stale = [p for p, t in self._last_seen.items() if now_ns - t >= self.window_ns]
+        for payload in stale:
+            if self._last_seen[payload] != now_ns:
+                del self._last_seen[payload]

@@ -1,0 +1,249 @@
+"""The door process: camera -> decode -> decide -> record durably -> signal.
+
+The imperative shell around :func:`device.decision.decide`. Order matters: a
+scan is committed to the store *before* the LEDs, the buzzer and the output
+line say anything, and a scan that cannot be recorded is signalled
+``not_ready``: the door never admits anyone it cannot count.
+
+Capturing and decoding run in a worker thread (zxing-cpp releases the GIL), so
+the event loop stays free; the store is reached through aiosqlite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TextIO
+
+from checkin import __version__
+from device.clock import boot_id, monotonic_ns, wall_now
+from device.config import DeviceConfig
+from device.decision import Debouncer, Facts, Policy, Reason, decide
+from device.indicators.signals import Indicators
+from device.notify import notify
+from device.scanner.decoders import Decoder
+from device.scanner.frames import (
+    CameraError,
+    CaptureTimeout,
+    FrameSource,
+    SourceExhausted,
+    open_source,
+)
+from device.scanner.payload import parse_payload, printable
+from device.store import ScanRecord, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between attempts to reopen a failing camera or store.
+MAX_RETRY_SECONDS = 10.0
+
+
+@dataclass
+class DoorStats:
+    frames: int = 0
+    decisions: int = 0
+    unrecorded: int = 0
+    camera_errors: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Door:
+    """One door: wires a frame source, a decoder, the store and the indicators."""
+
+    def __init__(self, config: DeviceConfig, decoder: Decoder, indicators: Indicators,
+                 out: TextIO) -> None:
+        self.config = config
+        self.decoder = decoder
+        self.indicators = indicators
+        self.out = out
+        self.policy = Policy(
+            allow_reentry=config.door.allow_reentry,
+            open_before=timedelta(minutes=config.door.open_before_minutes),
+        )
+        self.debouncer = Debouncer(int(config.scanner.debounce_seconds * 1e9))
+        self.stats = DoorStats()
+        self.store: Store | None = None
+        self._stopping = asyncio.Event()
+        self._ready_sent = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish the frame in hand and return."""
+        self._stopping.set()
+
+    async def run(self, *, exit_when_done: bool = False) -> int:
+        """Run until stopped (or, with *exit_when_done*, until the source runs out)."""
+        source = None
+        await self._ensure_store()
+        if self.store is not None:
+            await self._note(started_at=wall_now().isoformat())
+        last_note_ns, frames_since_note = monotonic_ns(), 0
+        retry = 0.5
+        try:
+            while not self._stopping.is_set():
+                if source is None:
+                    source = await self._open_source(retry)
+                    if source is None:
+                        retry = min(retry * 2, MAX_RETRY_SECONDS)
+                        continue
+                try:
+                    at_ns, payloads = await asyncio.to_thread(self._capture, source)
+                except SourceExhausted:
+                    log.info("frame source exhausted")
+                    if exit_when_done:
+                        break
+                    await self._stopping.wait()
+                    break
+                except CaptureTimeout as exc:
+                    log.warning("%s; retrying", exc)
+                    continue
+                except CameraError as exc:
+                    self.stats.camera_errors += 1
+                    log.error("%s; reopening the camera", exc)
+                    source = self._close_source(source)
+                    await self._sleep(retry)
+                    continue
+                retry = 0.5
+                self._frame_seen()
+                frames_since_note += 1
+                if await self._handle_frame(at_ns, payloads):
+                    source.flush()
+                if at_ns - last_note_ns >= self.config.door.heartbeat_seconds * 1e9:
+                    await self._note(last_frame_at=wall_now().isoformat(), frames=frames_since_note)
+                    last_note_ns, frames_since_note = at_ns, 0
+            if frames_since_note:
+                await self._note(last_frame_at=wall_now().isoformat(), frames=frames_since_note)
+            await self.indicators.idle()
+        finally:
+            self._close_source(source)
+            self.indicators.close()
+            if self.store is not None:
+                await self.store.close()
+        return 1 if self.stats.unrecorded and exit_when_done else 0
+
+    def _capture(self, source: FrameSource) -> tuple[int, list[bytes]]:
+        with source.capture(self.config.camera.timeout) as frame:
+            return frame.at_ns, self.decoder.decode(frame.pixels)
+
+    def _frame_seen(self) -> None:
+        self.stats.frames += 1
+        if not self._ready_sent:  # systemd: the door is up once a frame arrived
+            notify("READY=1")
+            self._ready_sent = True
+        notify("WATCHDOG=1")
+
+    async def _handle_frame(self, at_ns: int, payloads: list[bytes]) -> bool:
+        decided = False
+        for raw in payloads:
+            if self.debouncer.is_new(raw, at_ns):
+                await self.handle_payload(raw)
+                decided = True
+        return decided
+
+    async def handle_payload(self, raw: bytes) -> Reason:
+        """Decide, record and signal one new payload; return the reason signalled."""
+        payload = parse_payload(raw)
+        now = wall_now()
+        scan_id = str(uuid.uuid4())
+        code = payload.code if payload.code is not None else printable(raw)
+        facts, seq = Facts(session=None), None
+        reason = Reason.NOT_READY
+        try:
+            store = await self._ensure_store()
+            if store is None:
+                raise StoreError("the store is not open")
+            facts = await store.facts(payload.code)
+            reason = decide(payload.valid, facts, self.policy, now)
+            seq = await store.record_scan(ScanRecord(
+                scan_id=scan_id, code=code,
+                session_id=facts.session.session_id if facts.session else None,
+                decision=reason.decision, reason=reason.value, scanned_at=now.isoformat(),
+                monotonic_ns=monotonic_ns(), boot_id=boot_id(),
+            ))
+        except StoreError as exc:
+            log.error("cannot record the scan of %s (%s): signalling not_ready", code, exc)
+            reason = Reason.NOT_READY
+            self.stats.unrecorded += 1
+        self.indicators.show(reason)
+        self._emit(scan_id, seq, code, facts, reason, now.isoformat(), payload.error)
+        self.stats.decisions += 1
+        self.stats.by_reason[reason.value] = self.stats.by_reason.get(reason.value, 0) + 1
+        return reason
+
+    def _emit(self, scan_id: str, seq: int | None, code: str, facts: Facts, reason: Reason,
+              at: str, error: str | None) -> None:
+        line = {
+            "scan_id": scan_id,
+            "seq": seq,
+            "device_id": self.config.device_id,
+            "code": code,
+            "session_id": facts.session.session_id if facts.session else None,
+            "decision": reason.decision,
+            "reason": reason.value,
+            "at": at,
+            "recorded": seq is not None,
+        }
+        if error is not None:
+            line["detail"] = error
+        self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    async def _ensure_store(self) -> Store | None:
+        if self.store is None:
+            try:
+                self.store = await Store.open(self.config.data_dir)
+            except StoreError as exc:
+                log.error("%s: the door will signal not_ready until it can record", exc)
+        return self.store
+
+    async def _note(self, **fields: object) -> None:
+        if self.store is None:
+            return
+        try:
+            await self.store.note_door(**fields)
+        except StoreError as exc:
+            log.warning("cannot note door status: %s", exc)
+
+    async def _open_source(self, retry: float) -> FrameSource | None:
+        try:
+            return await asyncio.to_thread(open_source, self.config.camera)
+        except CameraError as exc:
+            if self.config.camera.images_path is not None:
+                raise  # a missing image folder does not fix itself
+            log.error("%s; retrying in %.1f s", exc, retry)
+            await self._sleep(retry)
+            return None
+
+    @staticmethod
+    def _close_source(source: FrameSource | None) -> None:
+        if source is not None:
+            try:
+                source.close()
+            except Exception as exc:  # a failing camera may fail to close too
+                log.warning("closing the camera failed: %s", exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def run_door(config: DeviceConfig, decoder: Decoder, indicators: Indicators,
+                   out: TextIO, *, exit_when_done: bool = False) -> int:
+    """Run a door until SIGTERM/SIGINT (or the source runs out); return the exit status."""
+    door = Door(config, decoder, indicators, out)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, door.stop)
+    log.info("door %s starting (checkin %s, decoder %s, camera %s)", config.device_id,
+             __version__, decoder.name, config.camera.source)
+    try:
+        return await door.run(exit_when_done=exit_when_done)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("door %s stopped: %s", config.device_id, door.stats)

@@ -1,0 +1,1 @@
+"""LEDs and buzzer: one distinct pattern per door outcome."""

@@ -1,0 +1,119 @@
+"""The door's green LED, red LED and buzzer, driven through gpiozero.
+
+Patterns (:mod:`device.indicators.patterns`) play in the background as an
+asyncio task; a new decision pre-empts the one still showing. The first step
+is applied before :meth:`Indicators.show` returns, so the LED is on the moment
+the decision is made, not a loop iteration later.
+
+Example, without hardware::
+
+    indicators = Indicators.from_config(GpioConfig("mock", green=17, red=27, buzzer=22))
+    indicators.show(Reason.REGISTERED)     # green LED on for 1.2 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpiozero import LED, Buzzer
+
+from device.indicators.patterns import PATTERNS, Pattern, Step
+
+if TYPE_CHECKING:
+    from gpiozero import Factory
+
+    from device.config import GpioConfig
+    from device.decision import Reason
+
+
+class IndicatorError(Exception):
+    """The LEDs or buzzer cannot be set up; the message says why."""
+
+
+def make_pin_factory(name: str, work_dir: Path | None = None) -> Factory:
+    """gpiozero's pin factory *name*: ``"lgpio"`` on a Pi, ``"mock"`` anywhere else."""
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        return MockFactory()
+    if name == "lgpio":
+        if work_dir is not None:
+            # lgpio writes its notification pipes into LG_WD, which must be writable.
+            os.environ.setdefault("LG_WD", str(work_dir))
+        try:
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        except Exception as exc:  # ImportError off a Pi, or lgpio's own errors on one
+            raise IndicatorError(f"cannot use the lgpio pin factory: {exc}") from None
+    raise IndicatorError(f"unknown pin factory {name!r}")
+
+
+class Indicators:
+    """Green LED, red LED and buzzer, showing one pattern at a time."""
+
+    def __init__(self, green: LED, red: LED, buzzer: Buzzer) -> None:
+        self.green, self.red, self.buzzer = green, red, buzzer
+        self._playing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, gpio: GpioConfig, work_dir: Path | None = None) -> Indicators:
+        factory = make_pin_factory(gpio.pin_factory, work_dir)
+        try:
+            return cls(
+                LED(gpio.green, active_high=gpio.active_high, pin_factory=factory),
+                LED(gpio.red, active_high=gpio.active_high, pin_factory=factory),
+                Buzzer(gpio.buzzer, active_high=gpio.active_high, pin_factory=factory),
+            )
+        except Exception as exc:  # gpiozero raises many kinds: pin in use, no such pin...
+            raise IndicatorError(f"cannot set up LEDs and buzzer: {exc}") from None
+
+    def show(self, reason: Reason) -> None:
+        """Show *reason*'s pattern, pre-empting whatever is showing. Needs a running loop."""
+        self.show_pattern(PATTERNS[reason])
+
+    def show_pattern(self, pattern: Pattern) -> None:
+        self._cancel()
+        self._apply(pattern[0])
+        self._playing = asyncio.get_running_loop().create_task(self._play(pattern))
+
+    async def _play(self, pattern: Pattern) -> None:
+        await asyncio.sleep(pattern[0].seconds)
+        for step in pattern[1:]:
+            self._apply(step)
+            await asyncio.sleep(step.seconds)
+        self.off()
+
+    async def idle(self) -> None:
+        """Wait until the pattern showing has finished."""
+        if self._playing is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._playing
+
+    def _apply(self, step: Step) -> None:
+        for device, on in ((self.green, step.green), (self.red, step.red),
+                           (self.buzzer, step.buzzer)):
+            if on:
+                device.on()
+            else:
+                device.off()
+
+    def _cancel(self) -> None:
+        if self._playing is not None and not self._playing.done():
+            self._playing.cancel()
+        self._playing = None
+
+    def off(self) -> None:
+        self._apply(Step(False, False, False, 0))
+
+    def close(self) -> None:
+        """Stop any pattern, turn everything off and release the pins."""
+        self._cancel()
+        for device in (self.green, self.red, self.buzzer):
+            with contextlib.suppress(Exception):
+                device.off()
+            device.close()

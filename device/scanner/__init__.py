@@ -1,0 +1,1 @@
+"""Frame sources, QR decoders and payload parsing: from light to a candidate code."""

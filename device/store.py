@@ -1,0 +1,252 @@
+"""The device store: an aiosqlite adapter over the one SQLite file on the Pi.
+
+The door and the sync daemon each open their own :class:`Store` on the same
+file (WAL mode). Every write is a short ``BEGIN IMMEDIATE`` transaction, so
+each process sees the other's commits on its next query without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from device.decision import Facts, SessionRules
+from device.schema import MIGRATIONS, PRAGMAS, SCHEMA_VERSION
+
+#: The store's file name inside the device's data dir.
+STORE_FILE = "checkin.sqlite3"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says why and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """One decision, as the door records it before it signals it."""
+
+    scan_id: str
+    code: str
+    session_id: str | None
+    decision: str
+    reason: str
+    scanned_at: str
+    monotonic_ns: int
+    boot_id: str
+
+
+_FACTS_SQL = """
+SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at,
+       EXISTS (SELECT 1 FROM attendees WHERE code = :code),
+       EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code),
+       EXISTS (SELECT 1 FROM scans
+               WHERE session_id = s.session_id AND code = :code AND decision = 'admitted')
+FROM session AS s
+"""
+
+
+class Store:
+    """One connection to the device store. Use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, data_dir: Path | str) -> Store:
+        """Open (creating and migrating if needed) the store in *data_dir*."""
+        path = Path(data_dir) / STORE_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data dir {path.parent}: {exc.strerror}") from exc
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        store = cls(db, path)
+        try:
+            for pragma in PRAGMAS:
+                await db.execute(pragma)
+            await store._migrate()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        except StoreError:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self.write():
+            version = await self._scalar("PRAGMA user_version")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.path} has schema version {version}, newer than this "
+                    f"software's {SCHEMA_VERSION}: upgrade the software"
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    await self._db.execute(statement)
+            if version != SCHEMA_VERSION:
+                await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def write(self) -> _WriteTransaction:
+        """``async with store.write():`` — one ``BEGIN IMMEDIATE`` transaction."""
+        return _WriteTransaction(self._db, self.path)
+
+    async def _scalar(self, sql: str, params: Any = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    # -- the door's side -------------------------------------------------
+
+    async def facts(self, code: str | None) -> Facts:
+        """Everything the decision needs to know about *code*, in one query.
+
+        With ``code=None`` (an invalid payload) only the session is looked up.
+        """
+        try:
+            async with self._db.execute(_FACTS_SQL, {"code": code or ""}) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
+        if row is None:
+            return Facts(session=None)
+        session = SessionRules(
+            session_id=row[0],
+            validate_registrants=bool(row[1]),
+            starts_at=_parse_time(row[2]),
+            ends_at=_parse_time(row[3]),
+        )
+        return Facts(session, bool(row[4]), bool(row[5]), bool(row[6]))
+
+    async def record_scan(self, scan: ScanRecord) -> int:
+        """Commit *scan* durably; return its per-device sequence number."""
+        async with self.write():
+            cursor = await self._db.execute(
+                "INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
+                " monotonic_ns, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    scan.scan_id,
+                    scan.code,
+                    scan.session_id,
+                    scan.decision,
+                    scan.reason,
+                    scan.scanned_at,
+                    scan.monotonic_ns,
+                    scan.boot_id,
+                ),
+            )
+            seq = cursor.lastrowid
+            await cursor.close()
+        return seq
+
+    async def note_door(self, *, started_at: str | None = None, last_frame_at: str | None = None,
+                        frames: int = 0) -> None:
+        """Record what the door is doing, for ``checkin status``."""
+        async with self.write():
+            await self._db.execute(
+                "UPDATE door_state SET started_at = COALESCE(?, started_at),"
+                " last_frame_at = COALESCE(?, last_frame_at), frames = frames + ?",
+                (started_at, last_frame_at, frames),
+            )
+
+    # -- the cache, as the sync daemon (or a test) fills it ---------------
+
+    async def replace_cache(
+        self,
+        session: SessionRules,
+        attendees: Iterable[str],
+        registrants: Iterable[str],
+        *,
+        name: str = "",
+    ) -> None:
+        """Replace the whole cache with a full snapshot, in one transaction."""
+        async with self.write():
+            await self._db.execute("DELETE FROM session")
+            await self._db.execute("DELETE FROM attendees")
+            await self._db.execute("DELETE FROM registrants")
+            await self._db.execute(
+                "INSERT INTO session (singleton, session_id, name, validate_registrants,"
+                " starts_at, ends_at) VALUES (1, ?, ?, ?, ?, ?)",
+                (
+                    session.session_id,
+                    name,
+                    int(session.validate_registrants),
+                    _format_time(session.starts_at),
+                    _format_time(session.ends_at),
+                ),
+            )
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO attendees (code) VALUES (?)", ((c,) for c in attendees)
+            )
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
+                ((session.session_id, c) for c in registrants),
+            )
+
+    async def scans(self) -> list[dict[str, Any]]:
+        """Every recorded scan, oldest first (for status, tests and tools)."""
+        async with self._db.execute("SELECT * FROM scans ORDER BY seq") as cursor:
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+
+class _WriteTransaction:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self._path = path
+
+    async def __aenter__(self) -> aiosqlite.Connection:
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
+        return self._db
+
+    async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                await self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as commit_error:
+                await self._rollback()
+                raise StoreError(f"cannot write store {self._path}: {commit_error}") from None
+        await self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        # SQLite may already have rolled back on its own (e.g. on SQLITE_FULL).
+        with contextlib.suppress(sqlite3.Error):
+            await self._db.execute("ROLLBACK")
+
+
+def _statements(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _format_time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,1 @@
+"""The central server: organizer API and the devices' sync endpoint."""

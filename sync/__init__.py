@@ -1,0 +1,1 @@
+"""Sync between a door's store and the central server (see docs/protocol.md)."""
