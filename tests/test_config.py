@@ -1,0 +1,125 @@
+"""The device config: every mistake named by key, value and expectation; exit 2 from the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from device.config import ConfigError, load_config
+from tests.conftest import CHECKIN, config_text
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "door.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    return caught.value.problems
+
+
+def test_a_minimal_config_gets_defaults_and_resolves_relative_paths(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, config_text(Path("data"), "images:frames")))
+    assert config.device_id == "door-test"
+    assert config.data_dir == tmp_path / "data"
+    assert config.camera.images_path == str(tmp_path / "frames")
+    assert config.scanner.decoder == "zxing-cpp"
+    assert config.scanner.debounce_seconds == 5.0
+    assert config.door.allow_reentry is True
+    assert (config.gpio.green, config.gpio.red, config.gpio.buzzer) == (17, 27, 22)
+    assert config.server is None
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).parent.parent / "config" / "door.example.toml")
+    assert config.camera.source == "picamera2"
+    assert config.gpio.pin_factory == "lgpio"
+    assert config.server is not None and config.server.url.endswith("/sync")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("green = 17", 'green = "17"'), '[gpio] green = "17": expected an integer from 0 to 27'),
+        (("green = 17", "green = 40"), "[gpio] green = 40: expected an integer from 0 to 27"),
+        (("green = 17", "green = true"), "[gpio] green = True: expected an integer"),
+        (("green = 17", ""), "[gpio] green is missing"),
+        (("green = 17", "green = 17\ngren = 5"), "[gpio] gren = 5: unknown key"),
+        (('pin_factory = "mock"', 'pin_factory = "rpigpio"'),
+         '[gpio] pin_factory = "rpigpio": expected one of "mock", "lgpio"'),
+        (('source = "images:frames"', 'source = "usb0"'),
+         '[camera] source = "usb0": expected "picamera2" or "images:PATH"'),
+        (("fps = 50", "fps = 0"), "[camera] fps = 0: expected a number greater than 0"),
+        (("fps = 50", "fps = nan"), "[camera] fps = nan: expected a number"),
+        (('id = "door-test"', 'id = "door test!"'), '[device] id = "door test!": expected 1-64'),
+        (('id = "door-test"', ""), "[device] id is missing"),
+        (("red = 27", "red = 17"), "expected three different pins"),
+        (("[gpio]", "[gpios]"), "[gpios] is an unknown section"),
+    ],
+)
+def test_each_mistake_is_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = config_text(Path("data"), "images:frames").replace(*change, 1)
+    found = problems(tmp_path, text)
+    assert any(message in p for p in found), found
+
+
+def test_all_mistakes_are_reported_at_once(tmp_path: Path) -> None:
+    text = config_text(Path("data"), "images:frames")
+    text = text.replace("green = 17", "green = -1").replace("fps = 50", 'fps = "fast"')
+    text += '\n[scanner]\ndecoder = "opencv"\n'
+    found = problems(tmp_path, text)
+    assert len(found) == 3, found
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[server]\nurl = "http://x/sync"\ntoken_file = "t"', "expected a ws:// or wss:// URL"),
+        ('[server]\nurl = "ws://x/other"\ntoken_file = "t"', "ending in /sync"),
+        ('[server]\nurl = "ws://x/sync"', "[server] token_file is missing"),
+        ("[door]\nallow_reentry = 1", "[door] allow_reentry = 1: expected true or false"),
+        ("[scanner]\ndebounce_seconds = -2", "[scanner] debounce_seconds = -2"),
+    ],
+)
+def test_optional_sections_are_checked_too(tmp_path: Path, extra: str, message: str) -> None:
+    found = problems(tmp_path, config_text(Path("data"), "images:frames", extra=extra))
+    assert any(message in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[device\nid = 1", "not valid TOML"),
+        (b"\xff\xfe[device]", "cannot read file"),
+        (b"", "[device] is missing"),
+    ],
+)
+def test_broken_files_are_reported(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "door.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(message in p for p in caught.value.problems)
+
+
+def test_a_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_the_door_exits_2_on_a_bad_config_before_touching_hardware(tmp_path: Path,
+                                                                   subprocess_env) -> None:
+    text = config_text(tmp_path / "data", "images:frames").replace("green = 17", "green = 99")
+    path = write(tmp_path, text)
+    done = subprocess.run([*CHECKIN, "door", "--config", str(path)], capture_output=True,
+                          text=True, env=subprocess_env, timeout=60)
+    assert done.returncode == 2
+    assert "[gpio] green = 99: expected an integer from 0 to 27" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "data").exists()  # nothing was created or opened

@@ -1,0 +1,121 @@
+"""The Validate Registrants decision, exhaustively, and the debouncer."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device.decision import Debouncer, Facts, Policy, Reason, SessionRules, decide
+
+NOW = datetime(2026, 11, 28, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+HOUR = timedelta(hours=1)
+
+#: Session time windows relative to NOW, and whether NOW is inside (with 15 min early entry).
+WINDOWS = {
+    "no window": (None, None, True),
+    "running": (NOW - HOUR, NOW + HOUR, True),
+    "opens in 10 min": (NOW + timedelta(minutes=10), NOW + HOUR, True),
+    "opens in 20 min": (NOW + timedelta(minutes=20), NOW + HOUR, False),
+    "ended": (NOW - 2 * HOUR, NOW - timedelta(seconds=1), False),
+    "ends now": (NOW - HOUR, NOW, True),
+    "only a start, passed": (NOW - HOUR, None, True),
+    "only an end, passed": (None, NOW - HOUR, False),
+}
+
+
+def expected(valid, synced, attendee, validate, registrant, inside, before, reentry) -> Reason:
+    """The rule table of device.decision, written as data, first match wins."""
+    table = [
+        (not valid, Reason.INVALID_CODE),
+        (not synced, Reason.NOT_READY),
+        (not attendee, Reason.UNKNOWN_CODE),
+        (validate and not registrant, Reason.NOT_REGISTERED),
+        (not inside, Reason.OUTSIDE_WINDOW),
+        (before and not reentry, Reason.ALREADY_ADMITTED),
+        (before, Reason.REENTRY),
+        (True, Reason.REGISTERED),
+    ]
+    return next(reason for condition, reason in table if condition)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_every_combination_follows_the_rule_table(window: str) -> None:
+    starts, ends, inside = WINDOWS[window]
+    flags = itertools.product([False, True], repeat=7)
+    for valid, synced, attendee, validate, registrant, before, reentry in flags:
+        session = SessionRules("s1", validate, starts, ends) if synced else None
+        facts = Facts(session, attendee, registrant, before)
+        got = decide(valid, facts, Policy(allow_reentry=reentry), NOW)
+        want = expected(valid, synced, attendee, validate, registrant, inside, before, reentry)
+        assert got == want, (window, valid, synced, attendee, validate, registrant, before)
+
+
+def test_without_validate_registrants_every_attendee_is_admitted() -> None:
+    session = SessionRules("open-talk", validate_registrants=False)
+    assert decide(True, Facts(session, is_attendee=True), Policy(), NOW) is Reason.REGISTERED
+    assert decide(True, Facts(session, is_attendee=False), Policy(), NOW) is Reason.UNKNOWN_CODE
+
+
+def test_validate_registrants_rejects_an_attendee_not_added_to_the_session() -> None:
+    session = SessionRules("workshop", validate_registrants=True)
+    facts = Facts(session, is_attendee=True, is_registrant=False)
+    assert decide(True, facts, Policy(), NOW) is Reason.NOT_REGISTERED
+
+
+def test_early_entry_is_configurable() -> None:
+    session = SessionRules("s", False, NOW + timedelta(minutes=20), None)
+    facts = Facts(session, is_attendee=True)
+    assert decide(True, facts, Policy(), NOW) is Reason.OUTSIDE_WINDOW
+    assert decide(True, facts, Policy(open_before=timedelta(minutes=30)), NOW) is Reason.REGISTERED
+
+
+def test_reasons_map_to_the_two_decisions() -> None:
+    admitted = {r for r in Reason if r.decision == "admitted"}
+    assert admitted == {Reason.REGISTERED, Reason.REENTRY}
+    assert {r.decision for r in Reason} == {"admitted", "rejected"}
+
+
+SECOND = 1_000_000_000
+
+
+def test_debouncer_ignores_the_same_phone_held_in_view() -> None:
+    d = Debouncer(5 * SECOND)
+    assert d.is_new(b"A", 0)
+    assert not d.is_new(b"A", 1 * SECOND)
+    assert not d.is_new(b"A", 5 * SECOND)  # still in view: the window slides on
+    assert d.is_new(b"B", 5 * SECOND)      # another phone is new at once
+    assert d.is_new(b"A", 11 * SECOND)     # gone for the whole window: a new scan
+
+
+def test_debouncer_with_zero_window_counts_every_sighting() -> None:
+    d = Debouncer(0)
+    assert d.is_new(b"A", 0)
+    assert d.is_new(b"A", 0)
+
+
+def test_debouncer_forgets_codes_long_gone() -> None:
+    d = Debouncer(SECOND)
+    for i in range(1000):
+        d.is_new(str(i).encode(), i * 2 * SECOND)
+    assert len(d._last_seen) <= 2
+
+
+def test_debouncer_rejects_a_negative_window() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        Debouncer(-1)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"A", b"B", b"C"]), st.integers(0, 3 * SECOND)),
+                max_size=60),
+       st.integers(0, 2 * SECOND))
+def test_debouncer_matches_a_simple_model(steps, window: int) -> None:
+    d, last, now = Debouncer(window), {}, 0
+    for payload, gap in steps:
+        now += gap
+        model_new = payload not in last or now - last[payload] >= window
+        last[payload] = now
+        assert d.is_new(payload, now) == model_new
