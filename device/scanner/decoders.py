@@ -19,6 +19,9 @@ from typing import Protocol
 import numpy as np
 
 
+_ZBAR_CFG_BINARY = 4
+
+
 class Decoder(Protocol):
     name: str
 
@@ -36,7 +39,7 @@ class ZxingDecoder:
         import zxingcpp
 
         self._read = zxingcpp.read_barcodes
-        self._formats = zxingcpp.BarcodeFormat.QRCode | zxingcpp.BarcodeFormat.MicroQRCode
+        self._formats = (zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode)
 
     def decode(self, grey: np.ndarray) -> list[bytes]:
         return [b.bytes for b in self._read(grey, formats=self._formats) if b.valid]
@@ -60,13 +63,13 @@ class PyzbarDecoder:
         self._zbar = wrapper
         self._grey_format = _FOURCC["L800"]
         self._scanner = wrapper.zbar_image_scanner_create()
-        disable_all, enable = 0, 1
-        wrapper.zbar_image_scanner_set_config(
-            self._scanner, disable_all, wrapper.ZBarConfig.CFG_ENABLE, 0
-        )
-        wrapper.zbar_image_scanner_set_config(
-            self._scanner, wrapper.ZBarSymbol.QRCODE, wrapper.ZBarConfig.CFG_ENABLE, enable
-        )
+        configure = wrapper.zbar_image_scanner_set_config
+        all_symbols, qr = 0, wrapper.ZBarSymbol.QRCODE
+        configure(self._scanner, all_symbols, wrapper.ZBarConfig.CFG_ENABLE, 0)
+        configure(self._scanner, qr, wrapper.ZBarConfig.CFG_ENABLE, 1)
+        # ZBAR_CFG_BINARY (ZBar >= 0.23, unknown to pyzbar's enum): hand back the raw
+        # bytes instead of guessing a character set and re-encoding them as UTF-8.
+        configure(self._scanner, qr, _ZBAR_CFG_BINARY, 1)
 
     def decode(self, grey: np.ndarray) -> list[bytes]:
         zbar = self._zbar

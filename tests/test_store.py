@@ -1,0 +1,176 @@
+"""The device store on real files, with two connections standing in for two processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from device.decision import SessionRules
+from device.schema import SCHEMA_VERSION
+from device.store import STORE_FILE, ScanRecord, Store, StoreError
+
+SESSION = SessionRules("keynote", validate_registrants=True)
+
+
+def scan(code: str = "A1", decision: str = "admitted", reason: str = "registered") -> ScanRecord:
+    return ScanRecord(str(uuid.uuid4()), code, "keynote", decision, reason,
+                      "2026-11-28T10:00:00+01:00", 123, "boot-1")
+
+
+async def test_a_new_store_is_migrated_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        assert await store._scalar("PRAGMA user_version") == SCHEMA_VERSION
+        assert await store._scalar("PRAGMA journal_mode") == "wal"
+        assert await store._scalar("PRAGMA synchronous") == 2  # FULL
+        assert await store._scalar("PRAGMA busy_timeout") == 5000
+    finally:
+        await store.close()
+    # reopening an up-to-date store migrates nothing and keeps the data
+    store = await Store.open(tmp_path)
+    await store.close()
+
+
+async def test_facts_before_any_sync_say_not_ready(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        facts = await store.facts("A1")
+        assert facts.session is None
+    finally:
+        await store.close()
+
+
+async def test_facts_reflect_the_cache_and_past_admissions(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        await store.replace_cache(SESSION, ["A1", "A2", "A3"], ["A1", "A2"])
+        a1 = await store.facts("A1")
+        assert a1.session == SESSION
+        assert (a1.is_attendee, a1.is_registrant, a1.admitted_before) == (True, True, False)
+        a3 = await store.facts("A3")
+        assert (a3.is_attendee, a3.is_registrant) == (True, False)
+        nobody = await store.facts("ZZ")
+        assert (nobody.is_attendee, nobody.is_registrant) == (False, False)
+        await store.record_scan(scan("A1"))
+        await store.record_scan(scan("A2", "rejected", "outside_window"))
+        assert (await store.facts("A1")).admitted_before
+        assert not (await store.facts("A2")).admitted_before  # a rejection is no admission
+        assert (await store.facts(None)).session == SESSION
+    finally:
+        await store.close()
+
+
+async def test_scans_get_increasing_sequence_numbers_and_wait_for_upload(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        seqs = [await store.record_scan(scan(f"A{i}")) for i in range(5)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 5
+        rows = await store.scans()
+        assert [r["seq"] for r in rows] == seqs
+        assert {r["upload_state"] for r in rows} == {"waiting"}
+    finally:
+        await store.close()
+
+
+async def test_a_duplicate_scan_id_is_refused_and_nothing_half_written(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        record = scan()
+        await store.record_scan(record)
+        with pytest.raises(StoreError, match="UNIQUE"):
+            await store.record_scan(record)
+        assert len(await store.scans()) == 1
+        await store.record_scan(scan())  # the connection is still usable
+    finally:
+        await store.close()
+
+
+async def test_the_door_sees_the_daemons_changes_without_reopening(tmp_path: Path) -> None:
+    door, daemon = await Store.open(tmp_path), await Store.open(tmp_path)
+    try:
+        assert (await door.facts("A1")).session is None
+        await daemon.replace_cache(SESSION, ["A1"], [])
+        facts = await door.facts("A1")
+        assert facts.session == SESSION and not facts.is_registrant
+        await daemon.replace_cache(SESSION, ["A1"], ["A1"])
+        assert (await door.facts("A1")).is_registrant
+    finally:
+        await door.close()
+        await daemon.close()
+
+
+async def test_two_connections_write_at_the_same_time_without_losing_anything(
+        tmp_path: Path) -> None:
+    door, daemon = await Store.open(tmp_path), await Store.open(tmp_path)
+    try:
+        async def scans() -> None:
+            for i in range(100):
+                await door.record_scan(scan(f"S{i}"))
+
+        async def snapshots() -> None:
+            for i in range(20):
+                await daemon.replace_cache(SESSION, [f"A{j}" for j in range(i * 50)], ["A1"])
+
+        await asyncio.gather(scans(), snapshots())
+        assert len(await door.scans()) == 100
+        assert (await door.facts("A949")).is_attendee
+    finally:
+        await door.close()
+        await daemon.close()
+
+
+async def test_a_committed_scan_survives_a_process_that_never_closed(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from tests.test_store import scan\n"
+        "from device.store import Store\n"
+        "async def main():\n"
+        "    store = await Store.open(sys.argv[1])\n"
+        "    await store.record_scan(scan('KILLED'))\n"
+        "    import os; os._exit(9)  # no close, no checkpoint\n"
+        "asyncio.run(main())\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(tmp_path), str(repo))
+    assert await proc.wait() == 9
+    store = await Store.open(tmp_path)
+    try:
+        assert [r["code"] for r in await store.scans()] == ["KILLED"]
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_newer_software_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this software"):
+        await Store.open(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_a_read_only_data_dir_is_reported(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StoreError, match="cannot open store"):
+            await Store.open(tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+async def test_an_uncreatable_data_dir_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot create data dir"):
+        await Store.open(tmp_path / "file" / "data")
+
+
+async def test_a_corrupt_store_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / STORE_FILE).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        await Store.open(tmp_path)
