@@ -166,7 +166,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "width": (_integer(64, 4096), False),
         "height": (_integer(64, 4096), False),
         "fps": (_number(0, 120, open_low=True), False),
-        "frames_per_image": (_integer(1, 10_000), False),
+        "frames_per_image": (_integer(1, 1_000_000), False),
         "timeout": (_number(0, 60, open_low=True), False),
         "autofocus": (_choice(*AUTOFOCUS_MODES), False),
         "lens_position": (_number(0, 32), False),

@@ -26,7 +26,7 @@ data_dir = "{data_dir}"
 
 [camera]
 source = "{source}"
-fps = 50
+fps = 20
 frames_per_image = 2
 
 [gpio]

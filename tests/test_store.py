@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -138,7 +139,8 @@ async def test_a_committed_scan_survives_a_process_that_never_closed(tmp_path: P
         "asyncio.run(main())\n"
     )
     repo = Path(__file__).resolve().parent.parent
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(tmp_path), str(repo))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(tmp_path),
+                                                str(repo))
     assert await proc.wait() == 9
     store = await Store.open(tmp_path)
     try:
@@ -154,14 +156,27 @@ async def test_a_store_from_newer_software_is_refused(tmp_path: Path) -> None:
         await Store.open(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-async def test_a_read_only_data_dir_is_reported(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(StoreError, match="cannot open store"):
-            await Store.open(tmp_path)
-    finally:
-        tmp_path.chmod(0o700)
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A folder the store cannot write to: chmod for users, a read-only tmpfs for root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+async def test_a_read_only_data_dir_is_reported(read_only_dir: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        await Store.open(read_only_dir)
 
 
 async def test_an_uncreatable_data_dir_is_reported(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 
-
 _ZBAR_CFG_BINARY = 4
 
 
