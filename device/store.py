@@ -42,7 +42,7 @@ class ScanRecord:
     boot_id: str
 
 
-_FACTS_SQL = """
+FACTS_SQL = """
 SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at,
        EXISTS (SELECT 1 FROM attendees WHERE code = :code),
        EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code),
@@ -117,13 +117,13 @@ class Store:
 
         With ``code=None`` (an invalid payload) only the session is looked up.
         """
-        try:
-            async with self._db.execute(_FACTS_SQL, {"code": code or ""}) as cursor:
-                row = await cursor.fetchone()
+        try:  # one round trip to the database thread: this is on the door's hot path
+            rows = await self._db.execute_fetchall(FACTS_SQL, {"code": code or ""})
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {self.path}: {exc}") from exc
-        if row is None:
+        if not rows:
             return Facts(session=None)
+        row = next(iter(rows))
         session = SessionRules(
             session_id=row[0],
             validate_registrants=bool(row[1]),
@@ -135,7 +135,7 @@ class Store:
     async def record_scan(self, scan: ScanRecord) -> int:
         """Commit *scan* durably; return its per-device sequence number."""
         async with self.write():
-            cursor = await self._db.execute(
+            row = await self._db.execute_insert(
                 "INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
                 " monotonic_ns, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -149,9 +149,7 @@ class Store:
                     scan.boot_id,
                 ),
             )
-            seq = cursor.lastrowid
-            await cursor.close()
-        return seq
+        return row[0]
 
     async def note_door(self, *, started_at: str | None = None, last_frame_at: str | None = None,
                         frames: int = 0) -> None:

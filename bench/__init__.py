@@ -1,0 +1,1 @@
+"""Benchmarks: every speed and memory goal, measured beside the peers in one run."""

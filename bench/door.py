@@ -1,0 +1,201 @@
+"""The door: frame-to-signal latency, registrant lookup, resident memory.
+
+* Frame to signal: a frame is available -> decoded (in a worker thread, as the
+  door does it) -> looked up -> committed with ``synchronous=FULL`` -> LED on,
+  against bare decode of the same frames; the goal is an overhead of at most
+  one fsync plus 1 ms.
+* Lookup: ``Store.facts`` (the door's one query, through aiosqlite) with 1,000,
+  200,000 and 1,000,000 cached registrants; the peer is an in-memory Python set,
+  which is what a door that loads its list into RAM would use.
+* Memory: peak RSS of a real ``checkin door`` process with 1,000 and 200,000
+  cached registrants: it must not grow with the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import Row, percentile
+from checkin.badges import Look, render_badge, write_badge
+from device.config import GpioConfig, parse_config
+from device.decision import SessionRules
+from device.door import Door
+from device.indicators.signals import Indicators
+from device.scanner.decoders import make_decoder
+from device.store import FACTS_SQL, STORE_FILE, Store
+
+SESSION = SessionRules("bench", validate_registrants=True)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def codes(n: int) -> list[str]:
+    return [f"ATT-{i:07d}" for i in range(n)]
+
+
+async def _filled_store(folder: Path, n: int) -> Store:
+    store = await Store.open(folder)
+    everyone = codes(n)
+    await store.replace_cache(SESSION, everyone, everyone[::2])
+    return store
+
+
+def _config(data_dir: Path, source: str = "images:/dev/null") -> object:
+    return parse_config({
+        "device": {"id": "bench", "data_dir": str(data_dir)},
+        "camera": {"source": source},
+        "scanner": {"debounce_seconds": 0},
+        "gpio": {"pin_factory": "mock", "green": 17, "red": 27, "buzzer": 22},
+    }, data_dir / "door.toml")
+
+
+def _fsync_seconds(folder: Path, rounds: int) -> float:
+    times = []
+    with open(folder / "fsync-probe", "wb") as f:
+        for _ in range(rounds):
+            f.write(b"x" * 4096)
+            started = time.perf_counter()
+            os.fsync(f.fileno())
+            times.append(time.perf_counter() - started)
+    return percentile(times, 50)
+
+
+async def frame_to_signal(quick: bool) -> list[Row]:
+    n = 20 if quick else 200
+    frames = [np.asarray(render_badge(c, Look(angle=i * 9 % 60), seed=i))
+              for i, c in enumerate(codes(n))]
+    decoder = make_decoder("zxing-cpp")
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        folder = Path(tmp)
+        store = await _filled_store(folder, 1000)
+        await store.close()
+        indicators = Indicators.from_config(GpioConfig("mock", 17, 27, 22))
+        door = Door(_config(folder), decoder, indicators, io.StringIO())
+        await door._ensure_store()
+        bare, piped = [], []
+        for grey in frames:  # interleaved, so both see the same machine state
+            started = time.perf_counter()
+            decoder.decode(grey)
+            bare.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            payloads = await asyncio.to_thread(decoder.decode, grey)
+            await door._handle_frame(time.monotonic_ns(), payloads)
+            assert indicators.green.is_lit or indicators.red.is_lit
+            piped.append(time.perf_counter() - started)
+        indicators.close()
+        await door.store.close()
+        fsync = _fsync_seconds(folder, 50 if quick else 200)
+    p50, p99 = percentile(piped, 50), percentile(piped, 99)
+    overhead = p50 - percentile(bare, 50)
+    return [
+        Row("frame to LED on, p50", p50 * 1e3, percentile(bare, 50) * 1e3, "bare decode", "ms",
+            "", None),
+        Row("frame to LED on, p99", p99 * 1e3, percentile(bare, 99) * 1e3, "bare decode", "ms",
+            "", None),
+        Row("overhead over bare decode, p50", overhead * 1e3, (fsync + 0.001) * 1e3,
+            "one fsync + 1 ms", "ms", "<= one fsync + 1 ms", overhead <= fsync + 0.001),
+    ]
+
+
+async def lookups(quick: bool) -> list[Row]:
+    sizes = [1000, 200_000] if quick else [1000, 200_000, 1_000_000]
+    rounds = 500 if quick else 5000
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+            store = await _filled_store(Path(tmp), n)
+            probe = [f"ATT-{i:07d}" for i in np.random.default_rng(n).integers(0, 2 * n, rounds)]
+            times = []
+            for code in probe:
+                started = time.perf_counter()
+                await store.facts(code)
+                times.append(time.perf_counter() - started)
+            await store.close()
+            query = _query_times(Path(tmp) / STORE_FILE, probe)
+        in_memory = set(codes(n))
+        peer = []
+        for code in probe:
+            started = time.perf_counter()
+            _ = code in in_memory
+            peer.append(time.perf_counter() - started)
+        p99 = percentile(times, 99)
+        goal = "p99 < 100 µs" if n == 200_000 else ""
+        rows.append(Row(f"lookup, {n:,} registrants, p99", p99 * 1e6, percentile(peer, 99) * 1e6,
+                        "in-memory set", "µs", goal, p99 < 100e-6 if goal else None))
+        rows.append(Row(f"  of which the SQLite query, {n:,}, p99", percentile(query, 99) * 1e6,
+                        percentile(peer, 99) * 1e6, "in-memory set", "µs", "", None))
+    return rows
+
+
+def _query_times(path: Path, probe: list[str]) -> list[float]:
+    """The door's lookup query alone, without aiosqlite's hop to its database thread."""
+    db = sqlite3.connect(path)
+    times = []
+    try:
+        for code in probe:
+            started = time.perf_counter()
+            db.execute(FACTS_SQL, {"code": code}).fetchall()
+            times.append(time.perf_counter() - started)
+    finally:
+        db.close()
+    return times
+
+
+def _door_peak_rss(n: int) -> float:
+    """Peak RSS (MB) of a real `checkin door` run over a few frames with n registrants."""
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        folder = Path(tmp)
+
+        async def fill() -> None:
+            await (await _filled_store(folder / "data", n)).close()
+
+        asyncio.run(fill())
+        for i in range(5):
+            write_badge(folder / f"{i}.png", f"ATT-{i * 7:07d}", seed=i)
+        (folder / "door.toml").write_text(
+            f'[device]\nid = "bench"\ndata_dir = "{folder / "data"}"\n'
+            f'[camera]\nsource = "images:{folder}"\nfps = 30\n'
+            '[gpio]\npin_factory = "mock"\ngreen = 17\nred = 27\nbuzzer = 22\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "checkin.cli", "door", "--config", str(folder / "door.toml"),
+             "--exit-when-done"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak_kb = 0
+        while proc.poll() is None:
+            peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+            time.sleep(0.01)
+        if proc.returncode != 0:
+            raise RuntimeError(f"door exited {proc.returncode} in the memory benchmark")
+        return peak_kb / 1024
+
+
+def _high_water_kb(pid: int) -> int:
+    """The kernel's peak RSS of *pid* (VmHWM). getrusage's ru_maxrss is no use here: it keeps
+    the forked parent's size across exec."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1])
+
+
+def memory(quick: bool) -> list[Row]:
+    small, large = _door_peak_rss(1000), _door_peak_rss(200_000)
+    return [Row("door peak RSS, 200,000 registrants", large, small, "1,000 registrants", "MB",
+                "< 80 MB, flat in list size", large < 80 and large < small * 1.1)]
+
+
+def run(quick: bool) -> list[Row]:
+    rows = asyncio.run(frame_to_signal(quick))
+    rows += asyncio.run(lookups(quick))
+    rows += memory(quick)
+    return rows
