@@ -20,6 +20,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+demo: $(STAMP)
+	$(BIN)/checkin demo
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("paths", nargs="+", metavar="PATH")
     decode.add_argument("--decoder", default="zxing-cpp", choices=("zxing-cpp", "pyzbar"))
     decode.set_defaults(handler=_decode)
+
+    demo = commands.add_parser("demo", help="run a door on this machine with a scripted camera")
+    demo.add_argument("--once", action="store_true",
+                      help="exit 0 only if every scripted outcome happened (the door-only "
+                           "demo always runs its scenario once)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -104,6 +110,13 @@ def _decode(args: argparse.Namespace) -> int:
                 print(f"{path}\t")
     sys.stdout.flush()
     return status
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from checkin.demo import main as demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    return demo()
 
 
 if __name__ == "__main__":
