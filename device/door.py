@@ -80,8 +80,7 @@ class Door:
         """Run until stopped (or, with *exit_when_done*, until the source runs out)."""
         source = None
         await self._ensure_store()
-        if self.store is not None:
-            await self._note(started_at=wall_now().isoformat())
+        await self._note(started_at=wall_now().isoformat())
         last_note_ns, frames_since_note = monotonic_ns(), 0
         retry = 0.5
         try:
