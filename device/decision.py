@@ -72,6 +72,10 @@ class Facts:
     is_registrant: bool = False
     admitted_before: bool = False
 
+    @property
+    def session_id(self) -> str | None:
+        return self.session.session_id if self.session else None
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:

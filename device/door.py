@@ -104,7 +104,8 @@ class Door:
                 except CameraError as exc:
                     self.stats.camera_errors += 1
                     log.error("%s; reopening the camera", exc)
-                    source = self._close_source(source)
+                    self._close_source(source)
+                    source = None
                     await self._sleep(retry)
                     continue
                 retry = 0.5
@@ -160,7 +161,7 @@ class Door:
             reason = decide(payload.valid, facts, self.policy, now)
             seq = await store.record_scan(ScanRecord(
                 scan_id=scan_id, code=code,
-                session_id=facts.session.session_id if facts.session else None,
+                session_id=facts.session_id,
                 decision=reason.decision, reason=reason.value, scanned_at=now.isoformat(),
                 monotonic_ns=monotonic_ns(), boot_id=boot_id(),
             ))
@@ -181,7 +182,7 @@ class Door:
             "seq": seq,
             "device_id": self.config.device_id,
             "code": code,
-            "session_id": facts.session.session_id if facts.session else None,
+            "session_id": facts.session_id,
             "decision": reason.decision,
             "reason": reason.value,
             "at": at,
