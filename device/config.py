@@ -8,19 +8,26 @@ See ``config/door.example.toml`` for every key with its default.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkin.shapes import (
+    Field,
+    boolean,
+    check_fields,
+    choice,
+    identifier,
+    integer,
+    number,
+    show,
+    string,
+)
+
 DECODERS = ("zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
 AUTOFOCUS_MODES = ("continuous", "manual", "auto")
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -92,57 +99,6 @@ class DeviceConfig:
     path: Path
 
 
-# -- value checks: each returns the converted value or raises ValueError(expected) --
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("a non-empty string")
-    return value
-
-
-def _integer(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"an integer from {low} to {high}")
-        return value
-
-    return check
-
-
-def _number(low: float, high: float, *, open_low: bool = False) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
-        if not ok or value > high:
-            bound = "greater than" if open_low else "at least"
-            raise ValueError(f"a number {bound} {low:g} and at most {high:g}")
-        return float(value)
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
-        return value
-
-    return check
-
-
-def _device_id(value: Any) -> str:
-    if not isinstance(value, str) or not _DEVICE_ID_RE.fullmatch(value):
-        raise ValueError("1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return value
-
-
 def _camera_source(value: Any) -> str:
     if value == "picamera2" or (isinstance(value, str) and len(value) > len("images:")
                                 and value.startswith("images:")):
@@ -157,42 +113,40 @@ def _server_url(value: Any) -> str:
     return value.rstrip("/")
 
 
-_Field = tuple[Callable[[Any], Any], bool]  # (check, required)
-
-SCHEMA: dict[str, dict[str, _Field]] = {
-    "device": {"id": (_device_id, True), "data_dir": (_string, True)},
+SCHEMA: dict[str, dict[str, Field]] = {
+    "device": {"id": (identifier, True), "data_dir": (string, True)},
     "camera": {
         "source": (_camera_source, True),
-        "width": (_integer(64, 4096), False),
-        "height": (_integer(64, 4096), False),
-        "fps": (_number(0, 120, open_low=True), False),
-        "frames_per_image": (_integer(1, 1_000_000), False),
-        "timeout": (_number(0, 60, open_low=True), False),
-        "autofocus": (_choice(*AUTOFOCUS_MODES), False),
-        "lens_position": (_number(0, 32), False),
-        "exposure_time_us": (_integer(0, 1_000_000), False),
-        "analogue_gain": (_number(0, 64), False),
+        "width": (integer(64, 4096), False),
+        "height": (integer(64, 4096), False),
+        "fps": (number(0, 120, open_low=True), False),
+        "frames_per_image": (integer(1, 1_000_000), False),
+        "timeout": (number(0, 60, open_low=True), False),
+        "autofocus": (choice(*AUTOFOCUS_MODES), False),
+        "lens_position": (number(0, 32), False),
+        "exposure_time_us": (integer(0, 1_000_000), False),
+        "analogue_gain": (number(0, 64), False),
     },
     "scanner": {
-        "decoder": (_choice(*DECODERS), False),
-        "debounce_seconds": (_number(0, 3600), False),
+        "decoder": (choice(*DECODERS), False),
+        "debounce_seconds": (number(0, 3600), False),
     },
     "door": {
-        "allow_reentry": (_boolean, False),
-        "open_before_minutes": (_number(0, 24 * 60), False),
-        "heartbeat_seconds": (_number(0, 3600, open_low=True), False),
+        "allow_reentry": (boolean, False),
+        "open_before_minutes": (number(0, 24 * 60), False),
+        "heartbeat_seconds": (number(0, 3600, open_low=True), False),
     },
     "gpio": {
-        "pin_factory": (_choice(*PIN_FACTORIES), True),
-        "green": (_integer(0, 27), True),
-        "red": (_integer(0, 27), True),
-        "buzzer": (_integer(0, 27), True),
-        "active_high": (_boolean, False),
+        "pin_factory": (choice(*PIN_FACTORIES), True),
+        "green": (integer(0, 27), True),
+        "red": (integer(0, 27), True),
+        "buzzer": (integer(0, 27), True),
+        "active_high": (boolean, False),
     },
     "server": {
         "url": (_server_url, True),
-        "token_file": (_string, True),
-        "ca_file": (_string, False),
+        "token_file": (string, True),
+        "ca_file": (string, False),
     },
 }
 #: Sections that may be left out entirely (the door runs without a server).
@@ -222,7 +176,7 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
         if name not in SCHEMA:
             problems.append(f"[{name}] is an unknown section (expected: {', '.join(SCHEMA)})")
         elif not isinstance(value, dict):
-            problems.append(f"{name} = {_show(value)}: expected a [{name}] table")
+            problems.append(f"{name} = {show(value)}: expected a [{name}] table")
     gpio = sections["gpio"]
     pins = [gpio.get(k) for k in ("green", "red", "buzzer")]
     if None not in pins and len(set(pins)) < 3:
@@ -238,22 +192,8 @@ def _check_section(data: dict[str, Any], name: str, problems: list[str]) -> dict
         if table is None and name not in OPTIONAL_SECTIONS:
             problems.append(f"[{name}] is missing")
         return {}
-    fields = SCHEMA[name]
-    checked: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in fields:
-            problems.append(
-                f"[{name}] {key} = {_show(value)}: unknown key (expected one of: "
-                f"{', '.join(fields)})"
-            )
-            continue
-        try:
-            checked[key] = fields[key][0](value)
-        except ValueError as exc:
-            problems.append(f"[{name}] {key} = {_show(value)}: expected {exc}")
-    for key, (_check, required) in fields.items():
-        if required and key not in table:
-            problems.append(f"[{name}] {key} is missing")
+    checked, found = check_fields(table, SCHEMA[name], f"[{name}] ")
+    problems.extend(found)
     return checked
 
 
@@ -277,7 +217,3 @@ def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> Devic
         path=path,
     )
 
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -74,6 +74,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO door_state (singleton) VALUES (1);
     """,
+    """
+    -- When the sync daemon last wrote its state: tells a live link from a stale flag
+    -- left by a daemon that died.
+    ALTER TABLE sync_state ADD COLUMN updated_at TEXT;
+    """,
 )
 
 #: The schema version this code reads and writes.

@@ -173,33 +173,46 @@ class Store:
     ) -> None:
         """Replace the whole cache with a full snapshot, in one transaction."""
         async with self.write():
-            await self._db.execute("DELETE FROM session")
-            await self._db.execute("DELETE FROM attendees")
-            await self._db.execute("DELETE FROM registrants")
-            await self._db.execute(
-                "INSERT INTO session (singleton, session_id, name, validate_registrants,"
-                " starts_at, ends_at) VALUES (1, ?, ?, ?, ?, ?)",
-                (
-                    session.session_id,
-                    name,
-                    int(session.validate_registrants),
-                    _format_time(session.starts_at),
-                    _format_time(session.ends_at),
-                ),
-            )
-            await self._db.executemany(
-                "INSERT OR IGNORE INTO attendees (code) VALUES (?)", ((c,) for c in attendees)
-            )
-            await self._db.executemany(
-                "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
-                ((session.session_id, c) for c in registrants),
-            )
+            await write_cache(self._db, (
+                session.session_id, name, int(session.validate_registrants),
+                _format_time(session.starts_at), _format_time(session.ends_at),
+            ), attendees, registrants)
 
     async def scans(self) -> list[dict[str, Any]]:
         """Every recorded scan, oldest first (for status, tests and tools)."""
         async with self._db.execute("SELECT * FROM scans ORDER BY seq") as cursor:
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+
+async def write_cache(
+    db: aiosqlite.Connection,
+    session: tuple[str, str, int, str | None, str | None] | None,
+    attendees: Iterable[str],
+    registrants: Iterable[str],
+) -> None:
+    """Replace the cache's rows, inside the caller's write transaction.
+
+    *session* is ``(session_id, name, validate_registrants, starts_at, ends_at)``,
+    or ``None`` for a device without a session (the door then answers not_ready).
+    """
+    await db.execute("DELETE FROM session")
+    await db.execute("DELETE FROM attendees")
+    await db.execute("DELETE FROM registrants")
+    await db.executemany(
+        "INSERT OR IGNORE INTO attendees (code) VALUES (?)", ((c,) for c in attendees)
+    )
+    if session is None:
+        return
+    await db.execute(
+        "INSERT INTO session (singleton, session_id, name, validate_registrants,"
+        " starts_at, ends_at) VALUES (1, ?, ?, ?, ?, ?)",
+        session,
+    )
+    await db.executemany(
+        "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
+        ((session[0], c) for c in registrants),
+    )
 
 
 class _WriteTransaction:

@@ -1,0 +1,165 @@
+"""Checking the shape of untrusted structured data, with errors that name the field.
+
+One set of value checks serves every place that reads structured input from
+outside: the device config file (TOML), the sync protocol's messages and the
+organizer API's bodies (JSON). A check takes a value and returns it (perhaps
+converted) or raises :class:`ValueError` whose message says what was expected;
+:func:`check_fields` applies a table of checks to a mapping and collects every
+problem at once, so a technician or an organizer fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+#: A check: returns the value (perhaps converted) or raises ValueError(expected).
+Check = Callable[[Any], Any]
+#: A field of a table: its check and whether it is required.
+Field = tuple[Check, bool]
+
+#: Identifiers of devices and sessions: safe in URLs, file names and logs.
+IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def text(limit: int) -> Check:
+    """A string of at most *limit* characters (may be empty)."""
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"a string of at most {limit} characters")
+        return value
+
+    return check
+
+
+def integer(low: int, high: int) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return check
+
+
+def number(low: float, high: float, *, open_low: bool = False) -> Check:
+    def check(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        if not ok or value > high:
+            bound = "greater than" if open_low else "at least"
+            raise ValueError(f"a number {bound} {low:g} and at most {high:g}")
+        return float(value)
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def choice(*choices: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
+        return value
+
+    return check
+
+
+def identifier(value: Any) -> str:
+    """A device or session id."""
+    if not isinstance(value, str) or not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError("1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def optional(check: Check) -> Check:
+    """*check*, or JSON ``null`` (``None``)."""
+
+    def check_or_none(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or null") from None
+
+    return check_or_none
+
+
+def timestamp(value: Any) -> str:
+    """An ISO 8601 date and time with a UTC offset; returned as given."""
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValueError("an ISO 8601 date and time with a UTC offset")
+    return value
+
+
+def list_of(check: Check, limit: int) -> Check:
+    """A list of at most *limit* items, each passing *check*."""
+
+    def check_list(value: Any) -> list[Any]:
+        if not isinstance(value, list) or len(value) > limit:
+            raise ValueError(f"a list of at most {limit} items")
+        checked = []
+        for index, item in enumerate(value):
+            try:
+                checked.append(check(item))
+            except ValueError as exc:
+                raise ValueError(f"item {index}: {exc}") from None
+        return checked
+
+    return check_list
+
+
+def check_fields(
+    table: Mapping[str, Any], fields: Mapping[str, Field], label: str = ""
+) -> tuple[dict[str, Any], list[str]]:
+    """Check every key of *table* against *fields*.
+
+    Returns the checked values and a list of problems, each naming the key
+    (prefixed with *label*), the value given and what was expected. Unknown keys
+    and missing required keys are problems too.
+    """
+    checked: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in table.items():
+        if key not in fields:
+            problems.append(
+                f"{label}{key} = {show(value)}: unknown key (expected one of: "
+                f"{', '.join(fields)})"
+            )
+            continue
+        try:
+            checked[key] = fields[key][0](value)
+        except ValueError as exc:
+            problems.append(f"{label}{key} = {show(value)}: expected {exc}")
+    for key, (_check, required) in fields.items():
+        if required and key not in table:
+            problems.append(f"{label}{key} is missing")
+    return checked, problems
+
+
+def show(value: Any) -> str:
+    """*value* as it would appear in the input, cut short for an error message."""
+    try:
+        rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    except ValueError:  # e.g. lone surrogates
+        rendered = ascii(value)
+    return rendered if len(rendered) <= 80 else rendered[:77] + "..."

@@ -1,0 +1,267 @@
+"""The server's end of a sync connection, as a sans-I/O state machine.
+
+:class:`ServerEnd` holds the protocol state of one device's websocket and
+nothing else. The server's endpoint authenticates the device (by its token,
+before this object exists), feeds it every frame with :meth:`~ServerEnd.receive`,
+tells it when the device's data changed with :meth:`~ServerEnd.changed`,
+carries out the :class:`Action` objects it returns (send a snapshot, send
+changes, store scans, note a status) and answers them with
+:meth:`~ServerEnd.send_snapshot`, :meth:`~ServerEnd.send_changes` and
+:meth:`~ServerEnd.send_results`.
+
+States::
+
+    AWAIT_HELLO --hello--> SYNCING --snapshot or changes sent--> LIVE
+
+In LIVE, :meth:`~ServerEnd.changed` asks for the changes since what was last
+sent; changes that arrive while a fetch is under way ask for another one when
+it is answered, so nothing is missed and bursts coalesce.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sync.messages import (
+    ACCEPTED,
+    DUPLICATE,
+    MAX_ITEMS_PER_MESSAGE,
+    PROTOCOL_VERSION,
+    REFUSED,
+    Change,
+    Changes,
+    Hello,
+    Message,
+    ProtocolError,
+    Scan,
+    ScanResult,
+    ScanResults,
+    Scans,
+    SessionInfo,
+    Snapshot,
+    Status,
+    Welcome,
+    encode,
+    parse_device_message,
+)
+
+
+class ServerState(enum.Enum):
+    AWAIT_HELLO = "await_hello"
+    SYNCING = "syncing"
+    LIVE = "live"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """What the server knows when a device connects.
+
+    ``horizon``: the oldest cursor changes can still be served from
+    (tombstones before it were pruned).
+    """
+
+    device_id: str
+    session_id: str | None
+    epoch: str
+    cursor: int
+    horizon: int = 0
+
+
+class Action:
+    """Something the endpoint must do, in the order given."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendSnapshot(Action):
+    """Read the device's whole cache and call :meth:`ServerEnd.send_snapshot`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendChanges(Action):
+    """Read the changes after *since* and call :meth:`ServerEnd.send_changes`."""
+
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreScans(Action):
+    """Store the scans and call :meth:`ServerEnd.send_results` (see :func:`judge_scans`)."""
+
+    batch: int
+    scans: list[Scan]
+
+
+@dataclass(frozen=True, slots=True)
+class NoteStatus(Action):
+    status: Status
+
+
+def needs_snapshot(hello: Hello, view: ServerView) -> bool:
+    """Whether the device must get a full snapshot rather than changes."""
+    return (
+        hello.epoch != view.epoch  # first sync, or the server's history was reset
+        or hello.session_id != view.session_id  # reassigned since it last synced
+        or hello.cursor > view.cursor  # the server lost history (restored from a backup)
+        or hello.cursor < view.horizon  # tombstones it needs were pruned
+    )
+
+
+class ServerEnd:
+    """Protocol state of one device's connection, seen from the server."""
+
+    def __init__(self, view: ServerView) -> None:
+        self.view = view
+        self.state = ServerState.AWAIT_HELLO
+        self.hello: Hello | None = None
+        self.sent_cursor = 0
+        self._fetching = False
+        self._dirty = False
+        self._outgoing: list[str] = []
+        self._actions: list[Action] = []
+        self._pending_batches: dict[int, frozenset[str]] = {}
+
+    # -- input -----------------------------------------------------------------
+
+    def receive(self, data: str | bytes) -> None:
+        """Take one frame from the device; raise :class:`ProtocolError` if it breaks a rule."""
+        message = parse_device_message(data)
+        if isinstance(message, Hello):
+            self._hello(message)
+        elif self.state is ServerState.AWAIT_HELLO:
+            raise ProtocolError(f"{message.type} before hello")
+        elif isinstance(message, Scans):
+            self._scans(message)
+        elif isinstance(message, Status):
+            self._actions.append(NoteStatus(message))
+
+    def _hello(self, hello: Hello) -> None:
+        if self.state is not ServerState.AWAIT_HELLO:
+            raise ProtocolError("second hello on one connection")
+        if hello.v != PROTOCOL_VERSION:
+            raise ProtocolError(f"device speaks protocol {hello.v}, server {PROTOCOL_VERSION}")
+        if hello.device_id != self.view.device_id:
+            raise ProtocolError(
+                f"hello names device {hello.device_id!r} but the token is "
+                f"{self.view.device_id!r}'s"
+            )
+        self.hello = hello
+        self.state = ServerState.SYNCING
+        resync = needs_snapshot(hello, self.view)
+        self._send(Welcome(device_id=self.view.device_id, session_id=self.view.session_id,
+                           epoch=self.view.epoch, cursor=self.view.cursor,
+                           server_time=datetime.now().astimezone().isoformat(),
+                           resync=resync))
+        self._fetching = True
+        self._actions.append(SendSnapshot() if resync else SendChanges(hello.cursor))
+        if not resync:
+            self.sent_cursor = hello.cursor
+
+    def _scans(self, message: Scans) -> None:
+        if message.batch in self._pending_batches:
+            raise ProtocolError(f"batch {message.batch} pushed twice before its results")
+        ids = [s.scan_id for s in message.scans]
+        if len(set(ids)) != len(ids):
+            raise ProtocolError(f"batch {message.batch} holds a scan id twice")
+        self._pending_batches[message.batch] = frozenset(ids)
+        self._actions.append(StoreScans(message.batch, message.scans))
+
+    def changed(self) -> None:
+        """The device's registrants, attendees or session changed on the server."""
+        if self.state is ServerState.LIVE and not self._fetching:
+            self._fetching = True
+            self._actions.append(SendChanges(self.sent_cursor))
+        else:
+            self._dirty = True
+
+    # -- answers to actions ----------------------------------------------------
+
+    def send_snapshot(self, cursor: int, session: SessionInfo | None,
+                      attendees: list[str], registrants: list[str]) -> None:
+        """Queue the device's whole cache as of *cursor*, in parts."""
+        self._expect_fetch()
+        step = MAX_ITEMS_PER_MESSAGE
+        parts = max(1, -(-len(attendees) // step), -(-len(registrants) // step))
+        for index in range(parts):
+            self._send(Snapshot(epoch=self.view.epoch, cursor=cursor, part=index,
+                                last=index == parts - 1, session=session,
+                                attendees=attendees[index * step:(index + 1) * step],
+                                registrants=registrants[index * step:(index + 1) * step]))
+        self._fetched(cursor)
+
+    def send_changes(self, since: int, cursor: int, changes: Iterable[Change]) -> None:
+        """Queue the changes after *since* up to *cursor* (sorted by seq)."""
+        self._expect_fetch()
+        if since != self.sent_cursor:
+            raise ValueError(f"changes since {since}, but the device has {self.sent_cursor}")
+        batch: list[Change] = []
+        for change in changes:
+            batch.append(change)
+            if len(batch) == MAX_ITEMS_PER_MESSAGE:
+                self._send(Changes(epoch=self.view.epoch, since=since, cursor=batch[-1].seq,
+                                   changes=batch))
+                since, batch = batch[-1].seq, []
+        if batch or self.state is ServerState.SYNCING or cursor > since:
+            self._send(Changes(epoch=self.view.epoch, since=since, cursor=cursor, changes=batch))
+        self._fetched(cursor)
+
+    def send_results(self, batch: int, results: list[ScanResult]) -> None:
+        expected = self._pending_batches.pop(batch, None)
+        if expected is None or {r.scan_id for r in results} != expected:
+            raise ValueError(f"results for batch {batch} do not match its scans")
+        self._send(ScanResults(batch=batch, results=results))
+
+    def _expect_fetch(self) -> None:
+        if not self._fetching:
+            raise ValueError("no snapshot or changes were asked for")
+
+    def _fetched(self, cursor: int) -> None:
+        self.sent_cursor = cursor
+        self.state = ServerState.LIVE
+        self._fetching = False
+        if self._dirty:
+            self._dirty = False
+            self.changed()
+
+    # -- output ----------------------------------------------------------------
+
+    def data_to_send(self) -> list[str]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def actions(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    def _send(self, message: Message) -> None:
+        self._outgoing.append(encode(message))
+
+
+def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
+                owners: dict[str, str]) -> list[ScanResult]:
+    """What the server makes of each pushed scan.
+
+    *owners* maps the scan ids already stored to the device that pushed them.
+    A scan is a duplicate if this device pushed it before, refused if another
+    device did (a replayed id) or if it names a session other than the
+    device's; scans the door made before it had any session (``not_ready``)
+    are accepted as the facts they are.
+    """
+    results = []
+    for scan in scans:
+        owner = owners.get(scan.scan_id)
+        if owner == device_id:
+            results.append(ScanResult(scan.scan_id, DUPLICATE))
+        elif owner is not None:
+            results.append(ScanResult(scan.scan_id, REFUSED,
+                                      "scan id already stored from another device"))
+        elif scan.session_id is not None and scan.session_id != session_id:
+            results.append(ScanResult(
+                scan.scan_id, REFUSED,
+                f"scan is for session {scan.session_id!r} but device {device_id!r} is "
+                f"assigned to {session_id!r}"))
+        else:
+            results.append(ScanResult(scan.scan_id, ACCEPTED))
+    return results

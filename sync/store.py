@@ -1,0 +1,159 @@
+"""The sync daemon's side of the device store (the same file the door uses).
+
+:class:`SyncStore` adds to :class:`device.store.Store` what the daemon does:
+apply a snapshot or changes together with the cursor they bring, in one
+transaction; read the scans waiting to upload; record the server's answer per
+scan; and keep the daemon's state for ``checkin status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from device.clock import wall_now
+from device.store import Store, write_cache
+from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
+from sync.messages import Scan, ScanResult, SessionInfo
+
+_SCAN_COLUMNS = ("scan_id, seq, code, session_id, decision, reason, scanned_at, monotonic_ns,"
+                 " boot_id")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """Everything ``checkin status`` shows, read in one go."""
+
+    session_id: str | None
+    session_name: str | None
+    validate_registrants: bool | None
+    attendees: int
+    registrants: int
+    epoch: str | None
+    cursor: int
+    connected: bool
+    last_sync_at: str | None
+    last_error: str | None
+    updated_at: str | None
+    scans_waiting: int
+    scans_quarantined: int
+    scans_stored: int
+    last_frame_at: str | None
+    door_started_at: str | None
+
+
+class SyncStore(Store):
+    """The device store as the sync daemon uses it."""
+
+    async def cache_state(self) -> CacheState:
+        rows = await self._db.execute_fetchall(
+            "SELECT (SELECT session_id FROM session), epoch, cursor FROM sync_state")
+        session_id, epoch, cursor = next(iter(rows))
+        return CacheState(session_id, epoch, cursor)
+
+    async def apply_snapshot(self, snapshot: ApplySnapshot) -> None:
+        """Replace the cache and store the snapshot's epoch and cursor, atomically."""
+        async with self.write():
+            await write_cache(self._db, _session_row(snapshot.session), snapshot.attendees,
+                              snapshot.registrants)
+            await self._set_cursor(snapshot.cursor, snapshot.epoch)
+
+    async def apply_changes(self, changes: ApplyChanges) -> None:
+        """Apply changes in seq order and store the new cursor, atomically."""
+        db = self._db
+        async with self.write():
+            for change in changes.changes:
+                if change.kind == "session":
+                    await _apply_session(db, change.session)
+                elif change.kind == "attendee" and change.deleted:
+                    await db.execute("DELETE FROM attendees WHERE code = ?", (change.code,))
+                elif change.kind == "attendee":
+                    await db.execute("INSERT OR IGNORE INTO attendees (code) VALUES (?)",
+                                     (change.code,))
+                elif change.deleted:
+                    await db.execute("DELETE FROM registrants WHERE code = ?", (change.code,))
+                else:
+                    await db.execute("INSERT OR IGNORE INTO registrants (session_id, code)"
+                                     " SELECT session_id, ? FROM session", (change.code,))
+            await self._set_cursor(changes.cursor)
+
+    async def _set_cursor(self, cursor: int, epoch: str | None = None) -> None:
+        await self._db.execute(
+            "UPDATE sync_state SET cursor = ?, epoch = COALESCE(?, epoch), last_sync_at = ?,"
+            " updated_at = ?", (cursor, epoch, _now(), _now()))
+
+    async def waiting_scans(self, after_seq: int, limit: int) -> list[Scan]:
+        """Scans not yet stored by the server with seq above *after_seq*, oldest first."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_SCAN_COLUMNS} FROM scans WHERE upload_state = 'waiting' AND seq > ?"
+            " ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [Scan(*row) for row in rows]
+
+    async def record_results(self, results: list[ScanResult]) -> None:
+        """Mark stored scans stored and refused scans quarantined with the reason."""
+        async with self.write():
+            await self._db.executemany(
+                "UPDATE scans SET upload_state = 'stored' WHERE scan_id = ?",
+                [(r.scan_id,) for r in results if r.stored])
+            await self._db.executemany(
+                "UPDATE scans SET upload_state = 'quarantined', upload_note = ? WHERE scan_id = ?",
+                [(r.reason or "refused by the server", r.scan_id)
+                 for r in results if not r.stored])
+            await self._db.execute("UPDATE sync_state SET last_sync_at = ?, updated_at = ?",
+                                   (_now(), _now()))
+
+    async def note_link(self, *, connected: bool, error: str | None = None) -> None:
+        """Record the link's state (and why it is down) for ``checkin status``."""
+        async with self.write():
+            await self._db.execute(
+                "UPDATE sync_state SET connected = ?, last_error = ?, updated_at = ?",
+                (int(connected), error, _now()))
+
+    async def status(self) -> DeviceStatus:
+        rows = await self._db.execute_fetchall(_STATUS_SQL)
+        return DeviceStatus(*next(iter(rows)))
+
+    async def quarantined(self) -> list[dict[str, Any]]:
+        """The scans the server refused, with its reasons."""
+        rows = await self._db.execute_fetchall(
+            "SELECT scan_id, code, scanned_at, upload_note FROM scans"
+            " WHERE upload_state = 'quarantined' ORDER BY seq")
+        return [dict(zip(("scan_id", "code", "scanned_at", "reason"), r, strict=True))
+                for r in rows]
+
+
+_STATUS_SQL = """
+SELECT s.session_id, s.name, s.validate_registrants,
+       (SELECT count(*) FROM attendees), (SELECT count(*) FROM registrants),
+       y.epoch, y.cursor, y.connected, y.last_sync_at, y.last_error, y.updated_at,
+       (SELECT count(*) FROM scans WHERE upload_state = 'waiting'),
+       (SELECT count(*) FROM scans WHERE upload_state = 'quarantined'),
+       (SELECT count(*) FROM scans WHERE upload_state = 'stored'),
+       d.last_frame_at, d.started_at
+FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
+"""
+
+
+def _session_row(session: SessionInfo | None) -> tuple[Any, ...] | None:
+    if session is None:
+        return None
+    return (session.session_id, session.name, int(session.validate_registrants),
+            session.starts_at, session.ends_at)
+
+
+async def _apply_session(db: Any, session: SessionInfo | None) -> None:
+    if session is None:  # the session was deleted: the door has nothing to admit to
+        await db.execute("DELETE FROM session")
+        await db.execute("DELETE FROM registrants")
+        return
+    await db.execute(
+        "INSERT INTO session (singleton, session_id, name, validate_registrants, starts_at,"
+        " ends_at) VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (singleton) DO UPDATE SET"
+        " session_id = excluded.session_id, name = excluded.name,"
+        " validate_registrants = excluded.validate_registrants,"
+        " starts_at = excluded.starts_at, ends_at = excluded.ends_at",
+        _session_row(session))
+
+
+def _now() -> str:
+    return wall_now().isoformat(timespec="milliseconds")
