@@ -83,13 +83,3 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)
-
-#: Connection settings. FULL makes a committed scan survive power loss (NORMAL
-#: in WAL mode may lose the last transactions); the busy timeout lets the door
-#: and the daemon wait for each other's short write transactions.
-PRAGMAS: tuple[str, ...] = (
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",
-    "PRAGMA busy_timeout = 5000",
-    "PRAGMA foreign_keys = ON",
-)

@@ -7,25 +7,23 @@ each process sees the other's commits on its next query without a restart.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiosqlite
 
+from checkin.database import StoreError, WriteTransaction, connect, scalar
 from device.decision import Facts, SessionRules
-from device.schema import MIGRATIONS, PRAGMAS, SCHEMA_VERSION
+from device.schema import MIGRATIONS
+
+__all__ = ["FACTS_SQL", "STORE_FILE", "ScanRecord", "Store", "StoreError", "write_cache"]
 
 #: The store's file name inside the device's data dir.
 STORE_FILE = "checkin.sqlite3"
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written; the message says why and where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,55 +58,20 @@ class Store:
         self.path = path
 
     @classmethod
-    async def open(cls, data_dir: Path | str) -> Store:
+    async def open(cls, data_dir: Path | str) -> Self:
         """Open (creating and migrating if needed) the store in *data_dir*."""
         path = Path(data_dir) / STORE_FILE
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create data dir {path.parent}: {exc.strerror}") from exc
-        try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
-        store = cls(db, path)
-        try:
-            for pragma in PRAGMAS:
-                await db.execute(pragma)
-            await store._migrate()
-        except sqlite3.Error as exc:
-            await db.close()
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
-        except StoreError:
-            await db.close()
-            raise
-        return store
+        return cls(await connect(path, MIGRATIONS), path)
 
     async def close(self) -> None:
         await self._db.close()
 
-    async def _migrate(self) -> None:
-        async with self.write():
-            version = await self._scalar("PRAGMA user_version")
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema version {version}, newer than this "
-                    f"software's {SCHEMA_VERSION}: upgrade the software"
-                )
-            for script in MIGRATIONS[version:]:
-                for statement in _statements(script):
-                    await self._db.execute(statement)
-            if version != SCHEMA_VERSION:
-                await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def write(self) -> _WriteTransaction:
+    def write(self) -> WriteTransaction:
         """``async with store.write():`` — one ``BEGIN IMMEDIATE`` transaction."""
-        return _WriteTransaction(self._db, self.path)
+        return WriteTransaction(self._db, self.path)
 
     async def _scalar(self, sql: str, params: Any = ()) -> Any:
-        async with self._db.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
-        return row[0] if row else None
+        return await scalar(self._db, sql, params)
 
     # -- the door's side -------------------------------------------------
 
@@ -213,46 +176,6 @@ async def write_cache(
         "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
         ((session[0], c) for c in registrants),
     )
-
-
-class _WriteTransaction:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self._path = path
-
-    async def __aenter__(self) -> aiosqlite.Connection:
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
-        return self._db
-
-    async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                await self._db.execute("COMMIT")
-                return
-            except sqlite3.Error as commit_error:
-                await self._rollback()
-                raise StoreError(f"cannot write store {self._path}: {commit_error}") from None
-        await self._rollback()
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
-
-    async def _rollback(self) -> None:
-        # SQLite may already have rolled back on its own (e.g. on SQLITE_FULL).
-        with contextlib.suppress(sqlite3.Error):
-            await self._db.execute("ROLLBACK")
-
-
-def _statements(script: str) -> list[str]:
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return [s for s in statements if s]
 
 
 def _parse_time(value: str | None) -> datetime | None:
