@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one DEBUG line per statement
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -48,6 +49,29 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("paths", nargs="+", metavar="PATH")
     decode.add_argument("--decoder", default="zxing-cpp", choices=("zxing-cpp", "pyzbar"))
     decode.set_defaults(handler=_decode)
+
+    server = commands.add_parser("server", help="run the central server (API and /sync)")
+    server.add_argument("--data", default="server-data", metavar="DIR",
+                        help="where the server keeps its database and admin token "
+                             "(default: ./server-data)")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                             "interface)")
+    server.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    server.add_argument("--certfile", metavar="PEM", help="TLS certificate chain (for wss://)")
+    server.add_argument("--keyfile", metavar="PEM", help="TLS private key")
+    server.add_argument("-v", "--verbose", action="store_true")
+    server.set_defaults(handler=_server)
+
+    sync = commands.add_parser("sync", help="run a door's sync daemon")
+    sync.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
+    sync.add_argument("-v", "--verbose", action="store_true")
+    sync.set_defaults(handler=_sync)
+
+    status = commands.add_parser("status", help="say what a door device is doing")
+    status.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
 
     demo = commands.add_parser("demo", help="run a door on this machine with a scripted camera")
     demo.add_argument("--once", action="store_true",
@@ -110,6 +134,36 @@ def _decode(args: argparse.Namespace) -> int:
                 print(f"{path}\t")
     sys.stdout.flush()
     return status
+
+
+def _server(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.app import run_server
+
+    if bool(args.certfile) != bool(args.keyfile):
+        print("checkin server: --certfile and --keyfile go together", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_server(Path(args.data), args.host, args.port, certfile=args.certfile,
+                      keyfile=args.keyfile)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from sync.daemon import run_sync
+
+    config = _load_config_or_exit(args.config)
+    if config.server is None:
+        print(f"config error in {config.path}: [server] is missing (the sync daemon needs "
+              "url and token_file)", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(run_sync(config))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sync.status import show_status
+
+    return asyncio.run(show_status(_load_config_or_exit(args.config), sys.stdout,
+                                   as_json=args.json))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -35,3 +35,8 @@ def boot_id() -> str:
         return _BOOT_ID_FILE.read_text().strip()
     except OSError:
         return f"process-{uuid.uuid4()}"
+
+
+def wall_stamp() -> str:
+    """The current local time as ISO 8601 text with milliseconds and UTC offset."""
+    return wall_now().isoformat(timespec="milliseconds")

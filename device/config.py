@@ -85,6 +85,10 @@ class ServerConfig:
     url: str
     token_file: Path
     ca_file: Path | None = None
+    retry_min_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    auth_retry_seconds: float = 30.0
+    status_seconds: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "url": (_server_url, True),
         "token_file": (string, True),
         "ca_file": (string, False),
+        "retry_min_seconds": (number(0, 3600, open_low=True), False),
+        "retry_max_seconds": (number(0, 3600, open_low=True), False),
+        "auth_retry_seconds": (number(0, 86400, open_low=True), False),
+        "status_seconds": (number(0, 3600, open_low=True), False),
     },
 }
 #: Sections that may be left out entirely (the door runs without a server).
@@ -209,11 +217,10 @@ def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> Devic
         scanner=ScannerConfig(**sections["scanner"]),
         door=DoorConfig(**sections["door"]),
         gpio=GpioConfig(**sections["gpio"]),
-        server=ServerConfig(
-            url=server["url"],
-            token_file=base / server["token_file"],
-            ca_file=base / server["ca_file"] if "ca_file" in server else None,
-        ) if server else None,
+        server=ServerConfig(**server | {
+            "token_file": base / server["token_file"],
+            "ca_file": base / server["ca_file"] if "ca_file" in server else None,
+        }) if server else None,
         path=path,
     )
 

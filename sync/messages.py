@@ -42,12 +42,28 @@ MAX_ITEMS_PER_MESSAGE = 20_000
 
 _SEQ = integer(0, 2**63 - 1)
 
+# Close codes: the server closes a device's websocket with one of these and a
+# reason text; the daemon chooses how soon to reconnect by the code.
+#: A frame broke the protocol (the reason names the rule).
+CLOSE_PROTOCOL_ERROR = 1002
+#: A frame was larger than the receiver's limit.
+CLOSE_TOO_BIG = 1009
+#: The server failed (e.g. its database); reconnect with backoff.
+CLOSE_INTERNAL_ERROR = 1011
+#: Unknown or revoked device token: reconnect slowly, a technician must act.
+CLOSE_UNAUTHORIZED = 4001
+#: The device was assigned to another session: reconnect at once (a snapshot follows).
+CLOSE_REASSIGNED = 4002
+#: A newer connection of the same device replaced this one.
+CLOSE_REPLACED = 4003
+
 
 class ProtocolError(Exception):
     """A message broke the protocol; the message says which rule."""
 
 
-def _attendee_code(value: Any) -> str:
+def attendee_code(value: Any) -> str:
+    """Check an attendee code with the door's own rule (:func:`check_code`)."""
     problem = check_code(value) if isinstance(value, str) else "not a string"
     if problem:
         raise ValueError(f"an attendee code ({problem})")
@@ -119,7 +135,7 @@ def _change(value: Any) -> Change:
                 "session": (optional(_SESSION), True)}
     else:
         spec = {"seq": (_SEQ, True), "kind": (choice("attendee", "registrant"), True),
-                "code": (_attendee_code, True), "deleted": (boolean, True)}
+                "code": (attendee_code, True), "deleted": (boolean, True)}
     checked, problems = check_fields(value, spec)
     if problems:
         raise ValueError(problems[0])
@@ -246,8 +262,8 @@ class Snapshot(Message):
         "part": (integer(0, 1_000_000), True),
         "last": (boolean, True),
         "session": (optional(_SESSION), True),
-        "attendees": (list_of(_attendee_code, MAX_ITEMS_PER_MESSAGE), True),
-        "registrants": (list_of(_attendee_code, MAX_ITEMS_PER_MESSAGE), True),
+        "attendees": (list_of(attendee_code, MAX_ITEMS_PER_MESSAGE), True),
+        "registrants": (list_of(attendee_code, MAX_ITEMS_PER_MESSAGE), True),
     }
     epoch: str
     cursor: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from device.clock import wall_now
+from device.clock import wall_stamp
 from device.store import Store, write_cache
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
 from sync.messages import Scan, ScanResult, SessionInfo
@@ -80,7 +80,7 @@ class SyncStore(Store):
     async def _set_cursor(self, cursor: int, epoch: str | None = None) -> None:
         await self._db.execute(
             "UPDATE sync_state SET cursor = ?, epoch = COALESCE(?, epoch), last_sync_at = ?,"
-            " updated_at = ?", (cursor, epoch, _now(), _now()))
+            " updated_at = ?", (cursor, epoch, wall_stamp(), wall_stamp()))
 
     async def waiting_scans(self, after_seq: int, limit: int) -> list[Scan]:
         """Scans not yet stored by the server with seq above *after_seq*, oldest first."""
@@ -100,14 +100,14 @@ class SyncStore(Store):
                 [(r.reason or "refused by the server", r.scan_id)
                  for r in results if not r.stored])
             await self._db.execute("UPDATE sync_state SET last_sync_at = ?, updated_at = ?",
-                                   (_now(), _now()))
+                                   (wall_stamp(), wall_stamp()))
 
     async def note_link(self, *, connected: bool, error: str | None = None) -> None:
         """Record the link's state (and why it is down) for ``checkin status``."""
         async with self.write():
             await self._db.execute(
                 "UPDATE sync_state SET connected = ?, last_error = ?, updated_at = ?",
-                (int(connected), error, _now()))
+                (int(connected), error, wall_stamp()))
 
     async def status(self) -> DeviceStatus:
         rows = await self._db.execute_fetchall(_STATUS_SQL)
@@ -154,6 +154,3 @@ async def _apply_session(db: Any, session: SessionInfo | None) -> None:
         " starts_at = excluded.starts_at, ends_at = excluded.ends_at",
         _session_row(session))
 
-
-def _now() -> str:
-    return wall_now().isoformat(timespec="milliseconds")

@@ -1,0 +1,252 @@
+"""The organizer HTTP API: sessions, attendees, registrants, devices, attendance.
+
+JSON in and out; every route but ``/api/health`` needs
+``Authorization: Bearer <admin token>``. Errors are ``{"error": "..."}`` with
+a message that names what was wrong. Every change is pushed to the connected
+doors it concerns as soon as it is committed. See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from checkin.database import StoreError
+from checkin.shapes import (
+    boolean,
+    check_fields,
+    identifier,
+    optional,
+    show,
+    text,
+    timestamp,
+)
+from device.scanner.payload import check_code
+from server.store import Attendee, Conflict, NotFound, ServerStore
+from server.tokens import bearer, same_token
+from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
+
+log = logging.getLogger("checkin.server")
+
+#: Largest request body accepted, in bytes (a bulk upload of 100,000 attendees fits).
+MAX_BODY = 32 << 20
+#: Most attendees in one bulk upsert.
+MAX_ATTENDEES = 200_000
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequest(Exception):
+    """The request is malformed (HTTP 400); the message says how."""
+
+
+def error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def admin(handler: Handler) -> Handler:
+    """Require the admin token; turn domain errors into HTTP answers."""
+
+    async def guarded(request: Request) -> Response:
+        given = bearer(request.headers.get("authorization"))
+        if not same_token(given, request.app.state.admin_token):
+            return error(401, "missing or wrong admin token: send 'Authorization: Bearer "
+                              "<admin token>'")
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        except NotFound as exc:
+            return error(404, str(exc))
+        except Conflict as exc:
+            return error(409, str(exc))
+        except StoreError as exc:
+            log.error("%s", exc)
+            return error(503, "server storage error; try again later")
+
+    return guarded
+
+
+async def _json_body(request: Request) -> Any:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise BadRequest(f"body larger than {MAX_BODY} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise BadRequest(f"body larger than {MAX_BODY} bytes")
+    except ClientDisconnect:
+        raise BadRequest("client went away mid-body") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _path_id(request: Request, key: str) -> str:
+    value = request.path_params[key]
+    try:
+        return identifier(value)
+    except ValueError as exc:
+        raise BadRequest(f"{key} {show(value)}: expected {exc}") from None
+
+
+def _path_code(request: Request) -> str:
+    code = request.path_params["code"]
+    problem = check_code(code)
+    if problem:
+        raise BadRequest(f"code {show(code)}: {problem}")
+    return code
+
+
+def _checked(body: Any, fields: dict[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what}: expected a JSON object, got {type(body).__name__}")
+    checked, problems = check_fields(body, fields)
+    if problems:
+        raise BadRequest(f"{what}: " + "; ".join(problems))
+    return checked
+
+
+_SESSION_FIELDS = {
+    "name": (text(200), True),
+    "validate_registrants": (boolean, True),
+    "starts_at": (optional(timestamp), False),
+    "ends_at": (optional(timestamp), False),
+}
+_ATTENDEE_FIELDS = {
+    "code": (attendee_code, True),
+    "name": (text(200), True),
+    "email": (optional(text(320)), False),
+}
+_DEVICE_FIELDS = {"session_id": (identifier, True)}
+
+
+def _store(request: Request) -> ServerStore:
+    return request.app.state.store
+
+
+# -- routes -------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "epoch": _store(request).epoch,
+                         "devices_connected": len(request.app.state.hub)})
+
+
+@admin
+async def list_sessions(request: Request) -> Response:
+    return JSONResponse(await _store(request).sessions())
+
+
+@admin
+async def put_session(request: Request) -> Response:
+    session_id = _path_id(request, "session_id")
+    fields = _checked(await _json_body(request), _SESSION_FIELDS, "session")
+    session = SessionInfo(session_id=session_id, **fields)
+    if session.starts_at and session.ends_at and session.ends_at < session.starts_at:
+        raise BadRequest("session: ends_at is before starts_at")
+    created = await _store(request).put_session(session)
+    request.app.state.hub.changed(session_id)
+    return JSONResponse({"session_id": session_id, **fields, "created": created},
+                        status_code=201 if created else 200)
+
+
+@admin
+async def delete_session(request: Request) -> Response:
+    session_id = _path_id(request, "session_id")
+    await _store(request).delete_session(session_id)
+    request.app.state.hub.changed(session_id)
+    return Response(status_code=204)
+
+
+@admin
+async def post_attendees(request: Request) -> Response:
+    body = await _json_body(request)
+    if not isinstance(body, list):
+        raise BadRequest(f"attendees: expected a JSON list of {{\"code\", \"name\"}} objects, "
+                         f"got {type(body).__name__}")
+    if len(body) > MAX_ATTENDEES:
+        raise BadRequest(f"attendees: at most {MAX_ATTENDEES} per request")
+    attendees = [Attendee(**_checked(item, _ATTENDEE_FIELDS, f"attendee {index}"))
+                 for index, item in enumerate(body)]
+    created, updated = await _store(request).upsert_attendees(attendees)
+    if created:
+        request.app.state.hub.changed(None)
+    return JSONResponse({"created": created, "updated": updated})
+
+
+@admin
+async def put_registrant(request: Request) -> Response:
+    session_id, code = _path_id(request, "session_id"), _path_code(request)
+    created = await _store(request).put_registrant(session_id, code)
+    if created:
+        request.app.state.hub.changed(session_id)
+    return JSONResponse({"session_id": session_id, "code": code, "created": created},
+                        status_code=201 if created else 200)
+
+
+@admin
+async def delete_registrant(request: Request) -> Response:
+    session_id, code = _path_id(request, "session_id"), _path_code(request)
+    await _store(request).delete_registrant(session_id, code)
+    request.app.state.hub.changed(session_id)
+    return Response(status_code=204)
+
+
+@admin
+async def put_device(request: Request) -> Response:
+    device_id = _path_id(request, "device_id")
+    session_id = _checked(await _json_body(request), _DEVICE_FIELDS, "device")["session_id"]
+    token, previous = await _store(request).put_device(device_id, session_id)
+    if token is not None:
+        return JSONResponse({"device_id": device_id, "session_id": session_id, "token": token},
+                            status_code=201)
+    if previous != session_id:
+        await request.app.state.hub.disconnect(
+            device_id, CLOSE_REASSIGNED, f"device reassigned to session {session_id}")
+    return JSONResponse({"device_id": device_id, "session_id": session_id})
+
+
+@admin
+async def delete_device(request: Request) -> Response:
+    device_id = _path_id(request, "device_id")
+    await _store(request).revoke_device(device_id)
+    await request.app.state.hub.disconnect(device_id, CLOSE_UNAUTHORIZED, "device token revoked")
+    return Response(status_code=204)
+
+
+@admin
+async def list_devices(request: Request) -> Response:
+    devices = await _store(request).devices()
+    connected = request.app.state.hub.connected()
+    return JSONResponse([d | {"connected": d["device_id"] in connected} for d in devices])
+
+
+@admin
+async def attendance(request: Request) -> Response:
+    return JSONResponse(await _store(request).attendance(_path_id(request, "session_id")))
+
+
+ROUTES = [
+    Route("/api/health", health, methods=["GET"]),
+    Route("/api/sessions", list_sessions, methods=["GET"]),
+    Route("/api/sessions/{session_id}", put_session, methods=["PUT"]),
+    Route("/api/sessions/{session_id}", delete_session, methods=["DELETE"]),
+    Route("/api/sessions/{session_id}/attendance", attendance, methods=["GET"]),
+    Route("/api/sessions/{session_id}/registrants/{code:path}", put_registrant, methods=["PUT"]),
+    Route("/api/sessions/{session_id}/registrants/{code:path}", delete_registrant,
+          methods=["DELETE"]),
+    Route("/api/attendees", post_attendees, methods=["POST"]),
+    Route("/api/devices", list_devices, methods=["GET"]),
+    Route("/api/devices/{device_id}", put_device, methods=["PUT"]),
+    Route("/api/devices/{device_id}", delete_device, methods=["DELETE"]),
+]

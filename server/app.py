@@ -1,0 +1,67 @@
+"""The central server: one Starlette application on uvicorn.
+
+Starlette rather than FastAPI: the server has a dozen routes and one
+websocket, and checks its JSON with the same field checks as the device's
+config and the sync messages (:mod:`checkin.shapes`); FastAPI would add
+pydantic and its memory for nothing we use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+from server.api import ROUTES
+from server.endpoint import sync_endpoint
+from server.hub import Hub
+from server.store import ServerStore
+from server.tokens import admin_token
+from sync.messages import MAX_DEVICE_MESSAGE
+
+log = logging.getLogger("checkin.server")
+
+
+def create_app(data_dir: Path, token: str) -> Starlette:
+    """The server's ASGI application, keeping its state in *data_dir*."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.store = await ServerStore.open(data_dir)
+        app.state.hub = Hub()
+        app.state.admin_token = token
+        log.info("server store %s (epoch %s)", app.state.store.path, app.state.store.epoch)
+        try:
+            yield
+        finally:
+            await app.state.store.close()
+
+    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint)], lifespan=lifespan)
+
+
+def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
+               keyfile: str | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; return the exit status."""
+    import uvicorn
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token, source = admin_token(data_dir)
+    except OSError as exc:
+        print(f"checkin server: cannot use data dir {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    print(f"checkin server: admin token {source}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(
+        create_app(data_dir, token), host=host, port=port, ws="websockets-sansio",
+        ws_max_size=MAX_DEVICE_MESSAGE, ws_ping_interval=10, ws_ping_timeout=10,
+        ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning", lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,156 @@
+"""The ``/sync`` websocket endpoint: the thin I/O layer over :class:`ServerEnd`.
+
+One :class:`DeviceLink` per connected device. It authenticates the device by
+its bearer token, then runs two tasks: a reader that feeds every frame to the
+protocol end, and a pump that carries out the end's actions against the store
+and sends what the end queued. A frame that breaks the protocol closes that one
+connection with :data:`CLOSE_PROTOCOL_ERROR` and its reason; nothing else is
+affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from checkin.database import StoreError
+from server.hub import Hub
+from server.store import Device, ServerStore
+from server.tokens import bearer
+from sync.messages import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REPLACED,
+    CLOSE_UNAUTHORIZED,
+    ProtocolError,
+)
+from sync.server_end import (
+    Action,
+    NoteStatus,
+    SendChanges,
+    SendSnapshot,
+    ServerEnd,
+    StoreScans,
+)
+
+log = logging.getLogger("checkin.server")
+
+
+async def sync_endpoint(websocket: WebSocket) -> None:
+    store: ServerStore = websocket.app.state.store
+    hub: Hub = websocket.app.state.hub
+    token = bearer(websocket.headers.get("authorization"))
+    device = await store.device_by_token(token) if token else None
+    await websocket.accept()
+    if device is None:
+        log.warning("sync connection from %s refused: %s", _peer(websocket),
+                    "unknown or revoked device token" if token else "no bearer token")
+        await websocket.close(CLOSE_UNAUTHORIZED, "unknown or revoked device token")
+        return
+    link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
+    await hub.attach(link, replaced_code=CLOSE_REPLACED)
+    log.info("device %s connected (session %s)", device.device_id, device.session_id)
+    try:
+        await link.serve()
+    finally:
+        hub.detach(link)
+        log.info("device %s disconnected", device.device_id)
+
+
+class DeviceLink:
+    """One device's websocket, driven by its :class:`ServerEnd`."""
+
+    def __init__(self, websocket: WebSocket, end: ServerEnd, device: Device,
+                 store: ServerStore) -> None:
+        self.websocket = websocket
+        self.end = end
+        self.device = device
+        self.device_id = device.device_id
+        self.session_id = device.session_id
+        self.store = store
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    async def serve(self) -> None:
+        pump = asyncio.create_task(self._pump())
+        try:
+            await self._read()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _read(self) -> None:
+        while not self._closed:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            try:
+                self.end.receive(data if data is not None else message.get("bytes") or b"")
+            except ProtocolError as exc:
+                log.warning("device %s broke the protocol: %s", self.device_id, exc)
+                await self.close(CLOSE_PROTOCOL_ERROR, str(exc))
+                return
+            self._wake.set()
+
+    def changed(self) -> None:
+        self.end.changed()
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while actions := self.end.actions():
+                    for action in actions:
+                        await self._carry_out(action)
+                    for frame in self.end.data_to_send():
+                        await self.websocket.send_text(frame)
+                for frame in self.end.data_to_send():
+                    await self.websocket.send_text(frame)
+        except StoreError as exc:
+            log.error("device %s: %s", self.device_id, exc)
+            await self.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._closed = True  # the reader sees the disconnect and ends the link
+
+    async def _carry_out(self, action: Action) -> None:
+        if isinstance(action, SendSnapshot):
+            self.end.send_snapshot(*await self.store.snapshot(self.session_id))
+        elif isinstance(action, SendChanges):
+            cursor, changes = await self.store.changes_since(self.session_id, action.since)
+            self.end.send_changes(action.since, cursor, changes)
+        elif isinstance(action, StoreScans):
+            self.end.send_results(action.batch,
+                                  await self.store.store_scans(self.device, action.scans))
+        elif isinstance(action, NoteStatus):
+            await self.store.note_status(self.device_id, asdict(action.status))
+
+    async def close(self, code: int, reason: str) -> None:
+        self._closed = True
+        if self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(RuntimeError, OSError):
+            await self.websocket.close(code, _close_reason(reason))
+
+
+def _close_reason(reason: str) -> str:
+    """A close frame's reason is at most 123 bytes of UTF-8."""
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:120].decode("utf-8", "ignore") + "..."
+
+
+def _peer(websocket: WebSocket) -> str:
+    client = websocket.client
+    return f"{client.host}:{client.port}" if client else "unknown peer"

@@ -1,0 +1,80 @@
+"""The central server's schema: one SQLite file in the server's data dir.
+
+Every row a device caches carries ``seq``, the server-wide sequence number of
+its last change; deletions stay as tombstones (``deleted = 1``) so a device's
+cursor can always be answered with "every row whose seq is above it". The
+epoch is made once, with the file: a server whose database was replaced has a
+new epoch, and every device resyncs from a snapshot.
+"""
+
+from __future__ import annotations
+
+#: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        epoch     TEXT NOT NULL,
+        seq       INTEGER NOT NULL DEFAULT 0,     -- last change sequence number given out
+        horizon   INTEGER NOT NULL DEFAULT 0      -- tombstones at or below it were pruned
+    );
+    INSERT INTO meta (singleton, epoch) VALUES (1, lower(hex(randomblob(8))));
+
+    CREATE TABLE sessions (
+        session_id           TEXT PRIMARY KEY,
+        name                 TEXT NOT NULL,
+        validate_registrants INTEGER NOT NULL,
+        starts_at            TEXT,
+        ends_at              TEXT,
+        deleted              INTEGER NOT NULL DEFAULT 0,
+        seq                  INTEGER NOT NULL
+    );
+
+    CREATE TABLE attendees (
+        code  TEXT PRIMARY KEY,
+        name  TEXT NOT NULL,
+        email TEXT,
+        seq   INTEGER NOT NULL
+    );
+    CREATE INDEX attendees_seq ON attendees (seq);
+
+    CREATE TABLE registrants (
+        session_id TEXT NOT NULL,
+        code       TEXT NOT NULL,
+        deleted    INTEGER NOT NULL DEFAULT 0,
+        seq        INTEGER NOT NULL,
+        PRIMARY KEY (session_id, code)
+    ) WITHOUT ROWID;
+    CREATE INDEX registrants_seq ON registrants (session_id, seq);
+
+    CREATE TABLE devices (
+        device_id    TEXT PRIMARY KEY,
+        session_id   TEXT,
+        token_hash   TEXT UNIQUE,          -- NULL once revoked
+        created_at   TEXT NOT NULL,
+        revoked_at   TEXT,
+        last_seen_at TEXT,
+        status       TEXT                  -- the device's last status message (JSON)
+    );
+
+    -- Scans as the doors made them: the device's time and verdict, never re-decided.
+    CREATE TABLE scans (
+        scan_id      TEXT PRIMARY KEY,
+        device_id    TEXT NOT NULL,
+        device_seq   INTEGER NOT NULL,
+        session_id   TEXT,
+        code         TEXT NOT NULL,
+        decision     TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        scanned_at   TEXT NOT NULL,
+        monotonic_ns INTEGER NOT NULL,
+        boot_id      TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        disagreement TEXT                  -- what the server would have decided, if not the same
+    );
+    CREATE INDEX scans_session ON scans (session_id, scanned_at);
+    """,
+)
+
+#: The server store's file name inside its data dir.
+SERVER_FILE = "server.sqlite3"

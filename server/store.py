@@ -1,0 +1,366 @@
+"""The central server's store: an aiosqlite adapter over its one SQLite file.
+
+Writes go through one connection, one ``BEGIN IMMEDIATE`` transaction at a
+time (an :class:`asyncio.Lock` keeps coroutines from interleaving statements
+in each other's transactions); reads that must be consistent (a snapshot and
+its cursor, changes and theirs) run in a read transaction on a second
+connection, which WAL lets proceed while a write is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from checkin.database import WriteTransaction, connect, scalar
+from device.clock import wall_stamp
+from server.audit import disagreement
+from server.schema import MIGRATIONS, SERVER_FILE
+from server.tokens import new_token, token_hash
+from sync.messages import Change, Scan, ScanResult, SessionInfo
+from sync.server_end import ServerView, judge_scans
+
+
+class NotFound(Exception):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class Conflict(Exception):
+    """The change would break a rule (HTTP 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attendee:
+    code: str
+    name: str
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    session_id: str | None
+
+
+class ServerStore:
+    """The server's data. Use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path,
+                 epoch: str) -> None:
+        self._db = db
+        self._reader = reader
+        self.path = path
+        self.epoch = epoch
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, data_dir: Path | str) -> ServerStore:
+        path = Path(data_dir) / SERVER_FILE
+        db = await connect(path, MIGRATIONS)
+        reader = await connect(path, MIGRATIONS)
+        epoch = await scalar(db, "SELECT epoch FROM meta")
+        return cls(db, reader, path, epoch)
+
+    async def close(self) -> None:
+        await self._db.close()
+        await self._reader.close()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock, WriteTransaction(self._db, self.path) as db:
+            yield db
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._read_lock:
+            await self._reader.execute("BEGIN")
+            try:
+                yield self._reader
+            finally:
+                await self._reader.execute("COMMIT")
+
+    async def _next_seqs(self, db: aiosqlite.Connection, count: int) -> int:
+        """Reserve *count* sequence numbers; return the first."""
+        last = await scalar(db, "UPDATE meta SET seq = seq + ? RETURNING seq", (count,))
+        return last - count + 1
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def put_session(self, session: SessionInfo) -> bool:
+        """Create or update a session; say whether it was created."""
+        async with self._write() as db:
+            rows = await db.execute_fetchall(
+                "SELECT name, validate_registrants, starts_at, ends_at, deleted FROM sessions"
+                " WHERE session_id = ?", (session.session_id,))
+            new = (session.name, int(session.validate_registrants), session.starts_at,
+                   session.ends_at, 0)
+            old = next(iter(rows), None)
+            if old is not None and tuple(old) == new:
+                return False
+            seq = await self._next_seqs(db, 1)
+            await db.execute(
+                "INSERT INTO sessions (session_id, name, validate_registrants, starts_at, ends_at,"
+                " deleted, seq) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (session_id) DO UPDATE"
+                " SET name = excluded.name, validate_registrants = excluded.validate_registrants,"
+                " starts_at = excluded.starts_at, ends_at = excluded.ends_at, deleted = 0,"
+                " seq = excluded.seq", (session.session_id, *new[:4], seq))
+            return old is None or old[4] == 1
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            registrants = await scalar(
+                db, "SELECT count(*) FROM registrants WHERE session_id = ? AND deleted = 0",
+                (session_id,))
+            if registrants:
+                raise Conflict(
+                    f"session {session_id!r} still has {registrants} registrant(s): remove "
+                    "every registrant before deleting the session")
+            seq = await self._next_seqs(db, 1)
+            await db.execute("UPDATE sessions SET deleted = 1, seq = ? WHERE session_id = ?",
+                             (seq, session_id))
+
+    async def _live_session(self, db: aiosqlite.Connection, session_id: str) -> None:
+        if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ? AND deleted = 0",
+                            (session_id,)):
+            raise NotFound(f"no session {session_id!r}")
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT session_id, name, validate_registrants, starts_at, ends_at,"
+            " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
+            "  AND r.deleted = 0) FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
+        keys = ("session_id", "name", "validate_registrants", "starts_at", "ends_at",
+                "registrants")
+        return [dict(zip(keys, r, strict=True)) | {"validate_registrants": bool(r[2])}
+                for r in rows]
+
+    # -- attendees and registrants -------------------------------------------------
+
+    async def upsert_attendees(self, attendees: list[Attendee]) -> tuple[int, int]:
+        """Insert new attendees and update the others; return (created, updated)."""
+        latest = {a.code: a for a in attendees}  # the last of repeated codes wins
+        async with self._write() as db:
+            existing = set()
+            codes = list(latest)
+            for start in range(0, len(codes), 500):
+                chunk = codes[start:start + 500]
+                rows = await db.execute_fetchall(
+                    f"SELECT code FROM attendees WHERE code IN ({','.join('?' * len(chunk))})",
+                    chunk)
+                existing.update(r[0] for r in rows)
+            new = [a for a in latest.values() if a.code not in existing]
+            first = await self._next_seqs(db, len(new)) if new else 0
+            await db.executemany(
+                "INSERT INTO attendees (code, name, email, seq) VALUES (?, ?, ?, ?)",
+                [(a.code, a.name, a.email, first + i) for i, a in enumerate(new)])
+            # A name or email change is not the doors' business: no new seq.
+            await db.executemany(
+                "UPDATE attendees SET name = ?, email = ? WHERE code = ?",
+                [(a.name, a.email, a.code) for a in latest.values() if a.code in existing])
+        return len(new), len(latest) - len(new)
+
+    async def put_registrant(self, session_id: str, code: str) -> bool:
+        """Add *code* to the session's registrants; say whether it was new."""
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+                raise NotFound(f"no attendee with code {code!r}: add the attendee first "
+                               "(POST /api/attendees)")
+            if await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
+                                " AND deleted = 0", (session_id, code)):
+                return False
+            seq = await self._next_seqs(db, 1)
+            await db.execute(
+                "INSERT INTO registrants (session_id, code, deleted, seq) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT DO UPDATE SET deleted = 0, seq = excluded.seq",
+                (session_id, code, seq))
+            return True
+
+    async def delete_registrant(self, session_id: str, code: str) -> None:
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            if not await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
+                                    " AND deleted = 0", (session_id, code)):
+                raise NotFound(f"{code!r} is not a registrant of session {session_id!r}")
+            seq = await self._next_seqs(db, 1)
+            await db.execute("UPDATE registrants SET deleted = 1, seq = ? WHERE session_id = ?"
+                             " AND code = ?", (seq, session_id, code))
+
+    async def prune_tombstones(self, upto_seq: int) -> int:
+        """Forget deletions at or below *upto_seq*; devices behind it will get a snapshot."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                "DELETE FROM registrants WHERE deleted = 1 AND seq <= ?", (upto_seq,))
+            await db.execute("UPDATE meta SET horizon = max(horizon, ?)", (upto_seq,))
+            return cursor.rowcount
+
+    # -- devices ---------------------------------------------------------------------
+
+    async def put_device(self, device_id: str, session_id: str) -> tuple[str | None, str | None]:
+        """Create or reassign a device; return (its token if created, its previous session)."""
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            rows = await db.execute_fetchall(
+                "SELECT session_id, token_hash FROM devices WHERE device_id = ?", (device_id,))
+            old = next(iter(rows), None)
+            if old is not None and old[1] is not None:
+                await db.execute("UPDATE devices SET session_id = ? WHERE device_id = ?",
+                                 (session_id, device_id))
+                return None, old[0]
+            token = new_token()  # new, or revoked and provisioned again
+            await db.execute(
+                "INSERT INTO devices (device_id, session_id, token_hash, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET session_id = excluded.session_id,"
+                " token_hash = excluded.token_hash, revoked_at = NULL",
+                (device_id, session_id, token_hash(token), wall_stamp()))
+            return token, old[0] if old else None
+
+    async def revoke_device(self, device_id: str) -> None:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE devices SET token_hash = NULL, revoked_at = ? WHERE device_id = ?"
+                " AND token_hash IS NOT NULL", (wall_stamp(), device_id))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no device {device_id!r} with a valid token")
+
+    async def device_by_token(self, token: str) -> Device | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT device_id, session_id FROM devices WHERE token_hash = ?", (token_hash(token),))
+        row = next(iter(rows), None)
+        return Device(row[0], row[1]) if row else None
+
+    async def devices(self) -> list[dict[str, Any]]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT device_id, session_id, created_at, revoked_at, last_seen_at, status"
+            " FROM devices ORDER BY device_id")
+        keys = ("device_id", "session_id", "created_at", "revoked_at", "last_seen_at", "status")
+        return [dict(zip(keys, r, strict=True)) | {"status": json.loads(r[5]) if r[5] else None}
+                for r in rows]
+
+    async def note_status(self, device_id: str, status: dict[str, Any] | None) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE devices SET last_seen_at = ?, status = COALESCE(?, status)"
+                " WHERE device_id = ?",
+                (wall_stamp(), json.dumps(status) if status is not None else None, device_id))
+
+    # -- what devices sync ----------------------------------------------------------
+
+    async def view(self, device: Device) -> ServerView:
+        async with self._read() as db:
+            rows = await db.execute_fetchall("SELECT seq, horizon FROM meta")
+        seq, horizon = next(iter(rows))
+        return ServerView(device.device_id, device.session_id, self.epoch, seq, horizon)
+
+    async def snapshot(self, session_id: str | None) -> tuple[int, SessionInfo | None,
+                                                               list[str], list[str]]:
+        """(cursor, session, attendee codes, registrant codes), consistent with each other."""
+        async with self._read() as db:
+            cursor = await scalar(db, "SELECT seq FROM meta")
+            session = await _session_info(db, session_id)
+            attendees = [r[0] for r in await db.execute_fetchall("SELECT code FROM attendees")]
+            registrants = [] if session is None else [r[0] for r in await db.execute_fetchall(
+                "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
+                (session_id,))]
+        return cursor, session, attendees, registrants
+
+    async def changes_since(self, session_id: str | None, since: int) -> tuple[int, list[Change]]:
+        """(cursor, every change after *since* that concerns the session), in seq order."""
+        async with self._read() as db:
+            cursor = await scalar(db, "SELECT seq FROM meta")
+            rows = await db.execute_fetchall(
+                "SELECT seq, 'attendee', code, 0 FROM attendees WHERE seq > :since"
+                " UNION ALL SELECT seq, 'registrant', code, deleted FROM registrants"
+                "  WHERE session_id = :session AND seq > :since"
+                " UNION ALL SELECT seq, 'session', session_id, deleted FROM sessions"
+                "  WHERE session_id = :session AND seq > :since"
+                " ORDER BY 1", {"since": since, "session": session_id})
+            changes = []
+            for seq, kind, code, deleted in rows:
+                if kind == "session":
+                    changes.append(Change(seq, kind, session=await _session_info(db, code)))
+                else:
+                    changes.append(Change(seq, kind, code=code, deleted=bool(deleted)))
+        return cursor, changes
+
+    # -- scans ------------------------------------------------------------------------
+
+    async def store_scans(self, device: Device, scans: list[Scan]) -> list[ScanResult]:
+        """Store a device's scans idempotently by scan id; say what became of each."""
+        ids = [s.scan_id for s in scans]
+        received = wall_stamp()
+        async with self._write() as db:
+            owners = dict(await db.execute_fetchall(
+                f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids))
+            results = judge_scans(scans, device.device_id, device.session_id, owners)
+            accepted = [s for s, r in zip(scans, results, strict=True) if r.result == "accepted"]
+            flags = await self._disagreements(db, accepted)
+            await db.executemany(
+                "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
+                " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
+                  s.scanned_at, s.monotonic_ns, s.boot_id, received, flag)
+                 for s, flag in zip(accepted, flags, strict=True)])
+            await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
+                             (received, device.device_id))
+        return results
+
+    async def _disagreements(self, db: aiosqlite.Connection, scans: list[Scan]) -> list[str | None]:
+        if not scans:
+            return []
+        codes = sorted({s.code for s in scans})
+        attendees = {r[0] for r in await db.execute_fetchall(
+            f"SELECT code FROM attendees WHERE code IN ({_marks(codes)})", codes)}
+        registrants = {tuple(r) for r in await db.execute_fetchall(
+            f"SELECT session_id, code FROM registrants WHERE deleted = 0 AND code IN"
+            f" ({_marks(codes)})", codes)}
+        validate = dict(await db.execute_fetchall(
+            "SELECT session_id, validate_registrants FROM sessions"))
+        return [disagreement(s, bool(validate.get(s.session_id, False)), s.code in attendees,
+                             (s.session_id, s.code) in registrants) for s in scans]
+
+    async def attendance(self, session_id: str) -> dict[str, Any]:
+        async with self._read() as db:
+            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)):
+                raise NotFound(f"no session {session_id!r}")
+            registered = await scalar(
+                db, "SELECT count(*) FROM registrants WHERE session_id = ? AND deleted = 0",
+                (session_id,))
+            admitted, rejected = next(iter(await db.execute_fetchall(
+                "SELECT count(DISTINCT code) FILTER (WHERE decision = 'admitted'),"
+                " count(*) FILTER (WHERE decision = 'rejected') FROM scans WHERE session_id = ?",
+                (session_id,))))
+            rows = await db.execute_fetchall(
+                "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
+                " disagreement FROM scans WHERE session_id = ? ORDER BY scanned_at, device_id,"
+                " device_seq", (session_id,))
+        keys = ("scan_id", "code", "device_id", "decision", "reason", "scanned_at",
+                "received_at", "disagreement")
+        return {"session_id": session_id, "registered": registered, "admitted": admitted,
+                "rejected": rejected,
+                "scans": [dict(zip(keys, r, strict=True)) for r in rows]}
+
+
+async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> SessionInfo | None:
+    if session_id is None:
+        return None
+    rows = await db.execute_fetchall(
+        "SELECT session_id, name, validate_registrants, starts_at, ends_at FROM sessions"
+        " WHERE session_id = ? AND deleted = 0", (session_id,))
+    row = next(iter(rows), None)
+    return SessionInfo(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+
+
+def _marks(values: Iterable[Any]) -> str:
+    return ",".join("?" for _ in values)
+

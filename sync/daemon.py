@@ -1,0 +1,286 @@
+"""The sync daemon: the network side of a door, driving :class:`DeviceEnd` over websockets.
+
+It owns the network and nothing else: the door never waits on it. While
+connected it applies the server's snapshot and changes to the shared store
+(each with its cursor, in one transaction), pushes waiting scans in batches and
+marks them stored only when the server's answer says so, and reports the
+door's status. When the link drops it reconnects with jittered exponential
+backoff — slower after the server refused its token, and saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from checkin import __version__
+from checkin.database import StoreError
+from device.config import DeviceConfig, ServerConfig
+from sync.backoff import Backoff
+from sync.device_end import (
+    Action,
+    ApplyChanges,
+    ApplySnapshot,
+    DeviceEnd,
+    DeviceState,
+    RecordResults,
+    Welcomed,
+)
+from sync.messages import (
+    CLOSE_REASSIGNED,
+    CLOSE_UNAUTHORIZED,
+    MAX_SCANS_PER_BATCH,
+    MAX_SERVER_MESSAGE,
+    ProtocolError,
+)
+from sync.store import SyncStore
+
+log = logging.getLogger("checkin.sync")
+
+#: Scans per pushed batch, and batches awaiting an answer at once.
+BATCH_SIZE = 500
+MAX_BATCHES_IN_FLIGHT = 2
+#: How often to look for new scans from the door when idle, in seconds.
+POLL_SECONDS = 0.05
+
+
+class TokenError(Exception):
+    """The device token file is missing, unreadable or empty."""
+
+
+def read_token(path: Path) -> str:
+    """Read the device token (again at every connection: a technician may replace it)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TokenError(f"cannot read token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"token file {path} is not text") from None
+    if not token or any(c.isspace() for c in token):
+        raise TokenError(f"token file {path} must hold one token (got "
+                         f"{'nothing' if not token else 'several words'})")
+    return token
+
+
+def ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
+    if not server.url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
+
+
+class _Failure(Exception):
+    """Why one connection ended, and how soon to try again."""
+
+    def __init__(self, message: str, *, auth: bool = False, at_once: bool = False) -> None:
+        super().__init__(message)
+        self.auth = auth
+        self.at_once = at_once
+
+
+class SyncDaemon:
+    """Keeps one device's store in step with the server until :meth:`stop`."""
+
+    def __init__(self, config: DeviceConfig, store: SyncStore) -> None:
+        if config.server is None:
+            raise ValueError("the config has no [server] section")
+        self.config = config
+        self.server = config.server
+        self.store = store
+        self.backoff = Backoff(self.server.retry_min_seconds, self.server.retry_max_seconds,
+                               self.server.auth_retry_seconds,
+                               max(self.server.auth_retry_seconds, 300.0))
+        self._stopping = asyncio.Event()
+        self._results = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, sync, reconnect, until stopped."""
+        while not self._stopping.is_set():
+            try:
+                await self._connect_once()
+                continue  # stopped, or the server closed cleanly: reconnect at once
+            except _Failure as failure:
+                if failure.at_once:
+                    log.info("%s; reconnecting now", failure)
+                    await self._note(connected=False, error=str(failure))
+                    continue
+                delay = self.backoff.failure(auth=failure.auth)
+                log.warning("%s; retrying in %.1f s", failure, delay)
+                await self._note(connected=False, error=str(failure))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        await self._note(connected=False, error="sync daemon stopped")
+
+    async def _note(self, *, connected: bool, error: str | None = None) -> None:
+        try:
+            await self.store.note_link(connected=connected, error=error)
+        except StoreError as exc:
+            log.error("%s", exc)
+
+    async def _connect_once(self) -> None:
+        try:
+            token = read_token(self.server.token_file)
+        except TokenError as exc:
+            raise _Failure(str(exc), auth=True) from None
+        try:
+            async with connect(
+                self.server.url,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                user_agent_header=f"checkin-sync/{__version__}",
+                ssl=ssl_context(self.server),
+                max_size=MAX_SERVER_MESSAGE,
+                open_timeout=10, ping_interval=10, ping_timeout=10, close_timeout=2,
+            ) as websocket:
+                await self._serve(websocket)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise _Failure(f"server refused the connection with HTTP {status}",
+                           auth=status in (401, 403)) from None
+        except ConnectionClosed as exc:
+            raise _closed(exc, self.server.token_file) from None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise _Failure(f"cannot reach {self.server.url}: {exc or type(exc).__name__}") \
+                from None
+        except ssl.SSLError as exc:
+            raise _Failure(f"TLS with {self.server.url} failed: {exc}") from None
+
+    async def _serve(self, websocket: ClientConnection) -> None:
+        end = DeviceEnd(self.config.device_id, __version__, await self.store.cache_state())
+        link = _Link(websocket, end)
+        await link.flush()
+        tasks = [asyncio.create_task(coro) for coro in (
+            self._read(link), self._push(link), self._report(link), self._stopping.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raise why the connection ended
+
+    async def _read(self, link: _Link) -> None:
+        async for frame in link.websocket:
+            try:
+                link.end.receive(frame)
+            except ProtocolError as exc:
+                log.error("server broke the protocol: %s", exc)
+                await link.websocket.close(1002, str(exc)[:120])
+                raise _Failure(f"protocol error: {exc}") from None
+            for action in link.end.actions():
+                await self._carry_out(action, link)
+            await link.flush()
+        raise _Failure("server closed the connection")
+
+    async def _carry_out(self, action: Action, link: _Link) -> None:
+        try:
+            if isinstance(action, Welcomed):
+                self.backoff.success()
+                welcome = action.welcome
+                log.info("connected to %s as %s (session %s, %s)", self.server.url,
+                         welcome.device_id, welcome.session_id,
+                         "full resync" if welcome.resync else f"changes after {link.end.cursor}")
+                await self.store.note_link(connected=True)
+            elif isinstance(action, ApplySnapshot):
+                await self.store.apply_snapshot(action)
+                log.info("snapshot applied: session %s, %d registrants, %d attendees, cursor %d",
+                         action.session.session_id if action.session else None,
+                         len(action.registrants), len(action.attendees), action.cursor)
+            elif isinstance(action, ApplyChanges):
+                await self.store.apply_changes(action)
+                log.info("applied %d change(s), cursor %d", len(action.changes), action.cursor)
+            elif isinstance(action, RecordResults):
+                await self.store.record_results(action.results)
+                for result in action.results:
+                    if not result.stored:
+                        log.warning("scan %s quarantined: %s", result.scan_id, result.reason)
+                self._results.set()
+        except StoreError as exc:
+            log.error("%s", exc)
+            await link.websocket.close(1011, "device store error")
+            raise _Failure(f"device store error: {exc}") from None
+
+    async def _push(self, link: _Link) -> None:
+        pushed_seq = 0  # scans at or below it are in flight or answered on this link
+        while True:
+            if link.end.state is DeviceState.AWAIT_WELCOME or (
+                    link.end.batches_in_flight >= MAX_BATCHES_IN_FLIGHT):
+                await self._wait_results(POLL_SECONDS)
+                continue
+            try:
+                scans = await self.store.waiting_scans(pushed_seq, min(BATCH_SIZE,
+                                                                       MAX_SCANS_PER_BATCH))
+            except StoreError as exc:
+                raise _Failure(f"device store error: {exc}") from None
+            if not scans:
+                await self._wait_results(POLL_SECONDS)
+                continue
+            link.end.send_scans(scans)
+            pushed_seq = scans[-1].seq
+            await link.flush()
+
+    async def _wait_results(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._results.wait(), timeout)
+        self._results.clear()
+
+    async def _report(self, link: _Link) -> None:
+        while True:
+            if link.end.state is not DeviceState.AWAIT_WELCOME:
+                status = await self.store.status()
+                link.end.send_status(scans_waiting=status.scans_waiting,
+                                     scans_quarantined=status.scans_quarantined,
+                                     last_frame_at=status.last_frame_at)
+                await link.flush()
+                await self.store.note_link(connected=True)
+            await asyncio.sleep(self.server.status_seconds)
+
+
+class _Link:
+    def __init__(self, websocket: ClientConnection, end: DeviceEnd) -> None:
+        self.websocket = websocket
+        self.end = end
+
+    async def flush(self) -> None:
+        for frame in self.end.data_to_send():
+            await self.websocket.send(frame)
+
+
+def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
+    close = exc.rcvd
+    if close is None:
+        return _Failure("connection lost")
+    reason = f"server closed the connection ({close.code}: {close.reason or 'no reason'})"
+    if close.code == CLOSE_UNAUTHORIZED:
+        return _Failure(f"refused: {close.reason or 'unknown or revoked device token'} "
+                        f"(close {close.code}); check the token in {token_file}", auth=True)
+    if close.code == CLOSE_REASSIGNED:
+        return _Failure(reason, at_once=True)
+    return _Failure(reason)
+
+
+async def run_sync(config: DeviceConfig) -> int:
+    """Run the daemon until SIGTERM or SIGINT; return the exit status."""
+    try:
+        store = await SyncStore.open(config.data_dir)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
+    daemon = SyncDaemon(config, store)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.stop)
+    try:
+        await daemon.run()
+    finally:
+        await store.close()
+    return 0

@@ -1,0 +1,107 @@
+"""``checkin status``: what a door device is doing, from its store.
+
+Reads the shared store only (never the network), so it answers the same with
+the server down, and tells a live link from the stale flag of a daemon that
+died: the daemon refreshes its state every ``status_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from typing import TextIO
+
+from checkin.database import StoreError
+from device.clock import wall_now
+from device.config import DeviceConfig
+from device.store import STORE_FILE
+from sync.store import DeviceStatus, SyncStore
+
+
+async def show_status(config: DeviceConfig, out: TextIO, *, as_json: bool = False) -> int:
+    """Print the device's status; return the exit status (1 if there is no store)."""
+    path = config.data_dir / STORE_FILE
+    if not path.exists():
+        print(f"checkin status: no store at {path}: neither the door nor the sync daemon has "
+              "run with this config yet", file=sys.stderr)
+        return 1
+    try:
+        store = await SyncStore.open(config.data_dir)
+    except StoreError as exc:
+        print(f"checkin status: {exc}", file=sys.stderr)
+        return 1
+    try:
+        status = await store.status()
+    finally:
+        await store.close()
+    stale_after = 3 * (config.server.status_seconds if config.server else 15.0)
+    link = link_state(status, wall_now(), stale_after)
+    if as_json:
+        out.write(json.dumps({"device_id": config.device_id, **asdict(status), "link": link})
+                  + "\n")
+    else:
+        out.write(render(config.device_id, status, link, wall_now()))
+    return 0
+
+
+def link_state(status: DeviceStatus, now: datetime, stale_after: float) -> str:
+    """``connected``, ``disconnected`` or ``unknown`` (the daemon's flag is stale)."""
+    if not status.connected:
+        return "disconnected"
+    heard = _age(status.updated_at, now)
+    return "connected" if heard is not None and heard <= stale_after else "unknown"
+
+
+def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
+    """The human-readable status, one fact per line."""
+    if s.session_id is None:
+        session = "none (no registrant list synced yet: the door answers not_ready)"
+    else:
+        rule = "on" if s.validate_registrants else "off"
+        session = f"{s.session_id} {json.dumps(s.session_name)} (Validate Registrants {rule})"
+    if link == "connected":
+        link_text = "connected"
+    elif link == "unknown":
+        link_text = f"unknown (sync daemon not heard from since {_when(s.updated_at, now)})"
+    else:
+        link_text = "disconnected" + (f": {s.last_error}" if s.last_error else "")
+    lines = [
+        ("device", device_id),
+        ("session", session),
+        ("registrants cached", f"{s.registrants} (attendees {s.attendees})"),
+        ("cursor", f"{s.cursor} (server epoch {s.epoch or 'none yet'})"),
+        ("link", link_text),
+        ("last sync", _when(s.last_sync_at, now)),
+        ("scans waiting", str(s.scans_waiting)),
+        ("scans quarantined", str(s.scans_quarantined)),
+        ("scans stored", str(s.scans_stored)),
+        ("last frame", _when(s.last_frame_at, now)),
+    ]
+    return "".join(f"{key + ':':<20}{value}\n" for key, value in lines)
+
+
+def _age(stamp: str | None, now: datetime) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return (now - datetime.fromisoformat(stamp)).total_seconds()
+    except (ValueError, TypeError):
+        return None
+
+
+def _when(stamp: str | None, now: datetime) -> str:
+    age = _age(stamp, now)
+    if stamp is None or age is None:
+        return "never"
+    return f"{stamp} ({_ago(age)})"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future: check the clock"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
