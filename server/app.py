@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from server.api import ROUTES
+from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub
 from server.store import ServerStore
@@ -41,7 +45,18 @@ def create_app(data_dir: Path, token: str) -> Starlette:
         finally:
             await app.state.store.close()
 
-    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint)], lifespan=lifespan)
+    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint)], lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in the API's own JSON shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(404, f"no such route: {request.method} {request.url.path}")
+    if exc.status_code == 405:
+        return error(405, f"{request.method} is not allowed on {request.url.path}")
+    return error(exc.status_code, str(exc.detail))
 
 
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
@@ -63,5 +78,9 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down, under
+    # the handlers it found: make those no-ops so a clean stop exits 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     server.run()
     return 0 if server.started else 1
