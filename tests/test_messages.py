@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -232,9 +233,7 @@ def test_unknown_type_lists_the_types_expected_in_that_direction() -> None:
 
 
 @pytest.mark.parametrize("message", DEVICE_SAMPLES, ids=lambda m: m.type)
-def test_the_server_parser_does_not_take_device_messages_meant_for_it_reversed(
-    message: Message,
-) -> None:
+def test_the_server_parser_refuses_device_messages_from_a_server(message: Message) -> None:
     with pytest.raises(ProtocolError, match=f'unknown message type "{message.type}"'):
         parse_server_message(encode(message))
 
@@ -310,7 +309,7 @@ def test_field_problems_are_named(parse: Any, obj: dict[str, Any], problem: str)
     ],
 )
 def test_invalid_attendee_codes_are_refused_wherever_they_appear(code: Any, problem: str) -> None:
-    expected = rf"an attendee code \({problem}\)"
+    expected = rf"an attendee code \((code contains )?{problem}"
     for key in ("attendees", "registrants"):
         obj = body(SNAPSHOT, **{key: ["ATT-0001", code]})
         with pytest.raises(ProtocolError, match=rf"snapshot: {key} = .*item 1: {expected}"):
@@ -384,14 +383,14 @@ def test_timestamps_with_an_offset_are_kept_as_given(value: str) -> None:
 
 def test_session_info_fields_are_checked() -> None:
     session = body(SNAPSHOT)["session"]
-    with pytest.raises(ProtocolError, match="session = .*starts_at = .*UTC offset, or null"):
+    with pytest.raises(ProtocolError, match=r"session = .*starts_at = .*UTC offset, or null"):
         parse_server_message(frame(body(SNAPSHOT, session=session | {"starts_at": "2026-11-28"})))
-    with pytest.raises(ProtocolError, match="session = .*name is missing"):
+    with pytest.raises(ProtocolError, match=r"session = .*name is missing"):
         parse_server_message(frame(body(SNAPSHOT, session={
             "session_id": "s", "validate_registrants": True})))
-    with pytest.raises(ProtocolError, match="session = .*validate_registrants = .*true or false"):
+    with pytest.raises(ProtocolError, match=r"session = .*validate_registrants = .*true or false"):
         parse_server_message(frame(body(SNAPSHOT, session=session | {"validate_registrants": 1})))
-    with pytest.raises(ProtocolError, match="session = .*color = .*unknown key"):
+    with pytest.raises(ProtocolError, match=r"session = .*color = .*unknown key"):
         parse_server_message(frame(body(SNAPSHOT, session=session | {"color": "red"})))
     minimal = {"session_id": "s", "name": "S", "validate_registrants": False}
     parsed = parse_server_message(frame(body(SNAPSHOT, session=minimal)))
@@ -552,7 +551,8 @@ def test_nesting_around_the_recursion_limit_never_escapes_as_recursion_error(par
     limit = sys.getrecursionlimit()
     for depth in range(max(1, limit - 200), limit + 50, 7):
         for template in ('{{"type":"hello","software":{}}}', '{{"type":{}}}',
-                         '{{"type":"welcome","extra":{}}}', '{{"type":"scan_results","results":{}}}'):
+                         '{{"type":"welcome","extra":{}}}',
+                         '{{"type":"scan_results","results":{}}}'):
             with pytest.raises(ProtocolError):
                 parse(template.format(_nested(depth)))
 
@@ -569,7 +569,7 @@ def test_a_huge_integer_literal_is_a_protocol_error(parse: Any) -> None:
 
 
 @pytest.mark.parametrize("parse", [parse_device_message, parse_server_message])
-@pytest.mark.parametrize("data", ['{"type":"hello","software":"\\ud800"}',  # lone surrogate
+@pytest.mark.parametrize("data", ['{"type":"hello","device_id":"\\ud800"}',  # lone surrogate
                                   '{"type":"status","cursor":NaN}',
                                   '{"type":"status","cursor":Infinity}',
                                   '{"type":"scans","batch":1e400}',
@@ -637,7 +637,8 @@ def test_arbitrary_json_objects_only_ever_give_a_message_or_protocol_error(
 _IDS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
 _CODES = st.from_regex(r"[A-Za-z0-9._~:@+=/-]{1,128}", fullmatch=True)
 _SEQS = st.integers(0, 2**63 - 1)
-_STAMPS = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+_OFFSETS = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+_STAMPS = st.datetimes(timezones=_OFFSETS).map(lambda d: d.isoformat())
 _SESSIONS = st.builds(SessionInfo, _IDS, st.text(max_size=200), st.booleans(),
                       st.none() | _STAMPS, st.none() | _STAMPS)
 _CHANGES = st.one_of(

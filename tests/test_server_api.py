@@ -56,8 +56,9 @@ def test_attendees_are_upserted_in_bulk(server) -> None:
     assert server.api("POST", "/api/attendees", body, expect=200) == {"created": 3,
                                                                      "updated": 0}
     body[0]["email"] = "p@example.org"
-    assert server.api("POST", "/api/attendees", body + [{"code": "Q9" + codes[0], "name": "Q"}],
-                      expect=200) == {"created": 1, "updated": 3}
+    more = [*body, {"code": "Q9" + codes[0], "name": "Q"}]
+    assert server.api("POST", "/api/attendees", more, expect=200) == {"created": 1,
+                                                                     "updated": 3}
 
 
 def test_registrants_must_be_attendees_of_an_existing_session(server) -> None:

@@ -1,0 +1,175 @@
+"""The ``/sync`` websocket of a real ``checkin server``, spoken to by a test client.
+
+Each bad input closes that one connection with a close code the daemon
+understands; a well-behaved device connected beside it keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from sync.device_end import ApplyChanges, ApplySnapshot, CacheState, DeviceEnd, RecordResults
+from sync.messages import Scan
+from tests.system import Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("ws") / "server").start()
+    server.api("PUT", "/api/sessions/s1", {"name": "One", "validate_registrants": True})
+    server.api("PUT", "/api/sessions/s2", {"name": "Two", "validate_registrants": False})
+    server.api("POST", "/api/attendees", [{"code": "A1", "name": "Ann"}])
+    yield server
+    server.kill()
+
+
+def device(server: Server, session: str = "s1") -> tuple[str, str]:
+    device_id = f"door-{uuid.uuid4().hex[:8]}"
+    return device_id, server.provision(device_id, session)
+
+
+def open_ws(server: Server, token: str | None, **kwargs):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return connect(server.sync_url, additional_headers=headers, **kwargs)
+
+
+async def closed_with(websocket) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(websocket.recv(), 10)
+    return websocket.close_code, websocket.close_reason
+
+
+def scan(session: str | None = "s1", scan_id: str | None = None) -> Scan:
+    return Scan(scan_id or str(uuid.uuid4()), 1, "A1", session, "admitted", "registered",
+                datetime.now(UTC).isoformat(), 1, "boot")
+
+
+class Client:
+    """A device end over a real websocket, for the tests' well-behaved devices."""
+
+    def __init__(self, websocket, device_id: str) -> None:
+        self.websocket = websocket
+        self.end = DeviceEnd(device_id, "test", CacheState(None, None, 0))
+
+    async def flush(self) -> None:
+        for frame in self.end.data_to_send():
+            await self.websocket.send(frame)
+
+    async def until(self, kind: type, timeout: float = 10):
+        await self.flush()
+        async with asyncio.timeout(timeout):
+            while True:
+                self.end.receive(await self.websocket.recv())
+                for action in self.end.actions():
+                    if isinstance(action, kind):
+                        return action
+
+    async def push(self, *scans: Scan) -> RecordResults:
+        self.end.send_scans(list(scans))
+        return await self.until(RecordResults)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_without_a_valid_token_the_connection_is_closed_with_4001(server, token) -> None:
+    async with open_ws(server, token) as websocket:
+        code, reason = await closed_with(websocket)
+    assert code == 4001 and "token" in reason
+
+
+@pytest.mark.parametrize(("frame", "words"), [
+    ("{not json", "not valid JSON"),
+    (b"\x00\x01binary", "binary frame"),
+    (json.dumps({"type": "launch"}), "unknown message type"),
+    (json.dumps({"type": "scans", "batch": 1, "scans": []}), "before hello"),
+    (json.dumps({"type": "hello", "v": 1, "device_id": 7}), "device_id"),
+    (json.dumps([1, 2]), "JSON object"),
+    ("[" * 10_000 + "]" * 10_000, "not valid JSON"),
+])
+async def test_a_malformed_frame_closes_that_connection_with_a_protocol_error(
+        server, frame, words) -> None:
+    _, token = device(server)
+    async with open_ws(server, token) as websocket:
+        await websocket.send(frame)
+        code, reason = await closed_with(websocket)
+    assert code == 1002 and words in reason
+
+
+async def test_hello_naming_another_device_is_refused(server) -> None:
+    _, token = device(server)
+    other, _ = device(server)
+    async with open_ws(server, token) as websocket:
+        await websocket.send(json.dumps({"type": "hello", "v": 1, "device_id": other,
+                                         "software": "x", "session_id": None, "epoch": None,
+                                         "cursor": 0}))
+        code, reason = await closed_with(websocket)
+    assert code == 1002 and "token" in reason
+
+
+async def test_an_oversized_frame_closes_with_1009(server) -> None:
+    _, token = device(server)
+    async with open_ws(server, token, max_size=None) as websocket:
+        await websocket.send("x" * (2 << 20))
+        code, _ = await closed_with(websocket)
+    assert code == 1009
+
+
+async def test_scans_are_idempotent_and_bound_to_their_device_and_session(server) -> None:
+    device_id, token = device(server)
+    thief_id, thief_token = device(server)
+    mine = scan()
+    async with open_ws(server, token) as ws, open_ws(server, thief_token) as thief_ws:
+        client, thief = Client(ws, device_id), Client(thief_ws, thief_id)
+        await client.until(ApplySnapshot)
+        await thief.until(ApplySnapshot)
+        first = await client.push(mine)
+        assert [r.result for r in first.results] == ["accepted"]
+        again = await client.push(mine)  # a retry after a lost answer
+        assert [r.result for r in again.results] == ["duplicate"]
+        replayed = await thief.push(mine)  # another device replays the id
+        assert replayed.results[0].result == "refused"
+        assert "another device" in replayed.results[0].reason
+        foreign = await client.push(scan("s2"))  # a session it is not assigned to
+        assert foreign.results[0].result == "refused" and "'s2'" in foreign.results[0].reason
+        unassigned = await client.push(scan(None))  # decided not_ready before any sync: a fact
+        assert unassigned.results[0].result == "accepted"
+    stored = server.attendance("s1")["scans"]
+    assert [(s["scan_id"], s["device_id"]) for s in stored] == [(mine.scan_id, device_id)]
+    assert server.attendance("s2")["scans"] == []
+
+
+async def test_a_second_connection_of_a_device_replaces_the_first(server) -> None:
+    device_id, token = device(server)
+    async with open_ws(server, token) as old, open_ws(server, token) as new:
+        code, reason = await closed_with(old)
+        assert code == 4003 and "newer connection" in reason
+        client = Client(new, device_id)
+        await client.until(ApplySnapshot)
+        result = await client.push(scan())
+        assert result.results[0].result == "accepted"
+
+
+async def test_bad_peers_do_not_disturb_a_connected_device(server) -> None:
+    device_id, token = device(server)
+    async with open_ws(server, token) as websocket:
+        good = Client(websocket, device_id)
+        await good.until(ApplySnapshot)
+        for _ in range(20):  # a flood of bad connections
+            async with open_ws(server, "wrong") as bad:
+                await closed_with(bad)
+        _, other_token = device(server)
+        async with open_ws(server, other_token) as bad:
+            await bad.send("garbage")
+            await closed_with(bad)
+        server.api("PUT", "/api/sessions/s1/registrants/A1", expect=201)
+        change = await good.until(ApplyChanges)
+        assert [(c.kind, c.code, c.deleted) for c in change.changes] == [
+            ("registrant", "A1", False)]
+    server.api("DELETE", "/api/sessions/s1/registrants/A1", expect=204)
