@@ -1,0 +1,127 @@
+"""The daemon's side of the device store on a real file: cache and cursor move together,
+the outbox is marked only by the server's answers, and status reads it all."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+
+import pytest
+
+from device.store import ScanRecord
+from sync.device_end import ApplyChanges, ApplySnapshot
+from sync.messages import Change, ScanResult, SessionInfo
+from sync.store import SyncStore
+from tests.conftest import CHECKIN
+from tests.system import process_env
+
+SESSION = SessionInfo("s1", "Workshop", True, "2026-11-28T09:00:00+00:00", None)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await SyncStore.open(tmp_path)
+    yield store
+    await store.close()
+
+
+def record(n: int, session: str = "s1") -> ScanRecord:
+    return ScanRecord(f"scan-{n}", "A1", session, "admitted", "registered",
+                      "2026-11-28T10:00:00+00:00", n, "boot")
+
+
+async def test_a_snapshot_replaces_the_cache_with_its_cursor(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1", "B2"], ["A1"]))
+    facts = await store.facts("A1")
+    assert facts.session_id == "s1" and facts.is_registrant and facts.session.starts_at
+    state = await store.cache_state()
+    assert (state.session_id, state.epoch, state.cursor) == ("s1", "e1", 7)
+    await store.apply_snapshot(ApplySnapshot("e2", 3, None, ["C3"], []))
+    assert (await store.facts("A1")).session is None
+    assert (await store.cache_state()).epoch == "e2"
+    status = await store.status()
+    assert (status.attendees, status.registrants, status.cursor) == (1, 0, 3)
+
+
+async def test_changes_apply_in_order_with_their_cursor(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1", "B2"], ["A1"]))
+    await store.apply_changes(ApplyChanges(10, [
+        Change(8, "attendee", code="C3"),
+        Change(9, "registrant", code="C3"),
+        Change(10, "registrant", code="A1", deleted=True),
+    ]))
+    assert (await store.facts("C3")).is_registrant
+    assert not (await store.facts("A1")).is_registrant
+    assert (await store.cache_state()).cursor == 10
+    await store.apply_changes(ApplyChanges(11, [Change(11, "session", session=None)]))
+    assert (await store.facts("C3")).session is None
+    assert (await store.status()).attendees == 3  # attendees stay for the next session
+
+
+async def test_a_failed_apply_leaves_cache_and_cursor_as_they_were(store, tmp_path) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1"], ["A1"]))
+    with sqlite3.connect(tmp_path / "checkin.sqlite3") as db:  # sabotage one statement
+        db.execute("CREATE TRIGGER no_b2 BEFORE INSERT ON attendees WHEN NEW.code = 'B2'"
+                   " BEGIN SELECT RAISE(ABORT, 'sabotaged'); END")
+    with pytest.raises(Exception, match="sabotaged"):
+        await store.apply_changes(ApplyChanges(9, [Change(8, "registrant", code="A1",
+                                                          deleted=True),
+                                                   Change(9, "attendee", code="B2")]))
+    assert (await store.facts("A1")).is_registrant
+    assert (await store.cache_state()).cursor == 7
+
+
+async def test_the_outbox_is_marked_only_by_the_servers_answers(store) -> None:
+    for n in range(1, 6):
+        await store.record_scan(record(n))
+    waiting = await store.waiting_scans(0, 3)
+    assert [s.scan_id for s in waiting] == ["scan-1", "scan-2", "scan-3"]
+    assert [s.scan_id for s in await store.waiting_scans(3, 10)] == ["scan-4", "scan-5"]
+    await store.record_results([ScanResult("scan-1", "accepted"),
+                                ScanResult("scan-2", "duplicate"),
+                                ScanResult("scan-3", "refused", "not your session")])
+    assert [s.scan_id for s in await store.waiting_scans(0, 10)] == ["scan-4", "scan-5"]
+    assert await store.quarantined() == [{"scan_id": "scan-3", "code": "A1",
+                                          "scanned_at": "2026-11-28T10:00:00+00:00",
+                                          "reason": "not your session"}]
+    status = await store.status()
+    assert (status.scans_waiting, status.scans_stored, status.scans_quarantined) == (2, 2, 1)
+
+
+async def test_the_link_state_is_kept_for_status(store) -> None:
+    await store.note_link(connected=False, error="cannot reach the server")
+    status = await store.status()
+    assert not status.connected and status.last_error == "cannot reach the server"
+    await store.note_link(connected=True)
+    status = await store.status()
+    assert status.connected and status.last_error is None and status.updated_at
+
+
+def test_checkin_status_reports_the_device(tmp_path, make_config) -> None:
+    config = make_config(extra='[server]\nurl = "ws://127.0.0.1:9/sync"\n'
+                               'token_file = "t"\n')
+    missing = subprocess.run([*CHECKIN, "status", "--config", str(config)], env=process_env(),
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no store at" in missing.stderr
+
+    async def fill() -> None:
+        store = await SyncStore.open(tmp_path / "data")
+        await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1", "B2"], ["A1"]))
+        await store.record_scan(record(1))
+        await store.note_link(connected=True)
+        await store.close()
+
+    asyncio.run(fill())
+    done = subprocess.run([*CHECKIN, "status", "--config", str(config)], env=process_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    assert lines["session"].strip() == 's1 "Workshop" (Validate Registrants on)'
+    assert lines["registrants cached"].strip() == "1 (attendees 2)"
+    assert lines["cursor"].strip() == "7 (server epoch e1)"
+    assert lines["link"].strip() == "connected"
+    assert lines["scans waiting"].strip() == "1"
+    assert lines["scans quarantined"].strip() == "0"
+    assert lines["last frame"].strip() == "never"
+    assert "last sync" in lines
