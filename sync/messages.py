@@ -357,7 +357,7 @@ def _parse(data: str | bytes, kinds: dict[str, type[Message]]) -> Message:
         raise ProtocolError("binary frame: messages are JSON text frames")
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also over-long integer literals
         raise ProtocolError(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"a message is a JSON object, not {type(obj).__name__}")
