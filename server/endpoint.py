@@ -53,6 +53,7 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         return
     link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
     await hub.attach(link, replaced_code=CLOSE_REPLACED)
+    await store.note_status(device.device_id, None)  # last seen: now
     log.info("device %s connected (session %s)", device.device_id, device.session_id)
     try:
         await link.serve()

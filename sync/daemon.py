@@ -234,14 +234,15 @@ class SyncDaemon:
         self._results.clear()
 
     async def _report(self, link: _Link) -> None:
+        while link.end.state is DeviceState.AWAIT_WELCOME:
+            await asyncio.sleep(POLL_SECONDS)
         while True:
-            if link.end.state is not DeviceState.AWAIT_WELCOME:
-                status = await self.store.status()
-                link.end.send_status(scans_waiting=status.scans_waiting,
-                                     scans_quarantined=status.scans_quarantined,
-                                     last_frame_at=status.last_frame_at)
-                await link.flush()
-                await self.store.note_link(connected=True)
+            status = await self.store.status()
+            link.end.send_status(scans_waiting=status.scans_waiting,
+                                 scans_quarantined=status.scans_quarantined,
+                                 last_frame_at=status.last_frame_at)
+            await link.flush()
+            await self.store.note_link(connected=True)  # also: "this daemon is alive"
             await asyncio.sleep(self.server.status_seconds)
 
 
