@@ -208,9 +208,11 @@ class ServerEnd:
         self._fetched(cursor)
 
     def send_results(self, batch: int, results: list[ScanResult]) -> None:
-        expected = self._pending_batches.pop(batch, None)
-        if expected is None or {r.scan_id for r in results} != expected:
+        expected = self._pending_batches.get(batch)
+        ids = [r.scan_id for r in results]
+        if expected is None or len(ids) != len(expected) or set(ids) != expected:
             raise ValueError(f"results for batch {batch} do not match its scans")
+        del self._pending_batches[batch]
         self._send(ScanResults(batch=batch, results=results))
 
     def _expect_fetch(self) -> None:
