@@ -123,6 +123,9 @@ class DeviceLink:
             await self.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._closed = True  # the reader sees the disconnect and ends the link
+        except Exception:  # a bug: end this link loudly rather than leave it hanging
+            log.exception("device %s: internal error", self.device_id)
+            await self.close(CLOSE_INTERNAL_ERROR, "internal server error; retry later")
 
     async def _carry_out(self, action: Action) -> None:
         if isinstance(action, SendSnapshot):
