@@ -11,6 +11,7 @@ upgraded to a write gets SQLITE_BUSY at once, ignoring the timeout).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ async def connect(path: Path, migrations: Sequence[str]) -> aiosqlite.Connection
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path, migrations: Sequence[str]) -> None:
-    async with WriteTransaction(db, path):
+    async with WriteTransaction(db, path, asyncio.Lock()):  # nobody else has *db* yet
         version = await scalar(db, "PRAGMA user_version")
         if version > len(migrations):
             raise StoreError(
@@ -78,24 +79,40 @@ async def scalar(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
 
 
 class WriteTransaction:
-    """``async with WriteTransaction(db, path):`` — one ``BEGIN IMMEDIATE`` transaction.
+    """``async with WriteTransaction(db, path, lock):`` — one ``BEGIN IMMEDIATE`` transaction.
 
-    Commits on success, rolls back on any exception; SQLite errors come out as
+    *lock* is the connection's own: every statement of every coroutine goes
+    through the one aiosqlite connection, so without it a second coroutine's
+    transaction would start inside the first ("cannot start a transaction
+    within a transaction") or its statements would join it. Commits on
+    success, rolls back on any exception; SQLite errors come out as
     :class:`StoreError` naming the file.
     """
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, lock: asyncio.Lock) -> None:
         self._db = db
         self._path = path
+        self._lock = lock
 
     async def __aenter__(self) -> aiosqlite.Connection:
+        await self._lock.acquire()
         try:
             await self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._lock.release()
             raise StoreError(f"cannot write store {self._path}: {exc}") from exc
+        except BaseException:
+            self._lock.release()
+            raise
         return self._db
 
     async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            await self._finish(exc_type, exc)
+        finally:
+            self._lock.release()
+
+    async def _finish(self, exc_type: type | None, exc: BaseException | None) -> None:
         if exc_type is None:
             try:
                 await self._db.execute("COMMIT")

@@ -7,6 +7,7 @@ each process sees the other's commits on its next query without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, data_dir: Path | str) -> Self:
@@ -68,7 +70,7 @@ class Store:
 
     def write(self) -> WriteTransaction:
         """``async with store.write():`` — one ``BEGIN IMMEDIATE`` transaction."""
-        return WriteTransaction(self._db, self.path)
+        return WriteTransaction(self._db, self.path, self._write_lock)
 
     async def _scalar(self, sql: str, params: Any = ()) -> Any:
         return await scalar(self._db, sql, params)

@@ -111,13 +111,15 @@ class DeviceLink:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while actions := self.end.actions():
-                    for action in actions:
-                        await self._carry_out(action)
+                while True:
+                    # What is queued goes first (the welcome before a long snapshot read).
                     for frame in self.end.data_to_send():
                         await self.websocket.send_text(frame)
-                for frame in self.end.data_to_send():
-                    await self.websocket.send_text(frame)
+                    actions = self.end.actions()
+                    if not actions:
+                        break
+                    for action in actions:
+                        await self._carry_out(action)
         except StoreError as exc:
             log.error("device %s: %s", self.device_id, exc)
             await self.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")

@@ -75,7 +75,7 @@ class ServerStore:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock, WriteTransaction(self._db, self.path) as db:
+        async with WriteTransaction(self._db, self.path, self._write_lock) as db:
             yield db
 
     @contextlib.asynccontextmanager

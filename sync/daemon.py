@@ -152,6 +152,8 @@ class SyncDaemon:
                 from None
         except ssl.SSLError as exc:
             raise _Failure(f"TLS with {self.server.url} failed: {exc}") from None
+        except StoreError as exc:
+            raise _Failure(f"device store error: {exc}") from None
 
     async def _serve(self, websocket: ClientConnection) -> None:
         end = DeviceEnd(self.config.device_id, __version__, await self.store.cache_state())

@@ -125,3 +125,16 @@ def test_checkin_status_reports_the_device(tmp_path, make_config) -> None:
     assert lines["scans quarantined"].strip() == "0"
     assert lines["last frame"].strip() == "never"
     assert "last sync" in lines
+
+
+async def test_concurrent_writers_on_one_connection_take_turns(store) -> None:
+    """The daemon's reader, pusher and reporter all write through one connection."""
+    big = [f"C{n}" for n in range(20_000)]
+    await asyncio.gather(
+        store.apply_snapshot(ApplySnapshot("e1", 9, SESSION, big, big)),
+        *(store.note_link(connected=True) for _ in range(5)),
+        store.record_scan(record(1)),
+    )
+    status = await store.status()
+    assert (status.registrants, status.cursor, status.connected) == (20_000, 9, True)
+    assert status.scans_waiting == 1
