@@ -60,6 +60,8 @@ class ServerStore:
         self.epoch = epoch
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self._scan_queue: list[tuple[Device, list[Scan], asyncio.Future[list[ScanResult]]]] = []
+        self._scan_writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, data_dir: Path | str) -> ServerStore:
@@ -295,24 +297,52 @@ class ServerStore:
     # -- scans ------------------------------------------------------------------------
 
     async def store_scans(self, device: Device, scans: list[Scan]) -> list[ScanResult]:
-        """Store a device's scans idempotently by scan id; say what became of each."""
+        """Store a device's scans idempotently by scan id; say what became of each.
+
+        Batches that arrive while a write is under way are committed together in
+        the next transaction (group commit): with hundreds of doors pushing, one
+        fsync serves them all instead of each waiting its turn for its own.
+        """
+        answer: asyncio.Future[list[ScanResult]] = asyncio.get_running_loop().create_future()
+        self._scan_queue.append((device, scans, answer))
+        if self._scan_writer is None or self._scan_writer.done():
+            self._scan_writer = asyncio.create_task(self._write_scan_queue())
+        return await answer
+
+    async def _write_scan_queue(self) -> None:
+        while self._scan_queue:
+            group, self._scan_queue = self._scan_queue, []
+            try:
+                async with self._write() as db:
+                    answers = [await self._insert_scans(db, device, scans)
+                               for device, scans, _ in group]
+            except Exception as exc:  # every batch of the group failed with it
+                for *_, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), results in zip(group, answers, strict=True):
+                if not future.done():  # its link may have gone away meanwhile
+                    future.set_result(results)
+
+    async def _insert_scans(self, db: aiosqlite.Connection, device: Device,
+                            scans: list[Scan]) -> list[ScanResult]:
         ids = [s.scan_id for s in scans]
         received = wall_stamp()
-        async with self._write() as db:
-            owners = dict(await db.execute_fetchall(
-                f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids))
-            results = judge_scans(scans, device.device_id, device.session_id, owners)
-            accepted = [s for s, r in zip(scans, results, strict=True) if r.result == "accepted"]
-            flags = await self._disagreements(db, accepted)
-            await db.executemany(
-                "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
-                " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
-                  s.scanned_at, s.monotonic_ns, s.boot_id, received, flag)
-                 for s, flag in zip(accepted, flags, strict=True)])
-            await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
-                             (received, device.device_id))
+        owners = dict(await db.execute_fetchall(
+            f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids))
+        results = judge_scans(scans, device.device_id, device.session_id, owners)
+        accepted = [s for s, r in zip(scans, results, strict=True) if r.result == "accepted"]
+        flags = await self._disagreements(db, accepted)
+        await db.executemany(
+            "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
+            " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
+              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag)
+             for s, flag in zip(accepted, flags, strict=True)])
+        await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
+                         (received, device.device_id))
         return results
 
     async def _disagreements(self, db: aiosqlite.Connection, scans: list[Scan]) -> list[str | None]:

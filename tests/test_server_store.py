@@ -3,6 +3,7 @@ changes, idempotent scans and disagreement flags."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 
@@ -151,3 +152,17 @@ async def test_a_new_database_has_a_new_epoch(tmp_path) -> None:
     finally:
         await second.close()
         await again.close()
+
+
+async def test_batches_pushed_at_once_are_committed_together_and_judged_in_order(store) -> None:
+    doors = [Device(f"door-{n}", "s1") for n in range(50)]
+    batches = [[scan("A1", "admitted", "registered")] for _ in doors]
+    contested = scan("B2", "rejected", "not_registered")
+    answers = await asyncio.gather(
+        *(store.store_scans(d, b) for d, b in zip(doors, batches, strict=True)),
+        store.store_scans(doors[0], [contested]),
+        store.store_scans(doors[1], [contested]),  # the same id from another door
+    )
+    assert all(a[0].result == "accepted" for a in answers[:51])
+    assert answers[51][0].result == "refused"
+    assert len((await store.attendance("s1"))["scans"]) == 51
