@@ -78,6 +78,8 @@ class GpioConfig:
     red: int
     buzzer: int
     active_high: bool = True
+    #: Mock pins only: a file the pins mirror their levels into (see indicators/mirror.py).
+    mirror_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "red": (integer(0, 27), True),
         "buzzer": (integer(0, 27), True),
         "active_high": (boolean, False),
+        "mirror_file": (string, False),
     },
     "server": {
         "url": (_server_url, True),
@@ -189,6 +192,8 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
     pins = [gpio.get(k) for k in ("green", "red", "buzzer")]
     if None not in pins and len(set(pins)) < 3:
         problems.append(f"[gpio] green, red and buzzer = {pins}: expected three different pins")
+    if "mirror_file" in gpio and gpio.get("pin_factory") != "mock":
+        problems.append('[gpio] mirror_file: only for pin_factory = "mock" (the demo\'s doors)')
     if problems:
         raise ConfigError(path, problems)
     return _build(sections, path.parent, path)
@@ -216,7 +221,9 @@ def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> Devic
         camera=CameraConfig(**camera),
         scanner=ScannerConfig(**sections["scanner"]),
         door=DoorConfig(**sections["door"]),
-        gpio=GpioConfig(**sections["gpio"]),
+        gpio=GpioConfig(**sections["gpio"] | (
+            {"mirror_file": base / sections["gpio"]["mirror_file"]}
+            if "mirror_file" in sections["gpio"] else {})),
         server=ServerConfig(**server | {
             "token_file": base / server["token_file"],
             "ca_file": base / server["ca_file"] if "ca_file" in server else None,

@@ -19,6 +19,7 @@ import signal
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import TextIO
 
 from checkin import __version__
@@ -86,7 +87,7 @@ class Door:
         try:
             while not self._stopping.is_set():
                 if source is None:
-                    source = await self._open_source(retry)
+                    source = await self._open_source(retry, finite=exit_when_done)
                     if source is None:
                         retry = min(retry * 2, MAX_RETRY_SECONDS)
                         continue
@@ -209,9 +210,10 @@ class Door:
         except StoreError as exc:
             log.warning("cannot note door status: %s", exc)
 
-    async def _open_source(self, retry: float) -> FrameSource | None:
+    async def _open_source(self, retry: float, *, finite: bool) -> FrameSource | None:
         try:
-            return await asyncio.to_thread(open_source, self.config.camera)
+            return await asyncio.to_thread(partial(open_source, self.config.camera,
+                                                   finite=finite))
         except CameraError as exc:
             if self.config.camera.images_path is not None:
                 raise  # a missing image folder does not fix itself

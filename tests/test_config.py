@@ -59,6 +59,8 @@ def test_the_example_config_is_valid() -> None:
         (('id = "door-test"', 'id = "door test!"'), '[device] id = "door test!": expected 1-64'),
         (('id = "door-test"', ""), "[device] id is missing"),
         (("red = 27", "red = 17"), "expected three different pins"),
+        (('pin_factory = "mock"', 'pin_factory = "lgpio"\nmirror_file = "pins"'),
+         '[gpio] mirror_file: only for pin_factory = "mock"'),
         (("[gpio]", "[gpios]"), "[gpios] is an unknown section"),
     ],
 )

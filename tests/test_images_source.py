@@ -27,7 +27,8 @@ def test_each_image_is_shown_for_its_frames_in_name_order(tmp_path) -> None:
     write_badge(tmp_path / "2.png", "B")
     write_badge(tmp_path / "1.png", None)
     (tmp_path / "3.png").write_bytes(b"broken")
-    source = open_source(CameraConfig(f"images:{tmp_path}", frames_per_image=3, fps=200))
+    source = open_source(CameraConfig(f"images:{tmp_path}", frames_per_image=3, fps=200),
+                         finite=True)
     frames = drain(source)
     assert len(frames) == 6
     assert [f.pixels.shape for f in frames] == [(480, 640)] * 6
@@ -46,3 +47,23 @@ def test_frames_are_paced_at_the_frame_rate(tmp_path) -> None:
 def test_a_missing_path_is_a_camera_error(tmp_path) -> None:
     with pytest.raises(CameraError, match="no such file or folder"):
         ImagesSource(tmp_path / "nope")
+
+
+def test_a_followed_folder_shows_an_empty_view_then_new_images(tmp_path) -> None:
+    write_badge(tmp_path / "01.png", "A")
+    source = ImagesSource(tmp_path, frames_per_image=2, fps=500, follow=True)
+
+    def next_frame() -> np.ndarray:
+        with source.capture(timeout=1) as frame:
+            return frame.pixels
+
+    first = [next_frame() for _ in range(2)]
+    empty = [next_frame() for _ in range(3)]  # everything shown: nobody in view
+    assert all(not np.array_equal(first[0], e) for e in empty)
+    assert all(np.array_equal(empty[0], e) for e in empty)
+    write_badge(tmp_path / "02.png", "B")
+    write_badge(tmp_path / "00.png", "old")  # sorts before what was shown: never shown
+    shown = [next_frame() for _ in range(2)]
+    assert not np.array_equal(shown[0], empty[0]) and np.array_equal(shown[0], shown[1])
+    assert np.array_equal(next_frame(), empty[0])
+    source.close()

@@ -9,6 +9,7 @@ from gpiozero.pins.mock import MockFactory
 
 from device.config import GpioConfig
 from device.decision import Reason
+from device.indicators.mirror import read_pins
 from device.indicators.patterns import PATTERNS, Step
 from device.indicators.signals import IndicatorError, Indicators, make_pin_factory
 
@@ -129,3 +130,21 @@ def test_an_unusable_pin_factory_is_a_clear_error() -> None:
         make_pin_factory("lgpio")
     with pytest.raises(IndicatorError, match="unknown pin factory"):
         make_pin_factory("pigpio")
+
+
+async def test_mirrored_mock_pins_publish_their_levels_for_another_process(tmp_path) -> None:
+    mirror = tmp_path / "pins"
+    indicators = Indicators.from_config(
+        GpioConfig("mock", green=17, red=27, buzzer=22, mirror_file=mirror))
+    assert not any(read_pins(mirror).values())
+    indicators.show(Reason.NOT_REGISTERED)
+    pins = read_pins(mirror)
+    assert (pins[17], pins[27], pins[22]) == (False, True, True)
+    assert indicators.red.pin.state  # the mock pin itself agrees
+    indicators.close()
+    assert not any(read_pins(mirror).values())
+
+
+def test_a_mirror_file_that_cannot_be_made_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(IndicatorError, match="cannot open pin mirror file"):
+        make_pin_factory("mock", mirror_file=tmp_path / "missing" / "pins")

@@ -34,8 +34,20 @@ class IndicatorError(Exception):
     """The LEDs or buzzer cannot be set up; the message says why."""
 
 
-def make_pin_factory(name: str, work_dir: Path | None = None) -> Factory:
-    """gpiozero's pin factory *name*: ``"lgpio"`` on a Pi, ``"mock"`` anywhere else."""
+def make_pin_factory(name: str, work_dir: Path | None = None,
+                     mirror_file: Path | None = None) -> Factory:
+    """gpiozero's pin factory *name*: ``"lgpio"`` on a Pi, ``"mock"`` anywhere else.
+
+    With *mirror_file* (mock only), the pins mirror their levels into that file.
+    """
+    if name == "mock" and mirror_file is not None:
+        from device.indicators.mirror import mirrored_mock_factory
+
+        try:
+            return mirrored_mock_factory(mirror_file)
+        except OSError as exc:
+            raise IndicatorError(f"cannot open pin mirror file {mirror_file}: "
+                                 f"{exc.strerror}") from None
     if name == "mock":
         from gpiozero.pins.mock import MockFactory
 
@@ -62,7 +74,7 @@ class Indicators:
 
     @classmethod
     def from_config(cls, gpio: GpioConfig, work_dir: Path | None = None) -> Indicators:
-        factory = make_pin_factory(gpio.pin_factory, work_dir)
+        factory = make_pin_factory(gpio.pin_factory, work_dir, gpio.mirror_file)
         try:
             return cls(
                 LED(gpio.green, active_high=gpio.active_high, pin_factory=factory),

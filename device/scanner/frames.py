@@ -60,13 +60,18 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(config: CameraConfig) -> FrameSource:
-    """Open the frame source named by ``config.source``."""
+def open_source(config: CameraConfig, *, finite: bool = False) -> FrameSource:
+    """Open the frame source named by ``config.source``.
+
+    *finite*: an ``images:`` folder ends after its last image instead of being
+    followed for new ones.
+    """
     images = config.images_path
     if images is not None:
         from device.scanner.images import ImagesSource
 
-        return ImagesSource(images, frames_per_image=config.frames_per_image, fps=config.fps)
+        return ImagesSource(images, frames_per_image=config.frames_per_image, fps=config.fps,
+                            follow=not finite)
     from device.scanner.picamera import Picamera2Source
 
     return Picamera2Source(config)

@@ -5,6 +5,13 @@ it decides on them exactly as it would on the camera's frames. Images are read
 one at a time (memory stays flat for any folder size), shown for
 ``frames_per_image`` frames each at ``fps``, in file-name order. An unreadable
 file is logged and skipped.
+
+A finite source (``checkin door --exit-when-done``) ends after the last image.
+Otherwise the folder is followed like a camera pointed at a doorway: once every
+image was shown, it shows an empty view (a blank frame) until an image whose
+name sorts after the last one shown appears, and shows that. Write new images
+under another suffix and rename them into place, so a half-written file is
+never read.
 """
 
 from __future__ import annotations
@@ -55,25 +62,42 @@ def list_images(path: Path | str) -> list[Path]:
 
 
 class ImagesSource:
-    """Image files as a camera: each shown for *frames_per_image* frames at *fps*."""
+    """Image files as a camera: each shown for *frames_per_image* frames at *fps*.
 
-    def __init__(self, path: Path | str, *, frames_per_image: int = 3, fps: float = 10.0) -> None:
+    With *follow*, never exhausted: see the module's description.
+    """
+
+    def __init__(self, path: Path | str, *, frames_per_image: int = 3, fps: float = 10.0,
+                 follow: bool = False) -> None:
         if not Path(path).exists():
             raise CameraError(f"images:{path}: no such file or folder")
-        self._frames = self._generate(list_images(path), frames_per_image)
+        self._path = Path(path)
+        self._follow = follow
+        self._frames = self._generate(frames_per_image)
         self._interval_ns = int(1e9 / fps)
         self._next_ns = time.monotonic_ns()
 
-    @staticmethod
-    def _generate(files: list[Path], repeat: int) -> Iterator[np.ndarray]:
-        for file in files:
-            try:
-                pixels = load_grey(file)
-            except ImageError as exc:
-                log.warning("skipping unreadable image: %s", exc)
+    def _generate(self, repeat: int) -> Iterator[np.ndarray]:
+        last: str | None = None
+        blank: np.ndarray | None = None
+        while True:
+            files = [f for f in list_images(self._path) if last is None or f.name > last]
+            if not files and not self._follow:
+                return
+            if not files:
+                if blank is None:
+                    blank = np.full((480, 640), 200, dtype=np.uint8)
+                yield blank
                 continue
-            for _ in range(repeat):
-                yield pixels
+            for file in files:
+                last = file.name
+                try:
+                    pixels = load_grey(file)
+                except ImageError as exc:
+                    log.warning("skipping unreadable image: %s", exc)
+                    continue
+                for _ in range(repeat):
+                    yield pixels
 
     @contextmanager
     def capture(self, timeout: float) -> Iterator[Frame]:
