@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: test lint bench bench-quick demo clean
 
 $(BIN)/python:
+	PYTHON=$(PYTHON) scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
@@ -20,8 +21,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# `make demo ARGS=--once` runs the scenario once and exits (CI does).
 demo: $(STAMP)
-	$(BIN)/checkin demo
+	$(BIN)/checkin demo $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

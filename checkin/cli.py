@@ -73,10 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
 
-    demo = commands.add_parser("demo", help="run a door on this machine with a scripted camera")
+    demo = commands.add_parser("demo", help="the whole system on this machine: a server and "
+                                            "two doors with scripted cameras")
     demo.add_argument("--once", action="store_true",
-                      help="exit 0 only if every scripted outcome happened (the door-only "
-                           "demo always runs its scenario once)")
+                      help="exit when the scenario is over: 0 only if every scripted outcome "
+                           "happened (else it runs until Ctrl-C)")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -170,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     from checkin.demo import main as demo
 
     logging.getLogger().setLevel(logging.WARNING)
-    return demo()
+    return demo(once=args.once)
 
 
 if __name__ == "__main__":

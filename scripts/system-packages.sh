@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the few system packages checkin needs that pip cannot: the venv module
+# (Debian and Ubuntu ship it separately) and ZBar (for the pyzbar decoder).
+# Run by `make` before it creates .venv; asks for sudo only if something is missing.
+set -euo pipefail
+
+python=${PYTHON:-python3}
+missing=()
+"$python" -c 'import ensurepip, venv' 2>/dev/null \
+    || missing+=("python3-venv")
+ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing+=(libzbar0)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+    echo "checkin needs: ${missing[*]} (no apt-get here: install them with your package manager)" >&2
+    exit 1
+fi
+echo "installing system packages: ${missing[*]}" >&2
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq "${missing[@]}"
