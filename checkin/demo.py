@@ -299,8 +299,12 @@ class Demo:
         await self.play(self.doors["keynote"], AT_THE_KEYNOTE)
 
         c.heading("The workshop door's link comes back: its backlog drains")
+        backlog = (await self.store_status(workshop)).scans_waiting
+        restored = time.monotonic()
         workshop.proxy.restore()
         await _until(lambda: self._drained(workshop), 60, "the backlog to drain")
+        c.line("workshop", f"  backlog of {backlog} scan(s) delivered "
+                           f"{time.monotonic() - restored:.1f} s after the link came back")
 
         c.heading(f"The organizer adds {ATTENDEES[LATE]} to the workshop")
         added = time.monotonic()
