@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -27,7 +29,7 @@ import numpy as np
 
 from bench.report import Row, percentile
 from checkin.badges import Look, render_badge, write_badge
-from device.config import GpioConfig, parse_config
+from device.config import GpioConfig, ScannerConfig, parse_config
 from device.decision import SessionRules
 from device.door import Door
 from device.indicators.signals import Indicators
@@ -73,7 +75,7 @@ async def frame_to_signal(quick: bool) -> list[Row]:
     n = 20 if quick else 200
     frames = [np.asarray(render_badge(c, Look(angle=i * 9 % 60), seed=i))
               for i, c in enumerate(codes(n))]
-    decoder = make_decoder("zxing-cpp")
+    decoder = make_decoder(ScannerConfig().decoder)  # the door's default
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
         folder = Path(tmp)
         store = await _filled_store(folder, 1000)
@@ -194,8 +196,72 @@ def memory(quick: bool) -> list[Row]:
                 "< 80 MB, flat in list size", large < 80 and large < small * 1.1)]
 
 
+def _door_stream(folder: Path, images: int) -> None:
+    """A camera's view as a door sees it: mostly nobody, now and then a phone."""
+    folder.mkdir()
+    blank = render_badge(None, seed=0)
+    for i in range(images):
+        path = folder / f"{i:05d}.png"
+        if i % 4 == 0:
+            write_badge(path, f"ATT-{i:07d}", Look(angle=i * 7 % 50), seed=i)
+        else:
+            blank.save(path)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _door_rate(folder: Path, fps: float, images: int) -> tuple[float, float]:
+    """(frames per second, share of one core) of a real door between its first and last
+    decision, its camera an images: folder of *images* frames shown at *fps*."""
+    stream = folder / f"stream-{fps:g}"
+    _door_stream(stream, images)
+    config = folder / f"door-{fps:g}.toml"
+    config.write_text(
+        f'[device]\nid = "bench"\ndata_dir = "{folder / "data"}"\n'
+        f'[camera]\nsource = "images:{stream}"\nfps = {fps}\nframes_per_image = 1\n'
+        '[scanner]\ndebounce_seconds = 0\n'
+        '[gpio]\npin_factory = "mock"\ngreen = 17\nred = 27\nbuzzer = 22\n')
+    proc = subprocess.Popen([sys.executable, "-m", "checkin.cli", "door", "--config",
+                             str(config), "--exit-when-done"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    marks = []  # (wall, cpu, image index) at each decision
+    for line in proc.stdout:
+        index = int(json.loads(line)["code"].removeprefix("ATT-"))
+        with contextlib.suppress(OSError):
+            marks.append((time.perf_counter(), _cpu_seconds(proc.pid), index))
+    if proc.wait() != 0 or len(marks) < 3:
+        raise RuntimeError(f"door exited {proc.returncode} in the frame-rate benchmark")
+    (wall0, cpu0, first), (wall1, cpu1, last) = marks[0], marks[-1]
+    return (last - first) / (wall1 - wall0), (cpu1 - cpu0) / (wall1 - wall0)
+
+
+def throughput(quick: bool) -> list[Row]:
+    """The door's frame rate with the fastest camera the config allows, and its CPU share
+    at 10 fps (the default) and 30 fps."""
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        folder = Path(tmp)
+
+        async def fill() -> None:
+            await (await _filled_store(folder / "data", 1000)).close()
+
+        asyncio.run(fill())
+        fastest, _ = _door_rate(folder, 120, 200 if quick else 1200)
+        rates = [(fps, *_door_rate(folder, fps, 40 if quick else 10 * fps))
+                 for fps in (10, 30)]
+    rows = [Row("door frame rate, 120 fps camera (config maximum), 1 frame in 4 a badge",
+                fastest, 30.0, "a 30 fps camera", "fps", ">= 30 fps", fastest >= 30)]
+    rows += [Row(f"door CPU share at {fps} fps", share * 100, None, "", "% of a core", "", None)
+             for fps, _, share in rates]
+    return rows
+
+
 def run(quick: bool) -> list[Row]:
     rows = asyncio.run(frame_to_signal(quick))
+    rows += throughput(quick)
     rows += asyncio.run(lookups(quick))
     rows += memory(quick)
     return rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,10 +28,6 @@ class Row:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def show(rows: list[Row]) -> str:

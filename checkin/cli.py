@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from checkin import __version__
+from device.config import DECODERS
 
 #: Exit status for a usage or config error, before anything has started.
 EXIT_CONFIG = 2
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     decode = commands.add_parser("decode", help="decode QR codes in image files")
     decode.add_argument("paths", nargs="+", metavar="PATH")
-    decode.add_argument("--decoder", default="zxing-cpp", choices=("zxing-cpp", "pyzbar"))
+    decode.add_argument("--decoder", default="pipeline", choices=DECODERS)
     decode.set_defaults(handler=_decode)
 
     server = commands.add_parser("server", help="run the central server (API and /sync)")

@@ -40,6 +40,9 @@ async def connect(path: Path, migrations: Sequence[str]) -> aiosqlite.Connection
     except OSError as exc:
         raise StoreError(f"cannot create data dir {path.parent}: {exc.strerror}") from exc
     try:
+        # Probe first: when aiosqlite's own connect fails, its worker thread outlives
+        # the error and reports into an event loop that may be gone by then.
+        await asyncio.to_thread(_probe, path)
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from exc
@@ -54,6 +57,10 @@ async def connect(path: Path, migrations: Sequence[str]) -> aiosqlite.Connection
         await db.close()
         raise
     return db
+
+
+def _probe(path: Path) -> None:
+    sqlite3.connect(path).close()
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path, migrations: Sequence[str]) -> None:

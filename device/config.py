@@ -25,7 +25,7 @@ from checkin.shapes import (
     string,
 )
 
-DECODERS = ("zxing-cpp", "pyzbar")
+DECODERS = ("pipeline", "zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
 AUTOFOCUS_MODES = ("continuous", "manual", "auto")
 
@@ -60,7 +60,7 @@ class CameraConfig:
 
 @dataclass(frozen=True, slots=True)
 class ScannerConfig:
-    decoder: str = "zxing-cpp"
+    decoder: str = "pipeline"
     debounce_seconds: float = 5.0
 
 
