@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from checkin.badges import write_badge
+from device.config import DECODERS
 from tests.conftest import CHECKIN, CORPUS
 
 
@@ -15,7 +16,7 @@ def decode(*args: str, env: dict) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-@pytest.mark.parametrize("decoder", ["zxing-cpp", "pyzbar"])
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_each_path_gets_its_payloads_or_an_empty_line(tmp_path, subprocess_env, decoder) -> None:
     badge = write_badge(tmp_path / "badge.png", "https://tickets.example/t/ATT-9")
     blank = write_badge(tmp_path / "blank.png", None)

@@ -28,7 +28,7 @@ def test_a_minimal_config_gets_defaults_and_resolves_relative_paths(tmp_path: Pa
     assert config.device_id == "door-test"
     assert config.data_dir == tmp_path / "data"
     assert config.camera.images_path == str(tmp_path / "frames")
-    assert config.scanner.decoder == "zxing-cpp"
+    assert config.scanner.decoder == "pipeline"
     assert config.scanner.debounce_seconds == 5.0
     assert config.door.allow_reentry is True
     assert (config.gpio.green, config.gpio.red, config.gpio.buzzer) == (17, 27, 22)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from checkin.badges import Look, write_badge
+from device.config import DECODERS
 from device.decision import SessionRules
 from tests.conftest import CHECKIN, fill_store, read_scans
 
@@ -156,7 +157,7 @@ def test_a_missing_image_folder_is_reported(tmp_path, make_config, subprocess_en
     assert "no such file or folder" in stderr
 
 
-@pytest.mark.parametrize("decoder", ["zxing-cpp", "pyzbar"])
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_either_decoder_runs_the_door(tmp_path, make_config, subprocess_env, decoder) -> None:
     config = make_config(f"images:{frames(tmp_path / 'frames', 'A1')}",
                          extra=f'[scanner]\ndecoder = "{decoder}"\n')
