@@ -56,17 +56,23 @@ def _opencv():  # -> a decode function, or None when OpenCV is not installed
     return decode
 
 
-def score(decode, frames) -> tuple[list[bool], float]:
-    """(whether each frame was read correctly, mean seconds per frame).
+def score(decoders: dict, frames) -> dict[str, tuple[list[bool], float]]:
+    """Per decoder: (whether each frame was read correctly, mean seconds per frame).
 
-    The mean, not the median: a pipeline's fallbacks run on a minority of frames
-    and the median would hide what they cost.
+    Decoders take turns frame by frame, so all of them see the same machine state
+    (a decoder measured first, alone, pays for a cold CPU). The mean, not the
+    median: a pipeline's fallbacks run on a minority of frames and the median
+    would hide what they cost.
     """
-    correct, started = [], time.perf_counter()
+    correct = {name: [] for name in decoders}
+    spent = dict.fromkeys(decoders, 0.0)
     for grey, expected in frames:
-        got = decode(grey)
-        correct.append(expected in got if expected is not None else not got)
-    return correct, (time.perf_counter() - started) / len(frames)
+        for name, decode in decoders.items():
+            started = time.perf_counter()
+            got = decode(grey)
+            spent[name] += time.perf_counter() - started
+            correct[name].append(expected in got if expected is not None else not got)
+    return {name: (correct[name], spent[name] / len(frames)) for name in decoders}
 
 
 def run(quick: bool) -> list[Row]:
@@ -77,10 +83,8 @@ def run(quick: bool) -> list[Row]:
         decoders["opencv"] = opencv
     rows = []
     for name, frames in sets.items():
-        for decode in decoders.values():  # warm up: first calls load tables and caches
-            score(decode, frames[:4])
-        results = {d: score(fn, frames) for d, fn in decoders.items()}
-        rows += _rows(name, len(frames), results)
+        score(decoders, frames[:8])  # warm up: first calls load tables and caches
+        rows += _rows(name, len(frames), score(decoders, frames))
     if opencv is None:
         rows.append(Row("decode: OpenCV QR detector not installed (pip install "
                         "opencv-python-headless, or make bench)", 0, None, "", "", "", None))

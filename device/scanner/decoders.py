@@ -146,24 +146,28 @@ class PipelineDecoder:
 
 
 def _boxes(symbols: list, shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
-    """The region around each symbol zxing-cpp located, with a quiet-zone margin.
+    """The regions around the symbols zxing-cpp located, with a quiet-zone margin.
 
-    ZBar's time grows with the pixels it scans: given only the symbol's region
-    it costs a fraction of a whole frame.
+    ZBar's time grows with the pixels it scans: given only a symbol's region it
+    costs a fraction of a whole frame. Overlapping regions (the same symbol seen
+    by both passes) are merged, so ZBar looks at each place once.
     """
-    boxes = []
+    merged: list[list[int]] = []  # [top, bottom, left, right]
     for symbol in symbols:
         corners = symbol.position
-        xs = [p.x for p in (corners.top_left, corners.top_right, corners.bottom_left,
-                            corners.bottom_right)]
-        ys = [p.y for p in (corners.top_left, corners.top_right, corners.bottom_left,
-                            corners.bottom_right)]
+        points = (corners.top_left, corners.top_right, corners.bottom_left, corners.bottom_right)
+        xs, ys = [p.x for p in points], [p.y for p in points]
         margin = max(max(xs) - min(xs), max(ys) - min(ys)) // 4 + 8
-        box = (slice(max(0, min(ys) - margin), min(shape[0], max(ys) + margin)),
-               slice(max(0, min(xs) - margin), min(shape[1], max(xs) + margin)))
-        if box not in boxes:
-            boxes.append(box)
-    return boxes
+        box = [max(0, min(ys) - margin), min(shape[0], max(ys) + margin),
+               max(0, min(xs) - margin), min(shape[1], max(xs) + margin)]
+        for other in merged:
+            if box[0] < other[1] and other[0] < box[1] and box[2] < other[3] and other[2] < box[3]:
+                other[:] = [min(box[0], other[0]), max(box[1], other[1]),
+                            min(box[2], other[2]), max(box[3], other[3])]
+                break
+        else:
+            merged.append(box)
+    return [(slice(top, bottom), slice(left, right)) for top, bottom, left, right in merged]
 
 
 def make_decoder(name: str) -> Decoder:
