@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench bench-quick demo clean
+.PHONY: test lint bench bench-quick demo chaos clean
 
 $(BIN)/python:
 	PYTHON=$(PYTHON) scripts/system-packages.sh
@@ -36,6 +36,12 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
+
+# The full chaos run (60 randomised trials of faults and kills against the real
+# system) and the sync protocol's model-based test with many more examples.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --trials 60
+	CHECKIN_MODEL_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/test_sync_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

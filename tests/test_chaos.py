@@ -1,0 +1,26 @@
+"""A short chaos run in the suite: every kind of fault once, against the real system.
+
+The full run (``make chaos``: 60 randomised trials) is in tests/chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+from tests.chaos import FAULTS, run
+
+
+def test_nothing_is_lost_or_duplicated_under_every_kind_of_fault(tmp_path) -> None:
+    log = io.StringIO()
+    figures = asyncio.run(run(tmp_path, trials=len(FAULTS) + 2, doors=2, seed=20261128,
+                              log=log, every_fault=True))
+    for fault in FAULTS:
+        assert f": {fault}" in log.getvalue()
+    assert figures["trials"] == len(FAULTS) + 2 and figures["kills"] >= 3
+    assert figures["scans"] > 20  # the doors kept scanning through it all
+    assert figures["lost"] == 0
+    assert figures["duplicated"] == 0
+    assert figures["not stored or quarantined"] == 0
+    assert figures["caches differing from the server"] == 0
+    assert figures["registrant changes"] > 0
