@@ -63,7 +63,13 @@ def _phone(payload: str | bytes | None, module_px: int) -> Image.Image:
     else:
         import segno
 
-        matrix = np.array(segno.make(payload, error="m", micro=False).matrix, dtype=np.uint8)
+        # Bytes go in byte mode, as they are: left to guess, segno reads some byte pairs
+        # as Shift-JIS kanji and re-encodes them. Text that is not ASCII goes as UTF-8.
+        if isinstance(payload, str) and not payload.isascii():
+            payload = payload.encode("utf-8", "surrogatepass")
+        mode = "byte" if isinstance(payload, bytes) else None
+        qr = segno.make(payload, error="m", micro=False, mode=mode)
+        matrix = np.array(qr.matrix, dtype=np.uint8)
         modules = np.pad(matrix, 4)  # the quiet zone
         qr = Image.fromarray(((1 - modules) * 255).astype(np.uint8), "L")
         qr = qr.resize((qr.width * module_px, qr.height * module_px), Image.NEAREST)

@@ -32,6 +32,13 @@ def string(value: Any) -> str:
     return value
 
 
+def path(value: Any) -> str:
+    """A file or folder path: a non-empty string the operating system can take."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError("a path (a non-empty string without NUL characters)")
+    return value
+
+
 def text(limit: int) -> Check:
     """A string of at most *limit* characters (may be empty)."""
 
@@ -55,7 +62,10 @@ def integer(low: int, high: int) -> Check:
 def number(low: float, high: float, *, open_low: bool = False) -> Check:
     def check(value: Any) -> float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        try:  # an integer beyond a float's range (TOML and JSON allow them) is out of range
+            ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        except OverflowError:
+            ok = False
         if not ok or value > high:
             bound = "greater than" if open_low else "at least"
             raise ValueError(f"a number {bound} {low:g} and at most {high:g}")
@@ -142,7 +152,7 @@ def check_fields(
     for key, value in table.items():
         if key not in fields:
             problems.append(
-                f"{label}{key} = {show(value)}: unknown key (expected one of: "
+                f"{label}{name(key)} = {show(value)}: unknown key (expected one of: "
                 f"{', '.join(fields)})"
             )
             continue
@@ -156,10 +166,23 @@ def check_fields(
     return checked, problems
 
 
+def name(key: Any) -> str:
+    """A key as it may be shown: as is when plain, else quoted and escaped (never raw
+    control characters in an error message)."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return key
+    return show(key)
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def show(value: Any) -> str:
     """*value* as it would appear in the input, cut short for an error message."""
     try:
-        rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+        rendered = json.dumps(value) if isinstance(value, str) else repr(value)
     except ValueError:  # e.g. lone surrogates
         rendered = ascii(value)
+    except RecursionError:  # a deeply nested value
+        rendered = f"<{type(value).__name__} nested too deeply>"
     return rendered if len(rendered) <= 80 else rendered[:77] + "..."

@@ -22,8 +22,9 @@ from checkin.shapes import (
     integer,
     number,
     show,
-    string,
 )
+from checkin.shapes import name as shown
+from checkin.shapes import path as file_path
 
 DECODERS = ("pipeline", "zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
@@ -107,7 +108,7 @@ class DeviceConfig:
 
 def _camera_source(value: Any) -> str:
     if value == "picamera2" or (isinstance(value, str) and len(value) > len("images:")
-                                and value.startswith("images:")):
+                                and value.startswith("images:") and "\0" not in value):
         return value
     raise ValueError('"picamera2" or "images:PATH" (an image file or a folder of images)')
 
@@ -120,12 +121,12 @@ def _server_url(value: Any) -> str:
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
-    "device": {"id": (identifier, True), "data_dir": (string, True)},
+    "device": {"id": (identifier, True), "data_dir": (file_path, True)},
     "camera": {
         "source": (_camera_source, True),
         "width": (integer(64, 4096), False),
         "height": (integer(64, 4096), False),
-        "fps": (number(0, 120, open_low=True), False),
+        "fps": (number(0.1, 120), False),
         "frames_per_image": (integer(1, 1_000_000), False),
         "timeout": (number(0, 60, open_low=True), False),
         "autofocus": (choice(*AUTOFOCUS_MODES), False),
@@ -148,12 +149,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "red": (integer(0, 27), True),
         "buzzer": (integer(0, 27), True),
         "active_high": (boolean, False),
-        "mirror_file": (string, False),
+        "mirror_file": (file_path, False),
     },
     "server": {
         "url": (_server_url, True),
-        "token_file": (string, True),
-        "ca_file": (string, False),
+        "token_file": (file_path, True),
+        "ca_file": (file_path, False),
         "retry_min_seconds": (number(0, 3600, open_low=True), False),
         "retry_max_seconds": (number(0, 3600, open_low=True), False),
         "auth_retry_seconds": (number(0, 86400, open_low=True), False),
@@ -173,6 +174,8 @@ def load_config(path: Path | str) -> DeviceConfig:
         raise ConfigError(path, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"cannot read file: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(path, ["not valid TOML: nested too deeply"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     return parse_config(data, path)
@@ -185,7 +188,8 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
     sections = {name: _check_section(data, name, problems) for name in SCHEMA}
     for name, value in data.items():
         if name not in SCHEMA:
-            problems.append(f"[{name}] is an unknown section (expected: {', '.join(SCHEMA)})")
+            problems.append(f"[{shown(name)}] is an unknown section (expected: "
+                            f"{', '.join(SCHEMA)})")
         elif not isinstance(value, dict):
             problems.append(f"{name} = {show(value)}: expected a [{name}] table")
     gpio = sections["gpio"]

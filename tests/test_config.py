@@ -54,7 +54,7 @@ def test_the_example_config_is_valid() -> None:
          '[gpio] pin_factory = "rpigpio": expected one of "mock", "lgpio"'),
         (('source = "images:frames"', 'source = "usb0"'),
          '[camera] source = "usb0": expected "picamera2" or "images:PATH"'),
-        (("fps = 20", "fps = 0"), "[camera] fps = 0: expected a number greater than 0"),
+        (("fps = 20", "fps = 0"), "[camera] fps = 0: expected a number at least 0.1"),
         (("fps = 20", "fps = nan"), "[camera] fps = nan: expected a number"),
         (('id = "door-test"', 'id = "door test!"'), '[device] id = "door test!": expected 1-64'),
         (('id = "door-test"', ""), "[device] id is missing"),

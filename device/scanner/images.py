@@ -74,7 +74,7 @@ class ImagesSource:
         self._path = Path(path)
         self._follow = follow
         self._frames = self._generate(frames_per_image)
-        self._interval_ns = int(1e9 / fps)
+        self._interval_ns = int(1e9 / max(fps, 1e-3))
         self._next_ns = time.monotonic_ns()
 
     def _generate(self, repeat: int) -> Iterator[np.ndarray]:
