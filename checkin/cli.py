@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     server.add_argument("--certfile", metavar="PEM", help="TLS certificate chain (for wss://)")
     server.add_argument("--keyfile", metavar="PEM", help="TLS private key")
+    server.add_argument("--new-epoch", action="store_true",
+                        help="after restoring the database from a backup: give it a new "
+                             "epoch, so every door resyncs from a snapshot")
     server.add_argument("-v", "--verbose", action="store_true")
     server.set_defaults(handler=_server)
 
@@ -147,7 +150,7 @@ def _server(args: argparse.Namespace) -> int:
         print("checkin server: --certfile and --keyfile go together", file=sys.stderr)
         return EXIT_CONFIG
     return run_server(Path(args.data), args.host, args.port, certfile=args.certfile,
-                      keyfile=args.keyfile)
+                      keyfile=args.keyfile, new_epoch=args.new_epoch)
 
 
 def _sync(args: argparse.Namespace) -> int:

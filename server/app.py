@@ -8,6 +8,7 @@ pydantic and its memory for nothing we use.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from checkin.database import StoreError
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub
@@ -49,6 +51,14 @@ def create_app(data_dir: Path, token: str) -> Starlette:
                      exception_handlers={HTTPException: _http_error})
 
 
+async def _renew_epoch(data_dir: Path) -> str:
+    store = await ServerStore.open(data_dir)
+    try:
+        return await store.renew_epoch()
+    finally:
+        await store.close()
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Routing errors (404, 405) in the API's own JSON shape."""
     assert isinstance(exc, HTTPException)
@@ -60,14 +70,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
-               keyfile: str | None = None) -> int:
+               keyfile: str | None = None, new_epoch: bool = False) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
     import uvicorn
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         token, source = admin_token(data_dir)
-    except OSError as exc:
+        if new_epoch:
+            epoch = asyncio.run(_renew_epoch(data_dir))
+            print(f"checkin server: new epoch {epoch}: every door resyncs", file=sys.stderr)
+    except (OSError, StoreError) as exc:
         print(f"checkin server: cannot use data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
     print(f"checkin server: admin token {source}", file=sys.stderr, flush=True)

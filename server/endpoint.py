@@ -24,6 +24,7 @@ from server.tokens import bearer
 from sync.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_REASSIGNED,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     ProtocolError,
@@ -53,6 +54,15 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         return
     link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
     await hub.attach(link, replaced_code=CLOSE_REPLACED)
+    # A reassignment or revocation between reading the device and attaching the link
+    # found no link to close: look again now that any later one will find it.
+    current = await store.device_by_token(token)
+    if current != device:
+        hub.detach(link)
+        code, reason = ((CLOSE_REASSIGNED, "device reassigned; reconnect") if current
+                        else (CLOSE_UNAUTHORIZED, "device token revoked"))
+        await websocket.close(code, reason)
+        return
     await store.note_status(device.device_id, None)  # last seen: now
     log.info("device %s connected (session %s)", device.device_id, device.session_id)
     try:

@@ -75,6 +75,18 @@ class ServerStore:
         await self._db.close()
         await self._reader.close()
 
+    async def renew_epoch(self) -> str:
+        """Give the database a new epoch: every device resyncs from a snapshot.
+
+        For a database restored from a backup: its history may differ from what
+        the doors applied, and a door whose cursor happens to be below the
+        restored one would otherwise never learn of the rows it lost.
+        """
+        async with self._write() as db:
+            self.epoch = await scalar(
+                db, "UPDATE meta SET epoch = lower(hex(randomblob(8))) RETURNING epoch")
+        return self.epoch
+
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         async with WriteTransaction(self._db, self.path, self._write_lock) as db:

@@ -66,8 +66,9 @@ class Server:
         self.client = httpx.Client(base_url=self.url, verify=verify, timeout=30,
                                    headers={"Authorization": f"Bearer {ADMIN}"})
 
-    def start(self) -> Server:
-        command = [*CHECKIN, "server", "--data", str(self.data_dir), "--port", str(self.port)]
+    def start(self, *extra: str) -> Server:
+        command = [*CHECKIN, "server", "--data", str(self.data_dir), "--port", str(self.port),
+                   *extra]
         if self.tls:
             command += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
         self.process = subprocess.Popen(command, env=process_env(), stdout=subprocess.DEVNULL,

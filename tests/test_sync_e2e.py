@@ -215,3 +215,31 @@ def test_sync_over_tls_with_a_private_ca(tmp_path, devices) -> None:
         assert doubting.registrants() == set()
     finally:
         server.kill()
+
+
+def test_a_database_restored_from_a_backup_gets_a_new_epoch_and_devices_resync(
+        tmp_path, server, devices) -> None:
+    event(server)
+    device = door_device(tmp_path, server, devices)
+    wait_for(lambda: device.registrants() == {"A1"}, what="first snapshot")
+    server.stop()
+    backup = tmp_path / "backup"
+    shutil.copytree(server.data_dir, backup)  # the technician's backup, taken while stopped
+    server.start()
+    for code in ("A2", "B2"):  # history the backup will not have
+        server.api("PUT", f"/api/sessions/s1/registrants/{code}", expect=201)
+    wait_for(lambda: device.registrants() == {"A1", "A2", "B2"}, what="changes")
+    old_epoch = device.status()["epoch"]
+
+    server.stop()
+    shutil.rmtree(server.data_dir)
+    shutil.copytree(backup, server.data_dir)
+    server.start("--new-epoch")
+    assert "new epoch" in server.log.read_text()
+    # The restored server moves on past the door's cursor: changes alone would leave the
+    # door with A2 and B2, which the restored list does not have.
+    server.api("PUT", "/api/sessions/s1/registrants/C3", expect=201)
+    server.api("DELETE", "/api/sessions/s1/registrants/A1", expect=204)
+    server.api("PUT", "/api/sessions/s1/registrants/A1", expect=201)
+    wait_for(lambda: device.registrants() == {"A1", "C3"}, what="resync after the restore")
+    assert device.status()["epoch"] not in (old_epoch, None)
