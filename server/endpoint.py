@@ -143,8 +143,11 @@ class DeviceLink:
         if isinstance(action, SendSnapshot):
             self.end.send_snapshot(*await self.store.snapshot(self.session_id))
         elif isinstance(action, SendChanges):
-            cursor, changes = await self.store.changes_since(self.session_id, action.since)
-            self.end.send_changes(action.since, cursor, changes)
+            found = await self.store.changes_since(self.session_id, action.since)
+            if found is None:  # tombstones it needs were pruned: a snapshot on reconnect
+                await self.close(CLOSE_REASSIGNED, "history pruned; reconnect for a snapshot")
+                return
+            self.end.send_changes(action.since, *found)
         elif isinstance(action, StoreScans):
             self.end.send_results(action.batch,
                                   await self.store.store_scans(self.device, action.scans))

@@ -287,10 +287,15 @@ class ServerStore:
                 (session_id,))]
         return cursor, session, attendees, registrants
 
-    async def changes_since(self, session_id: str | None, since: int) -> tuple[int, list[Change]]:
-        """(cursor, every change after *since* that concerns the session), in seq order."""
+    async def changes_since(self, session_id: str | None,
+                            since: int) -> tuple[int, list[Change]] | None:
+        """(cursor, every change after *since* that concerns the session), in seq order;
+        ``None`` when deletions after *since* were pruned (the device needs a snapshot)."""
         async with self._read() as db:
-            cursor = await scalar(db, "SELECT seq FROM meta")
+            cursor, horizon = next(iter(await db.execute_fetchall(
+                "SELECT seq, horizon FROM meta")))
+            if since < horizon:
+                return None
             rows = await db.execute_fetchall(
                 "SELECT seq, 'attendee', code, 0 FROM attendees WHERE seq > :since"
                 " UNION ALL SELECT seq, 'registrant', code, deleted FROM registrants"

@@ -182,8 +182,10 @@ class DeviceEnd:
             raise ProtocolError("changes in the middle of a snapshot")
         if changes.epoch != self.epoch:
             raise ProtocolError(f"changes for epoch {changes.epoch!r}, cache has {self.epoch!r}")
-        if changes.since > self.cursor:
-            raise ProtocolError(f"changes since {changes.since} leave a gap after cursor "
+        if changes.since != self.cursor:
+            # The server sends the changes after exactly what it last sent; anything else
+            # is a gap (changes missed) or a replay (older states over newer ones).
+            raise ProtocolError(f"changes since {changes.since}, but this device's cursor is "
                                 f"{self.cursor}")
         if changes.cursor < changes.since:
             raise ProtocolError(f"changes cursor {changes.cursor} before since {changes.since}")
@@ -195,7 +197,7 @@ class DeviceEnd:
                 self.session_id = change.session.session_id if change.session else None
         self.state = DeviceState.READY
         if changes.cursor > self.cursor or changes.changes:
-            self.cursor = max(self.cursor, changes.cursor)
+            self.cursor = changes.cursor
             self._actions.append(ApplyChanges(self.cursor, changes.changes))
 
     def _results(self, answer: ScanResults) -> None:

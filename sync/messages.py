@@ -52,7 +52,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 #: Unknown or revoked device token: reconnect slowly, a technician must act.
 CLOSE_UNAUTHORIZED = 4001
-#: The device was assigned to another session: reconnect at once (a snapshot follows).
+#: Reconnect at once, a snapshot follows: the device was assigned to another session,
+#: or deletions it would need were pruned.
 CLOSE_REASSIGNED = 4002
 #: A newer connection of the same device replaced this one.
 CLOSE_REPLACED = 4003

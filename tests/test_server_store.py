@@ -90,6 +90,8 @@ async def test_pruned_tombstones_make_older_cursors_resync(store) -> None:
     await store.delete_registrant("s1", "A1")
     cursor, _ = await store.changes_since("s1", 0)
     assert await store.prune_tombstones(cursor) == 1
+    assert await store.changes_since("s1", 1) is None  # a connected device must resync
+    assert (await store.changes_since("s1", cursor))[0] == cursor
     view = await store.view(Device("d", "s1"))
     assert view.horizon == cursor
     old = Hello(device_id="d", software="t", session_id="s1", epoch=store.epoch, cursor=1)
