@@ -107,7 +107,7 @@ class SyncDaemon:
         while not self._stopping.is_set():
             try:
                 await self._connect_once()
-                continue  # stopped, or the server closed cleanly: reconnect at once
+                continue  # returns only when stopped
             except _Failure as failure:
                 if failure.at_once:
                     log.info("%s; reconnecting now", failure)
@@ -147,11 +147,11 @@ class SyncDaemon:
                            auth=status in (401, 403)) from None
         except ConnectionClosed as exc:
             raise _closed(exc, self.server.token_file) from None
+        except ssl.SSLError as exc:  # before OSError, which it is a kind of
+            raise _Failure(f"TLS with {self.server.url} failed: {exc}") from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise _Failure(f"cannot reach {self.server.url}: {exc or type(exc).__name__}") \
                 from None
-        except ssl.SSLError as exc:
-            raise _Failure(f"TLS with {self.server.url} failed: {exc}") from None
         except StoreError as exc:
             raise _Failure(f"device store error: {exc}") from None
 

@@ -211,7 +211,8 @@ def test_sync_over_tls_with_a_private_ca(tmp_path, devices) -> None:
                                extra=f'ca_file = "{ca_file}"')
         doubting = door_device(tmp_path, server, devices, "door-2")
         wait_for(lambda: trusting.registrants() == {"A1"}, what="sync over wss")
-        wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in doubting.log(), what="TLS refusal")
+        wait_for(lambda: "TLS with" in doubting.log()
+                 and "CERTIFICATE_VERIFY_FAILED" in doubting.log(), what="TLS refusal")
         assert doubting.registrants() == set()
     finally:
         server.kill()
