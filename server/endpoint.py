@@ -28,6 +28,7 @@ from sync.messages import (
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     ProtocolError,
+    close_reason,
 )
 from sync.server_end import (
     Action,
@@ -159,15 +160,7 @@ class DeviceLink:
         if self.websocket.application_state is WebSocketState.DISCONNECTED:
             return
         with contextlib.suppress(RuntimeError, OSError):
-            await self.websocket.close(code, _close_reason(reason))
-
-
-def _close_reason(reason: str) -> str:
-    """A close frame's reason is at most 123 bytes of UTF-8."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= 123:
-        return reason
-    return encoded[:120].decode("utf-8", "ignore") + "..."
+            await self.websocket.close(code, close_reason(reason))
 
 
 def _peer(websocket: WebSocket) -> str:

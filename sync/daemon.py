@@ -34,11 +34,14 @@ from sync.device_end import (
     Welcomed,
 )
 from sync.messages import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_PROTOCOL_ERROR,
     CLOSE_REASSIGNED,
     CLOSE_UNAUTHORIZED,
     MAX_SCANS_PER_BATCH,
     MAX_SERVER_MESSAGE,
     ProtocolError,
+    close_reason,
 )
 from sync.store import SyncStore
 
@@ -176,7 +179,7 @@ class SyncDaemon:
                 link.end.receive(frame)
             except ProtocolError as exc:
                 log.error("server broke the protocol: %s", exc)
-                await link.websocket.close(1002, str(exc)[:120])
+                await link.websocket.close(CLOSE_PROTOCOL_ERROR, close_reason(str(exc)))
                 raise _Failure(f"protocol error: {exc}") from None
             for action in link.end.actions():
                 await self._carry_out(action, link)
@@ -208,7 +211,7 @@ class SyncDaemon:
                 self._results.set()
         except StoreError as exc:
             log.error("%s", exc)
-            await link.websocket.close(1011, "device store error")
+            await link.websocket.close(CLOSE_INTERNAL_ERROR, "device store error")
             raise _Failure(f"device store error: {exc}") from None
 
     async def _push(self, link: _Link) -> None:

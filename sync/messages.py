@@ -59,6 +59,14 @@ CLOSE_REASSIGNED = 4002
 CLOSE_REPLACED = 4003
 
 
+def close_reason(reason: str) -> str:
+    """*reason*, cut to fit a close frame (at most 123 bytes of UTF-8)."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:120].decode("utf-8", "ignore") + "..."
+
+
 class ProtocolError(Exception):
     """A message broke the protocol; the message says which rule."""
 
