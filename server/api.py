@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from checkin.database import StoreError
 from checkin.shapes import (
+    Check,
     boolean,
     check_fields,
     identifier,
@@ -27,7 +28,6 @@ from checkin.shapes import (
     text,
     timestamp,
 )
-from device.scanner.payload import check_code
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
 from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
@@ -91,20 +91,17 @@ async def _json_body(request: Request) -> Any:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
-def _path_id(request: Request, key: str) -> str:
+def _path_id(request: Request, key: str, check: Check = identifier) -> str:
+    """The path parameter *key*, checked like the same value in a body."""
     value = request.path_params[key]
     try:
-        return identifier(value)
+        return check(value)
     except ValueError as exc:
         raise BadRequest(f"{key} {show(value)}: expected {exc}") from None
 
 
 def _path_code(request: Request) -> str:
-    code = request.path_params["code"]
-    problem = check_code(code)
-    if problem:
-        raise BadRequest(f"code {show(code)}: {problem}")
-    return code
+    return _path_id(request, "code", attendee_code)
 
 
 def _checked(body: Any, fields: dict[str, Any], what: str) -> dict[str, Any]:

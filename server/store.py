@@ -131,9 +131,7 @@ class ServerStore:
     async def delete_session(self, session_id: str) -> None:
         async with self._write() as db:
             await self._live_session(db, session_id)
-            registrants = await scalar(
-                db, "SELECT count(*) FROM registrants WHERE session_id = ? AND deleted = 0",
-                (session_id,))
+            registrants = await _registered(db, session_id)
             if registrants:
                 raise Conflict(
                     f"session {session_id!r} still has {registrants} registrant(s): remove "
@@ -168,8 +166,7 @@ class ServerStore:
             for start in range(0, len(codes), 500):
                 chunk = codes[start:start + 500]
                 rows = await db.execute_fetchall(
-                    f"SELECT code FROM attendees WHERE code IN ({','.join('?' * len(chunk))})",
-                    chunk)
+                    f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk)
                 existing.update(r[0] for r in rows)
             new = [a for a in latest.values() if a.code not in existing]
             first = await self._next_seqs(db, len(new)) if new else 0
@@ -189,8 +186,7 @@ class ServerStore:
             if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
                 raise NotFound(f"no attendee with code {code!r}: add the attendee first "
                                "(POST /api/attendees)")
-            if await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
-                                " AND deleted = 0", (session_id, code)):
+            if await _is_registrant(db, session_id, code):
                 return False
             seq = await self._next_seqs(db, 1)
             await db.execute(
@@ -202,8 +198,7 @@ class ServerStore:
     async def delete_registrant(self, session_id: str, code: str) -> None:
         async with self._write() as db:
             await self._live_session(db, session_id)
-            if not await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
-                                    " AND deleted = 0", (session_id, code)):
+            if not await _is_registrant(db, session_id, code):
                 raise NotFound(f"{code!r} is not a registrant of session {session_id!r}")
             seq = await self._next_seqs(db, 1)
             await db.execute("UPDATE registrants SET deleted = 1, seq = ? WHERE session_id = ?"
@@ -380,9 +375,7 @@ class ServerStore:
         async with self._read() as db:
             if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)):
                 raise NotFound(f"no session {session_id!r}")
-            registered = await scalar(
-                db, "SELECT count(*) FROM registrants WHERE session_id = ? AND deleted = 0",
-                (session_id,))
+            registered = await _registered(db, session_id)
             admitted, rejected = next(iter(await db.execute_fetchall(
                 "SELECT count(DISTINCT code) FILTER (WHERE decision = 'admitted'),"
                 " count(*) FILTER (WHERE decision = 'rejected') FROM scans WHERE session_id = ?",
@@ -406,6 +399,17 @@ async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> Ses
         " WHERE session_id = ? AND deleted = 0", (session_id,))
     row = next(iter(rows), None)
     return SessionInfo(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+
+
+async def _registered(db: aiosqlite.Connection, session_id: str) -> int:
+    """How many current (not deleted) registrants the session has."""
+    return await scalar(db, "SELECT count(*) FROM registrants WHERE session_id = ?"
+                            " AND deleted = 0", (session_id,))
+
+
+async def _is_registrant(db: aiosqlite.Connection, session_id: str, code: str) -> bool:
+    return bool(await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
+                                 " AND deleted = 0", (session_id, code)))
 
 
 def _marks(values: Iterable[Any]) -> str:

@@ -79,8 +79,8 @@ class SyncStore(Store):
 
     async def _set_cursor(self, cursor: int, epoch: str | None = None) -> None:
         await self._db.execute(
-            "UPDATE sync_state SET cursor = ?, epoch = COALESCE(?, epoch), last_sync_at = ?,"
-            " updated_at = ?", (cursor, epoch, wall_stamp(), wall_stamp()))
+            "UPDATE sync_state SET cursor = ?1, epoch = COALESCE(?2, epoch), last_sync_at = ?3,"
+            " updated_at = ?3", (cursor, epoch, wall_stamp()))
 
     async def waiting_scans(self, after_seq: int, limit: int) -> list[Scan]:
         """Scans not yet stored by the server with seq above *after_seq*, oldest first."""
@@ -99,8 +99,8 @@ class SyncStore(Store):
                 "UPDATE scans SET upload_state = 'quarantined', upload_note = ? WHERE scan_id = ?",
                 [(r.reason or "refused by the server", r.scan_id)
                  for r in results if not r.stored])
-            await self._db.execute("UPDATE sync_state SET last_sync_at = ?, updated_at = ?",
-                                   (wall_stamp(), wall_stamp()))
+            await self._db.execute("UPDATE sync_state SET last_sync_at = ?1, updated_at = ?1",
+                                   (wall_stamp(),))
 
     async def note_link(self, *, connected: bool, error: str | None = None) -> None:
         """Record the link's state (and why it is down) for ``checkin status``."""

@@ -24,7 +24,6 @@ import contextlib
 import json
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 
 from checkin.badges import Look, render_badge
-from tests.system import ADMIN, free_port, process_env
+from tests.system import ADMIN, free_port, process_env, read_only_query
 
 WAITING = "SELECT count(*) FROM scans WHERE upload_state = 'waiting'"
 FAULTS = ("cut", "reset", "stall", "delay", "truncate", "kill-door", "kill-sync", "kill-server")
@@ -369,17 +368,12 @@ async def _end(process: asyncio.subprocess.Process | None, signum: int) -> None:
         await process.wait()
 
 
-def _query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
-        return db.execute(sql, params).fetchall()
-
-
 def _device(door: ChaosDoor, sql: str, params: tuple = ()) -> list[tuple]:
-    return _query(door.root / "data" / "checkin.sqlite3", sql, params)
+    return read_only_query(door.root / "data" / "checkin.sqlite3", sql, params)
 
 
 def _server(root: Path, sql: str) -> list[tuple]:
-    return _query(root / "server" / "server.sqlite3", sql)
+    return read_only_query(root / "server" / "server.sqlite3", sql)
 
 
 def main() -> int:

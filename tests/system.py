@@ -6,6 +6,7 @@ under the test's tmp_path; :class:`System` stops whatever is still running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +41,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def read_only_query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of *sql* on the SQLite file at *path*, opened read-only beside its owners."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        return db.execute(sql, params).fetchall()
 
 
 def process_env() -> dict[str, str]:
@@ -182,11 +189,10 @@ auth_retry_seconds = {auth_retry}
         path = self.data_dir / "checkin.sqlite3"
         if not path.exists():
             return []
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            try:
-                return db.execute(sql, params).fetchall()
-            except sqlite3.OperationalError:  # not migrated yet
-                return []
+        try:
+            return read_only_query(path, sql, params)
+        except sqlite3.OperationalError:  # not migrated yet
+            return []
 
     def registrants(self) -> set[str]:
         return {row[0] for row in self.query("SELECT code FROM registrants")}
