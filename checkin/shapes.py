@@ -186,3 +186,21 @@ def show(value: Any) -> str:
     except RecursionError:  # a deeply nested value
         rendered = f"<{type(value).__name__} nested too deeply>"
     return rendered if len(rendered) <= 80 else rendered[:77] + "..."
+
+
+def utc_timestamp(value: Any) -> str:
+    """An ISO 8601 date and time with a UTC offset, returned in UTC (``...+00:00``).
+
+    Times that are stored are normalised so that each instant has one spelling: the
+    same instant given as ``14:30+02:00`` and ``12:30Z`` is then one value, and
+    anything that compares the stored text (SQL, a diff, a person reading it) gets
+    time order. Times whose UTC value falls outside years 1-9999 are refused.
+    """
+    from datetime import UTC
+
+    timestamp(value)
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).isoformat()
+    except OverflowError:  # e.g. 0001-01-01T00:30:00+01:00 is before year 1 in UTC
+        raise ValueError("an ISO 8601 date and time with a UTC offset, "
+                         "in years 1 to 9999 once in UTC") from None

@@ -8,10 +8,12 @@ See ``config/door.example.toml`` for every key with its default.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from checkin.shapes import (
     Field,
@@ -118,6 +120,39 @@ def _server_url(value: Any) -> str:
             or not value.rstrip("/").endswith("/sync")):
         raise ValueError("a ws:// or wss:// URL ending in /sync")
     return value.rstrip("/")
+
+
+def insecure_url_warning(url: str) -> str | None:
+    """A warning for a ``ws://`` *url* whose host is not this machine, else ``None``.
+
+    ``ws://`` is allowed (a test bench, or a server on the same machine), so this
+    is a warning, not a config error; but over a real network the device token is
+    sent in clear in every handshake and every scan travels unencrypted, so anyone
+    on the path can read them, or replay the token and push scans as this door.
+    Pure, so it is tested on its own; the sync daemon logs it at start-up.
+    """
+    if not url.startswith("ws://"):
+        return None
+    host = urlsplit(url).hostname or ""  # lower-cased, IPv6 brackets removed
+    if _is_loopback(host):
+        return None
+    return (f"[server] url {url} is not encrypted (ws://) and {host or 'its host'} is not "
+            f"this machine: the device token and every scan travel in clear text and can "
+            f"be read or replayed by anyone on the network; use wss://")
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or localhost; never a DNS lookup:
+    a name other than localhost may resolve anywhere, so it counts as the network."""
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 SCHEMA: dict[str, dict[str, Field]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -26,7 +27,7 @@ from checkin.shapes import (
     optional,
     show,
     text,
-    timestamp,
+    utc_timestamp,
 )
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
@@ -116,8 +117,9 @@ def _checked(body: Any, fields: dict[str, Any], what: str) -> dict[str, Any]:
 _SESSION_FIELDS = {
     "name": (text(200), True),
     "validate_registrants": (boolean, True),
-    "starts_at": (optional(timestamp), False),
-    "ends_at": (optional(timestamp), False),
+    # Normalised to UTC before anything stores or compares them: see _check_window.
+    "starts_at": (optional(utc_timestamp), False),
+    "ends_at": (optional(utc_timestamp), False),
 }
 _ATTENDEE_FIELDS = {
     "code": (attendee_code, True),
@@ -139,6 +141,18 @@ async def health(request: Request) -> Response:
                          "devices_connected": len(request.app.state.hub)})
 
 
+def _check_window(starts_at: str | None, ends_at: str | None) -> None:
+    """Refuse a session that ends before it starts, comparing instants, not text.
+
+    As text, ``...T14:30+02:00`` sorts after ``...T14:00+00:00`` though it is 1.5 h
+    earlier. Both are already normalised to UTC by the field checks; compare the
+    parsed times anyway, so the rule never depends on how they are spelt.
+    """
+    if starts_at and ends_at and datetime.fromisoformat(ends_at) < datetime.fromisoformat(
+            starts_at):
+        raise BadRequest(f"session: ends_at {ends_at} is before starts_at {starts_at} (in UTC)")
+
+
 @admin
 async def list_sessions(request: Request) -> Response:
     return JSONResponse(await _store(request).sessions())
@@ -149,8 +163,7 @@ async def put_session(request: Request) -> Response:
     session_id = _path_id(request, "session_id")
     fields = _checked(await _json_body(request), _SESSION_FIELDS, "session")
     session = SessionInfo(session_id=session_id, **fields)
-    if session.starts_at and session.ends_at and session.ends_at < session.starts_at:
-        raise BadRequest("session: ends_at is before starts_at")
+    _check_window(session.starts_at, session.ends_at)
     created = await _store(request).put_session(session)
     request.app.state.hub.changed(session_id)
     return JSONResponse({"session_id": session_id, **fields, "created": created},

@@ -17,6 +17,10 @@ from pathlib import Path
 ADMIN_TOKEN_ENV = "CHECKIN_ADMIN_TOKEN"
 #: File in the server's data dir holding the admin token made on first start.
 ADMIN_TOKEN_FILE = "admin-token"
+#: Name of the systemd credential holding the admin token (``LoadCredential=admin-token:…``).
+ADMIN_TOKEN_CREDENTIAL = "admin-token"
+#: Environment variable systemd sets to the service's credentials directory.
+CREDENTIALS_DIRECTORY_ENV = "CREDENTIALS_DIRECTORY"
 
 
 def new_token() -> str:
@@ -44,12 +48,35 @@ def same_token(given: str | None, expected: str) -> bool:
 def admin_token(data_dir: Path) -> tuple[str, str]:
     """The admin token and where it came from (for the server's start-up message).
 
-    From :data:`ADMIN_TOKEN_ENV` if set; else from the token file in *data_dir*,
-    made (readable by its owner only) on first start.
+    The first of these that holds a token wins:
+
+    1. :data:`ADMIN_TOKEN_ENV`: set for this one run (by hand, tests), so it
+       overrides whatever is installed;
+    2. the systemd credential :data:`ADMIN_TOKEN_CREDENTIAL` in
+       ``$CREDENTIALS_DIRECTORY`` (the unit's ``LoadCredential=``): the installed
+       server's token, kept in a root-only file the service's dynamic user could
+       not read itself, and never in the environment, which child processes and
+       ``/proc/PID/environ`` would see;
+    3. the token file in *data_dir*, made (readable by its owner only) on first
+       start, so ``checkin server`` run by hand needs no setup.
+
+    An empty variable or credential counts as absent (the message then says so).
     """
     from_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
     if from_env:
         return from_env, f"from ${ADMIN_TOKEN_ENV}"
+    note = ""
+    credentials = os.environ.get(CREDENTIALS_DIRECTORY_ENV, "")
+    if credentials:
+        credential = Path(credentials) / ADMIN_TOKEN_CREDENTIAL
+        try:
+            token = credential.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:  # the unit may load only other credentials (the TLS key)
+            pass
+        else:
+            if token:
+                return token, f"from credential {credential}"
+            note = f" (credential {credential} is empty)"
     path = data_dir / ADMIN_TOKEN_FILE
     try:
         token = path.read_text(encoding="utf-8").strip()
@@ -60,5 +87,5 @@ def admin_token(data_dir: Path) -> tuple[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(token + "\n")
-        return token, f"made now, kept in {path}"
-    return token, f"kept in {path}"
+        return token, f"made now, kept in {path}{note}"
+    return token, f"kept in {path}{note}"

@@ -276,6 +276,11 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
 
 async def run_sync(config: DeviceConfig) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit status."""
+    from device.config import insecure_url_warning
+
+    # At every start, so the journal keeps saying it while the door runs on ws://.
+    if config.server and (warning := insecure_url_warning(config.server.url)):
+        log.warning("%s", warning)
     try:
         store = await SyncStore.open(config.data_dir)
     except StoreError as exc:
