@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
 
 #: Connection settings for every store.
 PRAGMAS: tuple[str, ...] = (
@@ -85,8 +87,8 @@ async def scalar(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
     return row[0] if row else None
 
 
-class WriteTransaction:
-    """``async with WriteTransaction(db, path, lock):`` — one ``BEGIN IMMEDIATE`` transaction.
+class Transaction:
+    """``async with Transaction(db, path, lock):`` — one transaction on *db*, safe to cancel.
 
     *lock* is the connection's own: every statement of every coroutine goes
     through the one aiosqlite connection, so without it a second coroutine's
@@ -94,7 +96,21 @@ class WriteTransaction:
     within a transaction") or its statements would join it. Commits on
     success, rolls back on any exception; SQLite errors come out as
     :class:`StoreError` naming the file.
+
+    Cancellation leaves the connection as it found it. aiosqlite runs each
+    statement on its own thread, and a statement whose awaiting task is
+    cancelled still runs there: a cancelled ``BEGIN`` would leave a
+    transaction open that nothing ends, and every later ``BEGIN`` on the
+    connection would fail. So ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` are run
+    to the end whatever happens to the task awaiting them, a transaction a
+    cancelled task began is rolled back, and the cancellation is passed on
+    afterwards.
     """
+
+    #: The statement that starts the transaction.
+    begin = "BEGIN"
+    #: What the transaction does, for error messages.
+    verb = "read"
 
     def __init__(self, db: aiosqlite.Connection, path: Path, lock: asyncio.Lock) -> None:
         self._db = db
@@ -102,20 +118,21 @@ class WriteTransaction:
         self._lock = lock
 
     async def __aenter__(self) -> aiosqlite.Connection:
-        await self._lock.acquire()
+        await self._lock.acquire()  # cancelled here, nothing was started
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            await run_to_end(self._db.execute(self.begin))
+        except BaseException as exc:
+            # The BEGIN may have run although the task awaiting it was cancelled.
+            await run_to_end(self._rollback())
             self._lock.release()
-            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
-        except BaseException:
-            self._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot {self.verb} store {self._path}: {exc}") from exc
             raise
         return self._db
 
     async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
         try:
-            await self._finish(exc_type, exc)
+            await run_to_end(self._finish(exc_type, exc))
         finally:
             self._lock.release()
 
@@ -126,15 +143,56 @@ class WriteTransaction:
                 return
             except sqlite3.Error as commit_error:
                 await self._rollback()
-                raise StoreError(f"cannot write store {self._path}: {commit_error}") from None
+                raise StoreError(
+                    f"cannot {self.verb} store {self._path}: {commit_error}") from None
         await self._rollback()
         if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"cannot write store {self._path}: {exc}") from exc
+            raise StoreError(f"cannot {self.verb} store {self._path}: {exc}") from exc
 
     async def _rollback(self) -> None:
-        # SQLite may already have rolled back on its own (e.g. on SQLITE_FULL).
+        # SQLite may already have rolled back on its own (e.g. on SQLITE_FULL), or the
+        # BEGIN never ran: a ROLLBACK without a transaction is an error to ignore.
         with contextlib.suppress(sqlite3.Error):
             await self._db.execute("ROLLBACK")
+
+
+class WriteTransaction(Transaction):
+    """A ``BEGIN IMMEDIATE`` transaction: it takes the file's write lock at once.
+
+    A deferred transaction upgraded to a write by its first statement gets
+    SQLITE_BUSY at once when another process holds the lock, ignoring the busy
+    timeout; an immediate one waits for it.
+    """
+
+    begin = "BEGIN IMMEDIATE"
+    verb = "write"
+
+
+class ReadTransaction(Transaction):
+    """A deferred transaction for reads that must agree with each other (one snapshot).
+
+    Ending it (even without a write) lets the next one see what was committed
+    since: a connection left inside a read transaction stays pinned to an old
+    snapshot of the file.
+    """
+
+
+async def run_to_end(awaitable: Awaitable[T]) -> T:
+    """Await *awaitable* to its end even if the awaiting task is cancelled meanwhile.
+
+    The cancellation is not lost: it is raised once *awaitable* has finished
+    (its own result or error is then dropped, as a cancelled caller cannot use it).
+    """
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))  # never cancels *task* itself
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _statements(script: str) -> list[str]:

@@ -27,14 +27,14 @@ IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("a non-empty string")
+    if not isinstance(value, str) or not value or not _is_text(value):
+        raise ValueError("a non-empty string of Unicode text")
     return value
 
 
 def path(value: Any) -> str:
     """A file or folder path: a non-empty string the operating system can take."""
-    if not isinstance(value, str) or not value or "\0" in value:
+    if not isinstance(value, str) or not value or "\0" in value or not _is_text(value):
         raise ValueError("a path (a non-empty string without NUL characters)")
     return value
 
@@ -45,9 +45,22 @@ def text(limit: int) -> Check:
     def check(value: Any) -> str:
         if not isinstance(value, str) or len(value) > limit:
             raise ValueError(f"a string of at most {limit} characters")
+        if not _is_text(value):
+            raise ValueError(f"a string of at most {limit} characters of Unicode text "
+                             "(it holds a lone surrogate, which is not a character)")
         return value
 
     return check
+
+
+def _is_text(value: str) -> bool:
+    """Whether *value* is Unicode text: JSON's ``"\\ud800"`` escapes decode to lone
+    surrogates, which no UTF-8 file, database or socket can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def integer(low: int, high: int) -> Check:

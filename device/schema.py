@@ -10,6 +10,8 @@ or emails.
 
 from __future__ import annotations
 
+from device.scanner.payload import MAX_RECORDED_CODE
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -78,6 +80,13 @@ MIGRATIONS: tuple[str, ...] = (
     -- When the sync daemon last wrote its state: tells a live link from a stale flag
     -- left by a daemon that died.
     ALTER TABLE sync_state ADD COLUMN updated_at TEXT;
+    """,
+    f"""
+    -- Before codes were bounded, a hostile badge's rendering could be longer than the
+    -- sync protocol carries, and its scan (with every scan behind it) never left the
+    -- door: cut such codes as the door now records them, so that they can be uploaded.
+    UPDATE scans SET code = substr(code, 1, {MAX_RECORDED_CODE - 1}) || '…'
+    WHERE length(code) > {MAX_RECORDED_CODE};
     """,
 )
 

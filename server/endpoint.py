@@ -4,8 +4,8 @@ One :class:`DeviceLink` per connected device. It authenticates the device by
 its bearer token, then runs two tasks: a reader that feeds every frame to the
 protocol end, and a pump that carries out the end's actions against the store
 and sends what the end queued. A frame that breaks the protocol closes that one
-connection with :data:`CLOSE_PROTOCOL_ERROR` and its reason; nothing else is
-affected.
+connection with :data:`CLOSE_PROTOCOL_ERROR` (or :data:`CLOSE_POLICY` for a
+flood) and its reason; nothing else is affected.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from server.store import Device, ServerStore
 from server.tokens import bearer
 from sync.messages import (
     CLOSE_INTERNAL_ERROR,
-    CLOSE_PROTOCOL_ERROR,
+    CLOSE_POLICY,
     CLOSE_REASSIGNED,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
@@ -36,45 +36,77 @@ from sync.server_end import (
     SendChanges,
     SendSnapshot,
     ServerEnd,
+    ServerState,
     StoreScans,
 )
 
 log = logging.getLogger("checkin.server")
+
+#: Most actions a link lets wait or run before it stops reading the device's frames.
+MAX_UNFINISHED_ACTIONS = 4
+#: Seconds a device has to say hello once its connection is accepted.
+HELLO_TIMEOUT = 10.0
 
 
 async def sync_endpoint(websocket: WebSocket) -> None:
     store: ServerStore = websocket.app.state.store
     hub: Hub = websocket.app.state.hub
     token = bearer(websocket.headers.get("authorization"))
-    device = await store.device_by_token(token) if token else None
-    await websocket.accept()
-    if device is None:
-        log.warning("sync connection from %s refused: %s", _peer(websocket),
-                    "unknown or revoked device token" if token else "no bearer token")
-        await websocket.close(CLOSE_UNAUTHORIZED, "unknown or revoked device token")
+    try:
+        device = await store.device_by_token(token) if token else None
+        await websocket.accept()
+        if device is None:
+            log.warning("sync connection from %s refused: %s", _peer(websocket),
+                        "unknown or revoked device token" if token else "no bearer token")
+            await websocket.close(CLOSE_UNAUTHORIZED, "unknown or revoked device token")
+            return
+        link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
+    except StoreError as exc:
+        log.error("sync connection from %s: %s", _peer(websocket), exc)
+        await _close(websocket, CLOSE_INTERNAL_ERROR, "server storage error; retry later")
         return
-    link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return  # gone before it was accepted
     await hub.attach(link, replaced_code=CLOSE_REPLACED)
-    # A reassignment or revocation between reading the device and attaching the link
-    # found no link to close: look again now that any later one will find it.
-    current = await store.device_by_token(token)
-    if current != device:
+    try:
+        await _serve(link, token)
+    finally:
         hub.detach(link)
-        code, reason = ((CLOSE_REASSIGNED, "device reassigned; reconnect") if current
-                        else (CLOSE_UNAUTHORIZED, "device token revoked"))
-        await websocket.close(code, reason)
+
+
+async def _serve(link: DeviceLink, token: str) -> None:
+    """Serve an attached link until it ends."""
+    device, store = link.device, link.store
+    try:
+        # A reassignment or revocation between reading the device and attaching the
+        # link found no link to close: look again now that any later one will find it.
+        current = await store.device_by_token(token)
+        if current != device:
+            code, reason = ((CLOSE_REASSIGNED, "device reassigned; reconnect") if current
+                            else (CLOSE_UNAUTHORIZED, "device token revoked"))
+            await link.close(code, reason)
+            return
+        await store.note_status(device.device_id, None)  # last seen: now
+    except StoreError as exc:
+        log.error("device %s: %s", device.device_id, exc)
+        await link.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")
         return
-    await store.note_status(device.device_id, None)  # last seen: now
     log.info("device %s connected (session %s)", device.device_id, device.session_id)
     try:
         await link.serve()
     finally:
-        hub.detach(link)
         log.info("device %s disconnected", device.device_id)
 
 
 class DeviceLink:
-    """One device's websocket, driven by its :class:`ServerEnd`."""
+    """One device's websocket, driven by its :class:`ServerEnd`.
+
+    Work is bounded per connection: the reader stops taking frames while
+    :data:`MAX_UNFINISHED_ACTIONS` actions wait or are under way, so a device
+    that sends faster than the store writes is slowed down by TCP instead of
+    queueing work in memory; statuses coalesce (only the latest is written)
+    and unanswered scan batches are capped by the protocol end.
+    """
 
     def __init__(self, websocket: WebSocket, end: ServerEnd, device: Device,
                  store: ServerStore) -> None:
@@ -85,19 +117,29 @@ class DeviceLink:
         self.session_id = device.session_id
         self.store = store
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._working = 0
         self._closed = False
+        #: Most actions queued at once on this link so far (for tests and benchmarks).
+        self.peak_backlog = 0
 
     async def serve(self) -> None:
         pump = asyncio.create_task(self._pump())
+        deadline = asyncio.create_task(self._hello_deadline())
         try:
             await self._read()
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            for task in (pump, deadline):
+                task.cancel()
+            for task in (pump, deadline):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _read(self) -> None:
         while not self._closed:
+            while self._unfinished() >= MAX_UNFINISHED_ACTIONS and not self._closed:
+                self._progress.clear()
+                await self._progress.wait()
             try:
                 message = await self.websocket.receive()
             except (WebSocketDisconnect, RuntimeError):
@@ -109,9 +151,19 @@ class DeviceLink:
                 self.end.receive(data if data is not None else message.get("bytes") or b"")
             except ProtocolError as exc:
                 log.warning("device %s broke the protocol: %s", self.device_id, exc)
-                await self.close(CLOSE_PROTOCOL_ERROR, str(exc))
+                await self.close(exc.close_code, str(exc))
                 return
+            self.peak_backlog = max(self.peak_backlog, self._unfinished())
             self._wake.set()
+
+    def _unfinished(self) -> int:
+        return self.end.backlog + self._working
+
+    async def _hello_deadline(self) -> None:
+        await asyncio.sleep(HELLO_TIMEOUT)
+        if self.end.state is ServerState.AWAIT_HELLO:
+            log.warning("device %s sent no hello within %g s", self.device_id, HELLO_TIMEOUT)
+            await self.close(CLOSE_POLICY, f"no hello within {HELLO_TIMEOUT:g} s")
 
     def changed(self) -> None:
         self.end.changed()
@@ -129,8 +181,11 @@ class DeviceLink:
                     actions = self.end.actions()
                     if not actions:
                         break
+                    self._working = len(actions)
                     for action in actions:
                         await self._carry_out(action)
+                        self._working -= 1
+                        self._progress.set()
         except StoreError as exc:
             log.error("device %s: %s", self.device_id, exc)
             await self.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")
@@ -139,6 +194,9 @@ class DeviceLink:
         except Exception:  # a bug: end this link loudly rather than leave it hanging
             log.exception("device %s: internal error", self.device_id)
             await self.close(CLOSE_INTERNAL_ERROR, "internal server error; retry later")
+        finally:
+            self._working = 0
+            self._progress.set()  # a reader waiting for room must not wait forever
 
     async def _carry_out(self, action: Action) -> None:
         if isinstance(action, SendSnapshot):
@@ -150,17 +208,24 @@ class DeviceLink:
                 return
             self.end.send_changes(action.since, *found)
         elif isinstance(action, StoreScans):
-            self.end.send_results(action.batch,
-                                  await self.store.store_scans(self.device, action.scans))
+            stored = (await self.store.store_scans(self.device, action.scans)
+                      if action.scans else [])
+            self.end.send_results(action.batch, stored + action.refused)
         elif isinstance(action, NoteStatus):
             await self.store.note_status(self.device_id, asdict(action.status))
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True
-        if self.websocket.application_state is WebSocketState.DISCONNECTED:
-            return
-        with contextlib.suppress(RuntimeError, OSError):
-            await self.websocket.close(code, close_reason(reason))
+        self._progress.set()
+        await _close(self.websocket, code, reason)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close *websocket* unless it is closed already; a peer already gone is no error."""
+    if websocket.application_state is WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await websocket.close(code, close_reason(reason))
 
 
 def _peer(websocket: WebSocket) -> str:

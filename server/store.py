@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,21 @@ from typing import Any
 
 import aiosqlite
 
-from checkin.database import WriteTransaction, connect, scalar
+from checkin.database import (
+    ReadTransaction,
+    StoreError,
+    WriteTransaction,
+    connect,
+    scalar,
+)
 from device.clock import wall_stamp
 from server.audit import disagreement
 from server.schema import MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash
 from sync.messages import Change, Scan, ScanResult, SessionInfo
 from sync.server_end import ServerView, judge_scans
+
+log = logging.getLogger("checkin.server")
 
 
 class NotFound(Exception):
@@ -92,14 +102,10 @@ class ServerStore:
         async with WriteTransaction(self._db, self.path, self._write_lock) as db:
             yield db
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._read_lock:
-            await self._reader.execute("BEGIN")
-            try:
-                yield self._reader
-            finally:
-                await self._reader.execute("COMMIT")
+    def _read(self) -> ReadTransaction:
+        """One read transaction: every read goes through it, so none joins another
+        coroutine's transaction and sees its older snapshot."""
+        return ReadTransaction(self._reader, self.path, self._read_lock)
 
     async def _next_seqs(self, db: aiosqlite.Connection, count: int) -> int:
         """Reserve *count* sequence numbers; return the first."""
@@ -146,10 +152,11 @@ class ServerStore:
             raise NotFound(f"no session {session_id!r}")
 
     async def sessions(self) -> list[dict[str, Any]]:
-        rows = await self._reader.execute_fetchall(
-            "SELECT session_id, name, validate_registrants, starts_at, ends_at,"
-            " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
-            "  AND r.deleted = 0) FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT session_id, name, validate_registrants, starts_at, ends_at,"
+                " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
+                "  AND r.deleted = 0) FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
         keys = ("session_id", "name", "validate_registrants", "starts_at", "ends_at",
                 "registrants")
         return [dict(zip(keys, r, strict=True)) | {"validate_registrants": bool(r[2])}
@@ -242,15 +249,18 @@ class ServerStore:
                 raise NotFound(f"no device {device_id!r} with a valid token")
 
     async def device_by_token(self, token: str) -> Device | None:
-        rows = await self._reader.execute_fetchall(
-            "SELECT device_id, session_id FROM devices WHERE token_hash = ?", (token_hash(token),))
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT device_id, session_id FROM devices WHERE token_hash = ?",
+                (token_hash(token),))
         row = next(iter(rows), None)
         return Device(row[0], row[1]) if row else None
 
     async def devices(self) -> list[dict[str, Any]]:
-        rows = await self._reader.execute_fetchall(
-            "SELECT device_id, session_id, created_at, revoked_at, last_seen_at, status"
-            " FROM devices ORDER BY device_id")
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT device_id, session_id, created_at, revoked_at, last_seen_at, status"
+                " FROM devices ORDER BY device_id")
         keys = ("device_id", "session_id", "created_at", "revoked_at", "last_seen_at", "status")
         return [dict(zip(keys, r, strict=True)) | {"status": json.loads(r[5]) if r[5] else None}
                 for r in rows]
@@ -326,16 +336,44 @@ class ServerStore:
             group, self._scan_queue = self._scan_queue, []
             try:
                 async with self._write() as db:
-                    answers = [await self._insert_scans(db, device, scans)
+                    answers = [await self._insert_batch(db, device, scans)
                                for device, scans, _ in group]
-            except Exception as exc:  # every batch of the group failed with it
+            except Exception as exc:  # the commit failed: every batch of the group with it
                 for *_, future in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            except BaseException:  # cancelled (the server stops): nobody may wait forever
+                for *_, future in group + self._scan_queue:
+                    if not future.done():
+                        future.set_exception(StoreError(f"store {self.path} is closing"))
+                self._scan_queue = []
+                raise
             for (*_, future), results in zip(group, answers, strict=True):
                 if not future.done():  # its link may have gone away meanwhile
                     future.set_result(results)
+
+    async def _insert_batch(self, db: aiosqlite.Connection, device: Device,
+                            scans: list[Scan]) -> list[ScanResult]:
+        """One device's batch inside the group's transaction, in a savepoint of its own:
+        a batch that fails is undone alone (then stored scan by scan, refusing only the
+        scans that fail), never failing another device's batch in the same commit."""
+        try:
+            async with _savepoint(db):
+                return await self._insert_scans(db, device, scans)
+        except _ROW_ERRORS:
+            pass
+        results = []
+        for scan in scans:
+            try:
+                async with _savepoint(db):
+                    results += await self._insert_scans(db, device, [scan])
+            except _ROW_ERRORS as exc:
+                log.error("device %s: scan %s cannot be stored: %s", device.device_id,
+                          scan.scan_id, exc)
+                results.append(ScanResult.refused(
+                    scan.scan_id, f"the server cannot store this scan: {exc}"))
+        return results
 
     async def _insert_scans(self, db: aiosqlite.Connection, device: Device,
                             scans: list[Scan]) -> list[ScanResult]:
@@ -410,6 +448,24 @@ async def _registered(db: aiosqlite.Connection, session_id: str) -> int:
 async def _is_registrant(db: aiosqlite.Connection, session_id: str, code: str) -> bool:
     return bool(await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
                                  " AND deleted = 0", (session_id, code)))
+
+
+#: What one row can make SQLite raise: its own errors, and text Python cannot encode.
+_ROW_ERRORS = (sqlite3.Error, UnicodeError, ValueError, OverflowError)
+
+
+@contextlib.asynccontextmanager
+async def _savepoint(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """A savepoint inside the caller's transaction: released on success, rolled back
+    to (and released) on a row error, which is then re-raised."""
+    await db.execute("SAVEPOINT batch")
+    try:
+        yield
+    except _ROW_ERRORS:
+        await db.execute("ROLLBACK TO batch")
+        await db.execute("RELEASE batch")
+        raise
+    await db.execute("RELEASE batch")
 
 
 def _marks(values: Iterable[Any]) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from datetime import datetime
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from checkin import __version__
 from checkin.database import StoreError
+from device.clock import wall_now
 from device.config import DeviceConfig, ServerConfig
 from sync.backoff import Backoff
 from sync.device_end import (
@@ -42,6 +44,7 @@ from sync.messages import (
     MAX_SERVER_MESSAGE,
     ProtocolError,
     close_reason,
+    fit_batch,
 )
 from sync.store import SyncStore
 
@@ -52,6 +55,8 @@ BATCH_SIZE = 500
 MAX_BATCHES_IN_FLIGHT = 2
 #: How often to look for new scans from the door when idle, in seconds.
 POLL_SECONDS = 0.05
+#: Largest difference between this device's clock and the server's taken as agreement.
+CLOCK_TOLERANCE_SECONDS = 5.0
 
 
 class TokenError(Exception):
@@ -194,6 +199,9 @@ class SyncDaemon:
                 log.info("connected to %s as %s (session %s, %s)", self.server.url,
                          welcome.device_id, welcome.session_id,
                          "full resync" if welcome.resync else f"changes after {link.end.cursor}")
+                warning = clock_warning(welcome.server_time, wall_now())
+                if warning:
+                    log.warning("%s", warning)
                 await self.store.note_link(connected=True)
             elif isinstance(action, ApplySnapshot):
                 await self.store.apply_snapshot(action)
@@ -222,8 +230,8 @@ class SyncDaemon:
                 await self._wait_results(POLL_SECONDS)
                 continue
             try:
-                scans = await self.store.waiting_scans(pushed_seq, min(BATCH_SIZE,
-                                                                       MAX_SCANS_PER_BATCH))
+                scans = fit_batch(await self.store.waiting_scans(
+                    pushed_seq, min(BATCH_SIZE, MAX_SCANS_PER_BATCH)))
             except StoreError as exc:
                 raise _Failure(f"device store error: {exc}") from None
             if not scans:
@@ -249,6 +257,21 @@ class SyncDaemon:
             await link.flush()
             await self.store.note_link(connected=True)  # also: "this daemon is alive"
             await asyncio.sleep(self.server.status_seconds)
+
+
+def clock_warning(server_time: str, now: datetime) -> str | None:
+    """What to tell a technician when this device's clock is off from the server's.
+
+    A door stamps every scan with its own clock and applies session time windows by
+    it: an offset of more than :data:`CLOCK_TOLERANCE_SECONDS` makes attendance
+    times wrong and may admit or refuse people outside the window.
+    """
+    offset = (now - datetime.fromisoformat(server_time)).total_seconds()
+    if abs(offset) <= CLOCK_TOLERANCE_SECONDS:
+        return None
+    return (f"this device's clock is {abs(offset):.1f} s {'ahead of' if offset > 0 else 'behind'}"
+            f" the server's: scan times and session windows are off by as much; check NTP"
+            f" (timedatectl status)")
 
 
 class _Link:

@@ -27,7 +27,7 @@ from checkin.shapes import (
     timestamp,
 )
 from device.decision import Reason
-from device.scanner.payload import check_code
+from device.scanner.payload import MAX_RECORDED_CODE, check_code
 
 #: The protocol version this code speaks (sent in hello and welcome).
 PROTOCOL_VERSION = 1
@@ -39,6 +39,12 @@ MAX_SERVER_MESSAGE = 8 << 20
 MAX_SCANS_PER_BATCH = 1000
 #: Most codes in one snapshot part or one changes message.
 MAX_ITEMS_PER_MESSAGE = 20_000
+#: Largest scans frame a device builds, in bytes: half the server's limit, so a batch
+#: of the longest scans the protocol allows still fits with room to spare.
+MAX_SCANS_FRAME = MAX_DEVICE_MESSAGE // 2
+#: Most scan batches a device may push before the server answered them (the daemon
+#: keeps two in flight); more is a flood, and the server ends the connection.
+MAX_PENDING_BATCHES = 4
 
 _SEQ = integer(0, 2**63 - 1)
 
@@ -57,6 +63,9 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_REASSIGNED = 4002
 #: A newer connection of the same device replaced this one.
 CLOSE_REPLACED = 4003
+#: The device sent more than the server takes at once (too many unanswered batches),
+#: or did not say hello in time: the websocket "policy violation" code.
+CLOSE_POLICY = 1008
 
 
 def close_reason(reason: str) -> str:
@@ -69,6 +78,15 @@ def close_reason(reason: str) -> str:
 
 class ProtocolError(Exception):
     """A message broke the protocol; the message says which rule."""
+
+    #: The close code the receiving end closes the connection with.
+    close_code = CLOSE_PROTOCOL_ERROR
+
+
+class Flooding(ProtocolError):
+    """The peer sent more than the receiver takes at once."""
+
+    close_code = CLOSE_POLICY
 
 
 def attendee_code(value: Any) -> str:
@@ -166,23 +184,50 @@ class Scan:
     boot_id: str
 
 
-_SCAN = _table(
-    {
-        "scan_id": (identifier, True),
-        "seq": (_SEQ, True),
-        "code": (text(400), True),
-        "session_id": (optional(identifier), True),
-        "decision": (choice("admitted", "rejected"), True),
-        "reason": (choice(*Reason), True),
-        "scanned_at": (timestamp, True),
-        "monotonic_ns": (_SEQ, True),
-        "boot_id": (text(64), True),
-    },
-    Scan,
-)
+_SCAN_FIELDS: dict[str, Field] = {
+    "scan_id": (identifier, True),
+    "seq": (_SEQ, True),
+    "code": (text(MAX_RECORDED_CODE), True),
+    "session_id": (optional(identifier), True),
+    "decision": (choice("admitted", "rejected"), True),
+    "reason": (choice(*Reason), True),
+    "scanned_at": (timestamp, True),
+    "monotonic_ns": (_SEQ, True),
+    "boot_id": (text(64), True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BadScan:
+    """A scan in a batch that breaks a rule of its own: the server refuses it alone.
+
+    Only its id needs to be readable (the answer names it); the rest of its batch
+    is stored as usual, so one bad scan never holds up the scans behind it.
+    """
+
+    scan_id: str
+    problem: str
+
+
+def _scan(value: Any) -> Scan | BadScan:
+    if not isinstance(value, dict):
+        raise ValueError("an object")
+    try:
+        scan_id = identifier(value.get("scan_id"))
+    except ValueError as exc:  # nothing to name it by in an answer: the frame is bad
+        raise ValueError(f"scan_id = {show(value.get('scan_id'))}: expected {exc}") from None
+    checked, problems = check_fields(value, _SCAN_FIELDS)
+    if problems:
+        return BadScan(scan_id, "; ".join(problems))
+    return Scan(**checked)
+
 
 #: What the server made of one scan.
 ACCEPTED, DUPLICATE, REFUSED = "accepted", "duplicate", "refused"
+
+
+#: Longest reason a scan result carries, in characters.
+MAX_RESULT_REASON = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +235,13 @@ class ScanResult:
     scan_id: str
     result: str
     reason: str | None = None
+
+    @classmethod
+    def refused(cls, scan_id: str, reason: str) -> ScanResult:
+        """A refusal, its reason cut to what the protocol carries."""
+        if len(reason) > MAX_RESULT_REASON:
+            reason = reason[:MAX_RESULT_REASON - 3] + "..."
+        return cls(scan_id, REFUSED, reason)
 
     @property
     def stored(self) -> bool:
@@ -201,7 +253,7 @@ _SCAN_RESULT = _table(
     {
         "scan_id": (identifier, True),
         "result": (choice(ACCEPTED, DUPLICATE, REFUSED), True),
-        "reason": (optional(text(500)), False),
+        "reason": (optional(text(MAX_RESULT_REASON)), False),
     },
     ScanResult,
 )
@@ -307,10 +359,10 @@ class Scans(Message):
     type: ClassVar[str] = "scans"
     spec: ClassVar[dict[str, Field]] = {
         "batch": (_SEQ, True),
-        "scans": (list_of(_SCAN, MAX_SCANS_PER_BATCH), True),
+        "scans": (list_of(_scan, MAX_SCANS_PER_BATCH), True),
     }
     batch: int
-    scans: list[Scan]
+    scans: list[Scan | BadScan]
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +439,21 @@ def encode(message: Message) -> str:
     body = {"type": message.type}
     body.update({f.name: _plain(getattr(message, f.name)) for f in fields(message)})
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def fit_batch(scans: list[Scan], limit: int = MAX_SCANS_FRAME) -> list[Scan]:
+    """The first of *scans* whose ``scans`` frame is at most *limit* bytes (at least one).
+
+    A scan's fields are bounded (its code to :data:`MAX_RECORDED_CODE` characters), so
+    one scan always fits; many long ones would not, whatever their count.
+    """
+    size = len(encode(Scans(batch=2**63 - 1, scans=[])).encode())
+    for index, scan in enumerate(scans):
+        size += len(json.dumps(asdict(scan), separators=(",", ":"), ensure_ascii=False)
+                    .encode()) + 1
+        if size > limit and index > 0:
+            return scans[:index]
+    return scans
 
 
 def _plain(value: Any) -> Any:

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync.messages import (
     ACCEPTED,
     DUPLICATE,
     MAX_ITEMS_PER_MESSAGE,
+    MAX_PENDING_BATCHES,
     PROTOCOL_VERSION,
-    REFUSED,
+    BadScan,
     Change,
     Changes,
+    Flooding,
     Hello,
     Message,
     ProtocolError,
@@ -88,14 +90,20 @@ class SendChanges(Action):
 
 @dataclass(frozen=True, slots=True)
 class StoreScans(Action):
-    """Store the scans and call :meth:`ServerEnd.send_results` (see :func:`judge_scans`)."""
+    """Store *scans* and call :meth:`ServerEnd.send_results` with their results (see
+    :func:`judge_scans`) followed by *refused*: the batch's scans that broke a rule of
+    their own, refused without being stored."""
 
     batch: int
     scans: list[Scan]
+    refused: list[ScanResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class NoteStatus(Action):
+    """Record the device's status. Only the latest waiting one is kept: a device that
+    sends statuses faster than they are written costs one write, not one each."""
+
     status: Status
 
 
@@ -135,6 +143,7 @@ class ServerEnd:
         elif isinstance(message, Scans):
             self._scans(message)
         elif isinstance(message, Status):
+            self._actions = [a for a in self._actions if not isinstance(a, NoteStatus)]
             self._actions.append(NoteStatus(message))
 
     def _hello(self, hello: Hello) -> None:
@@ -162,11 +171,17 @@ class ServerEnd:
     def _scans(self, message: Scans) -> None:
         if message.batch in self._pending_batches:
             raise ProtocolError(f"batch {message.batch} pushed twice before its results")
+        if len(self._pending_batches) >= MAX_PENDING_BATCHES:
+            raise Flooding(f"more than {MAX_PENDING_BATCHES} scan batches pushed before "
+                           "their results")
         ids = [s.scan_id for s in message.scans]
         if len(set(ids)) != len(ids):
             raise ProtocolError(f"batch {message.batch} holds a scan id twice")
         self._pending_batches[message.batch] = frozenset(ids)
-        self._actions.append(StoreScans(message.batch, message.scans))
+        scans = [s for s in message.scans if isinstance(s, Scan)]
+        refused = [ScanResult.refused(s.scan_id, f"scan breaks the protocol: {s.problem}")
+                   for s in message.scans if isinstance(s, BadScan)]
+        self._actions.append(StoreScans(message.batch, scans, refused))
 
     def changed(self) -> None:
         """The device's registrants, attendees or session changed on the server."""
@@ -237,6 +252,16 @@ class ServerEnd:
         out, self._actions = self._actions, []
         return out
 
+    @property
+    def backlog(self) -> int:
+        """Actions queued and not yet taken by :meth:`actions`."""
+        return len(self._actions)
+
+    @property
+    def batches_pending(self) -> int:
+        """Scan batches received and not yet answered."""
+        return len(self._pending_batches)
+
     def _send(self, message: Message) -> None:
         self._outgoing.append(encode(message))
 
@@ -257,11 +282,11 @@ def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
         if owner == device_id:
             results.append(ScanResult(scan.scan_id, DUPLICATE))
         elif owner is not None:
-            results.append(ScanResult(scan.scan_id, REFUSED,
-                                      "scan id already stored from another device"))
+            results.append(ScanResult.refused(scan.scan_id,
+                                              "scan id already stored from another device"))
         elif scan.session_id is not None and scan.session_id != session_id:
-            results.append(ScanResult(
-                scan.scan_id, REFUSED,
+            results.append(ScanResult.refused(
+                scan.scan_id,
                 f"scan is for session {scan.session_id!r} but device {device_id!r} is "
                 f"assigned to {session_id!r}"))
         else:

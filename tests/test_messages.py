@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import timedelta, timezone
 from typing import Any
@@ -12,15 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device.decision import Reason
+from device.scanner.payload import MAX_RECORDED_CODE, printable
 from sync.messages import (
     ACCEPTED,
     DEVICE_MESSAGES,
     DUPLICATE,
+    MAX_DEVICE_MESSAGE,
     MAX_ITEMS_PER_MESSAGE,
     MAX_SCANS_PER_BATCH,
     PROTOCOL_VERSION,
     REFUSED,
     SERVER_MESSAGES,
+    BadScan,
     Change,
     Changes,
     Hello,
@@ -35,6 +39,7 @@ from sync.messages import (
     Status,
     Welcome,
     encode,
+    fit_batch,
     parse_device_message,
     parse_server_message,
 )
@@ -366,8 +371,9 @@ def test_timestamps_need_a_utc_offset(value: Any) -> None:
     with pytest.raises(ProtocolError, match=rf"^welcome: server_time = .*: {problem}$"):
         parse_server_message(frame(body(WELCOME, server_time=value)))
     scan = body(SCANS)["scans"][0] | {"scanned_at": value}
-    with pytest.raises(ProtocolError, match=rf"scans: scans = .*item 0: scanned_at = .*{problem}"):
-        parse_device_message(frame(body(SCANS, scans=[scan])))
+    parsed = parse_device_message(frame(body(SCANS, scans=[scan])))
+    assert isinstance(parsed, Scans)
+    assert re.search(rf"^scanned_at = .*{problem}", parsed.scans[0].problem)
     if value is not None:  # last_frame_at may be null
         with pytest.raises(ProtocolError, match=rf"status: last_frame_at = .*{problem}, or null"):
             parse_device_message(frame(body(STATUS, last_frame_at=value)))
@@ -433,10 +439,62 @@ def test_change_problems_are_named(change: dict[str, Any], problem: str) -> None
         ("session_id", "", "expected 1-64 letters"),
     ],
 )
-def test_scan_problems_are_named(field: str, value: Any, problem: str) -> None:
-    scan = body(SCANS)["scans"][0] | {field: value}
-    with pytest.raises(ProtocolError, match=rf"^scans: scans = .*item 0: {field} = .*{problem}"):
+def test_scan_problems_are_named_and_refuse_that_scan_alone(field: str, value: Any,
+                                                             problem: str) -> None:
+    good = make_scan("good-1")
+    bad = body(SCANS)["scans"][0] | {field: value}
+    good_body = body(Scans(batch=1, scans=[good]))["scans"][0]
+    parsed = parse_device_message(frame(body(SCANS, scans=[good_body, bad])))
+    assert isinstance(parsed, Scans)
+    assert parsed.scans[0] == good
+    assert isinstance(parsed.scans[1], BadScan) and parsed.scans[1].scan_id == bad["scan_id"]
+    assert re.search(rf"^{field} = .*{problem}", parsed.scans[1].problem)
+
+
+@pytest.mark.parametrize("scan_id", [None, "", "a b", "x" * 65, 7, ...])
+def test_a_scan_without_a_readable_id_breaks_the_frame(scan_id: Any) -> None:
+    scan = body(SCANS)["scans"][0] | {"scan_id": scan_id}
+    if scan_id is ...:
+        del scan["scan_id"]
+    with pytest.raises(ProtocolError, match=r"^scans: scans = .*item 0: scan_id = .*expected"):
         parse_device_message(frame(body(SCANS, scans=[scan])))
+
+
+@pytest.mark.parametrize("scan", [[], "scan", 1, None])
+def test_a_scan_that_is_not_an_object_breaks_the_frame(scan: Any) -> None:
+    with pytest.raises(ProtocolError, match=r"^scans: scans = .*item 0: an object"):
+        parse_device_message(frame(body(SCANS, scans=[scan])))
+
+
+def test_lone_surrogates_in_text_refuse_the_scan_not_the_frame() -> None:
+    bad = body(SCANS)["scans"][0] | {"code": "\ud800"}
+    parsed = parse_device_message(json.dumps(body(SCANS, scans=[bad])))  # "\\ud800" in JSON
+    assert isinstance(parsed.scans[0], BadScan)
+    assert "lone surrogate" in parsed.scans[0].problem
+    with pytest.raises(ProtocolError, match="lone surrogate"):
+        parse_device_message(json.dumps(body(STATUS, software="\udfff")))
+
+
+@given(st.lists(st.text(max_size=MAX_RECORDED_CODE), min_size=1, max_size=50))
+def test_any_batch_the_daemon_fits_is_within_the_servers_limit(codes: list[str]) -> None:
+    scans = [make_scan(f"s{i}", code=printable(code.encode("utf-8", "surrogatepass")))
+             for i, code in enumerate(codes)]
+    fitted = fit_batch(scans, limit=4000)
+    assert fitted == scans[:len(fitted)] and fitted
+    encoded = encode(Scans(batch=2**63 - 1, scans=fitted)).encode()
+    assert len(encoded) <= 4000 or len(fitted) == 1
+    if len(fitted) < len(scans):  # one more would not have fitted
+        more = encode(Scans(batch=2**63 - 1, scans=scans[:len(fitted) + 1])).encode()
+        assert len(more) > 4000
+
+
+def test_a_full_batch_of_the_longest_scans_fits_the_servers_limit() -> None:
+    longest = printable("😀".encode() * MAX_RECORDED_CODE)
+    scans = [make_scan(f"s{i}", code=longest, boot_id="b" * 64)
+             for i in range(MAX_SCANS_PER_BATCH)]
+    fitted = fit_batch(scans)
+    assert 0 < len(fitted) < len(scans)
+    assert len(encode(Scans(batch=2**63 - 1, scans=fitted)).encode()) <= MAX_DEVICE_MESSAGE
 
 
 def test_every_reason_is_accepted_in_a_scan() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from device.scanner.payload import (
     MAX_CODE_LENGTH,
     MAX_PAYLOAD_BYTES,
+    MAX_RECORDED_CODE,
     check_code,
     parse_payload,
     printable,
@@ -87,15 +90,32 @@ def test_codes_round_trip_through_whitespace(code: str, pad: str) -> None:
     assert parse_payload(f"{pad}{code}{pad}".encode()).code == code
 
 
-@given(st.binary(max_size=1000))
+@given(st.binary(max_size=5000) | st.text(max_size=2000).map(str.encode))
 def test_printable_is_bounded_and_safe(raw: bytes) -> None:
     text = printable(raw)
     assert text.isprintable()
-    assert len(text) <= 200 * 10 + 1  # worst case: every byte escaped as \\xNN or \\uNNNN
+    assert len(text) <= MAX_RECORDED_CODE
+    text.encode("utf-8")  # no lone surrogates: storable and sendable
+    if len(text) < MAX_RECORDED_CODE - 10:  # nothing was cut: all of it is there
+        assert text == printable(raw, limit=None)
+
+
+@given(st.binary(max_size=2000), st.integers(1, 500))
+def test_printable_cuts_whole_escapes_only(raw: bytes, limit: int) -> None:
+    text = printable(raw, limit=limit)
+    assert len(text) <= limit
+    full = printable(raw, limit=None)
+    if text != full:
+        assert text.endswith("…") and full.startswith(text[:-1])
+        # the cut never splits an escape such as \\x01 into "\\x0"
+        assert not re.search(r"\\(x[0-9a-f]?|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})$", text[:-1])
 
 
 def test_printable_escapes_control_characters_and_marks_truncation() -> None:
     assert printable(b"a\x00b\n") == "a\\x00b\\n"
     assert printable(b"\xff") == "\\xff"
-    assert printable(b"x" * 300).endswith("…")
-    assert printable(b"x" * 300, limit=None) == "x" * 300
+    assert printable(b"x" * MAX_RECORDED_CODE) == "x" * MAX_RECORDED_CODE
+    assert printable(b"x" * (MAX_RECORDED_CODE + 1)) == "x" * (MAX_RECORDED_CODE - 1) + "…"
+    assert printable(b"x" * 3000, limit=None) == "x" * 3000
+    # 150 control bytes render as 600 characters: cut to the limit at a whole escape
+    assert printable(b"\x01" * 150) == "\\x01" * 99 + "…"

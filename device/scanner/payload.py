@@ -21,6 +21,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 MAX_PAYLOAD_BYTES = 512
 #: Longest attendee code accepted, in characters.
 MAX_CODE_LENGTH = 128
+#: Longest code the door records for a scan, in characters: an attendee code, or
+#: the bounded rendering (:func:`printable`) of a payload that is not one. The sync
+#: protocol accepts exactly this much, so every scan a door records can be uploaded.
+MAX_RECORDED_CODE = 400
 #: Query parameters that may carry the code in a badge URL, in order of preference.
 CODE_QUERY_KEYS = ("code", "c", "ticket", "secret", "id")
 
@@ -85,17 +89,39 @@ def parse_payload(raw: bytes) -> Payload:
     return Payload(code)
 
 
-def printable(raw: bytes, limit: int | None = 200) -> str:
-    """A safe, bounded rendering of raw payload bytes for records and logs.
+def printable(raw: bytes, limit: int | None = MAX_RECORDED_CODE) -> str:
+    """A safe rendering of raw payload bytes for records and logs, at most *limit* characters.
 
     Invalid payloads are recorded too; this keeps hostile bytes (control
     characters, invalid UTF-8, megabytes of noise) out of logs and the server.
+    Bytes that are not printable text are escaped (``\\x01``, ``\\u202e``), so a
+    byte can take up to ten characters: the rendering, not the payload, is cut to
+    *limit* (whole escapes only), ending in ``…`` when something was left out.
+    ``limit=None`` renders everything (for a technician's own terminal).
     """
-    text = raw[:limit].decode("utf-8", errors="backslashreplace")
-    rendered = "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
-    return rendered + ("…" if limit is not None and len(raw) > limit else "")
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1")
+    # Every byte renders as at least one character: more than this is never shown.
+    shown = raw if limit is None else raw[:4 * limit + 4]
+    pieces = [_render(ch) for ch in shown.decode("utf-8", errors="surrogateescape")]
+    rendered = "".join(pieces)
+    if limit is None or len(rendered) <= limit:
+        return rendered
+    kept, length = [], 0
+    for piece in pieces:
+        if length + len(piece) > limit - 1:
+            break
+        kept.append(piece)
+        length += len(piece)
+    return "".join(kept) + "…"
+
+
+def _render(ch: str) -> str:
+    if ch.isprintable():
+        return ch
+    if "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8, kept by surrogateescape
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
 
 
 def _first_control_character(text: str) -> str | None:
