@@ -69,6 +69,59 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, str(exc.detail))
 
 
+#: Seconds a client has to send a whole request head (uvicorn alone waits forever, so
+#: idle or half-sent connections would pile up before anyone is authenticated).
+HEAD_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection is kept between requests.
+KEEP_ALIVE_TIMEOUT = 5
+#: Most connections and requests at once before plain HTTP requests get 503 (doors'
+#: websockets are not refused by it; their file descriptors are bounded by the unit's
+#: LimitNOFILE).
+MAX_CONCURRENCY = 4096
+
+
+def _timed_h11() -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline on every request head."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            partial = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+            if partial:  # part of a head: it has until the deadline to finish it
+                if self._head_timer is None:
+                    self._arm()
+            elif self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            # Upgraded to a websocket, or a request under way: not ours to end.
+            if self.transport.get_protocol() is self and self.conn.their_state is h11.IDLE:
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
                keyfile: str | None = None, new_epoch: bool = False) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
@@ -88,7 +141,8 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         create_app(data_dir, token), host=host, port=port, ws="websockets-sansio",
         ws_max_size=MAX_DEVICE_MESSAGE, ws_ping_interval=10, ws_ping_timeout=10,
         ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, http=_timed_h11(), timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+        limit_concurrency=MAX_CONCURRENCY,
     )
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down, under

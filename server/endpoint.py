@@ -208,7 +208,7 @@ class DeviceLink:
                 return
             self.end.send_changes(action.since, *found)
         elif isinstance(action, StoreScans):
-            stored = (await self.store.store_scans(self.device, action.scans)
+            stored = (await self.store.store_scans(self.device, action.scans, self.end.anchor)
                       if action.scans else [])
             self.end.send_results(action.batch, stored + action.refused)
         elif isinstance(action, NoteStatus):

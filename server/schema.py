@@ -74,6 +74,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX scans_session ON scans (session_id, scanned_at);
     """,
+    """
+    -- How far off the device's clock was when it made a scan online, if it was off.
+    ALTER TABLE scans ADD COLUMN clock_flag TEXT;
+    """,
 )
 
 #: The server store's file name inside its data dir.

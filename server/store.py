@@ -29,11 +29,11 @@ from checkin.database import (
     scalar,
 )
 from device.clock import wall_stamp
-from server.audit import disagreement
+from server.audit import clock_flag, disagreement
 from server.schema import MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash
 from sync.messages import Change, Scan, ScanResult, SessionInfo
-from sync.server_end import ServerView, judge_scans
+from sync.server_end import ClockAnchor, ServerView, judge_scans
 
 log = logging.getLogger("checkin.server")
 
@@ -70,7 +70,8 @@ class ServerStore:
         self.epoch = epoch
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
-        self._scan_queue: list[tuple[Device, list[Scan], asyncio.Future[list[ScanResult]]]] = []
+        self._scan_queue: list[tuple[Device, list[Scan], ClockAnchor | None,
+                                     asyncio.Future[list[ScanResult]]]] = []
         self._scan_writer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -318,15 +319,18 @@ class ServerStore:
 
     # -- scans ------------------------------------------------------------------------
 
-    async def store_scans(self, device: Device, scans: list[Scan]) -> list[ScanResult]:
+    async def store_scans(self, device: Device, scans: list[Scan],
+                          anchor: ClockAnchor | None = None) -> list[ScanResult]:
         """Store a device's scans idempotently by scan id; say what became of each.
 
         Batches that arrive while a write is under way are committed together in
         the next transaction (group commit): with hundreds of doors pushing, one
         fsync serves them all instead of each waiting its turn for its own.
+        *anchor* (the device's clocks at its hello) lets the audit flag scans made
+        online by a device clock that was off (:func:`clock_flag`).
         """
         answer: asyncio.Future[list[ScanResult]] = asyncio.get_running_loop().create_future()
-        self._scan_queue.append((device, scans, answer))
+        self._scan_queue.append((device, scans, anchor, answer))
         if self._scan_writer is None or self._scan_writer.done():
             self._scan_writer = asyncio.create_task(self._write_scan_queue())
         return await answer
@@ -336,8 +340,8 @@ class ServerStore:
             group, self._scan_queue = self._scan_queue, []
             try:
                 async with self._write() as db:
-                    answers = [await self._insert_batch(db, device, scans)
-                               for device, scans, _ in group]
+                    answers = [await self._insert_batch(db, device, scans, anchor)
+                               for device, scans, anchor, _ in group]
             except Exception as exc:  # the commit failed: every batch of the group with it
                 for *_, future in group:
                     if not future.done():
@@ -354,20 +358,20 @@ class ServerStore:
                     future.set_result(results)
 
     async def _insert_batch(self, db: aiosqlite.Connection, device: Device,
-                            scans: list[Scan]) -> list[ScanResult]:
+                            scans: list[Scan], anchor: ClockAnchor | None) -> list[ScanResult]:
         """One device's batch inside the group's transaction, in a savepoint of its own:
         a batch that fails is undone alone (then stored scan by scan, refusing only the
         scans that fail), never failing another device's batch in the same commit."""
         try:
             async with _savepoint(db):
-                return await self._insert_scans(db, device, scans)
+                return await self._insert_scans(db, device, scans, anchor)
         except _ROW_ERRORS:
             pass
         results = []
         for scan in scans:
             try:
                 async with _savepoint(db):
-                    results += await self._insert_scans(db, device, [scan])
+                    results += await self._insert_scans(db, device, [scan], anchor)
             except _ROW_ERRORS as exc:
                 log.error("device %s: scan %s cannot be stored: %s", device.device_id,
                           scan.scan_id, exc)
@@ -376,7 +380,7 @@ class ServerStore:
         return results
 
     async def _insert_scans(self, db: aiosqlite.Connection, device: Device,
-                            scans: list[Scan]) -> list[ScanResult]:
+                            scans: list[Scan], anchor: ClockAnchor | None) -> list[ScanResult]:
         ids = [s.scan_id for s in scans]
         received = wall_stamp()
         owners = dict(await db.execute_fetchall(
@@ -386,10 +390,10 @@ class ServerStore:
         flags = await self._disagreements(db, accepted)
         await db.executemany(
             "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
-            " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement, clock_flag)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
-              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag)
+              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag, clock_flag(s, anchor))
              for s, flag in zip(accepted, flags, strict=True)])
         await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
                          (received, device.device_id))
@@ -420,10 +424,10 @@ class ServerStore:
                 (session_id,))))
             rows = await db.execute_fetchall(
                 "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
-                " disagreement FROM scans WHERE session_id = ? ORDER BY scanned_at, device_id,"
-                " device_seq", (session_id,))
+                " disagreement, clock_flag FROM scans WHERE session_id = ?"
+                " ORDER BY scanned_at, device_id, device_seq", (session_id,))
         keys = ("scan_id", "code", "device_id", "decision", "reason", "scanned_at",
-                "received_at", "disagreement")
+                "received_at", "disagreement", "clock_flag")
         return {"session_id": session_id, "registered": registered, "admitted": admitted,
                 "rejected": rejected,
                 "scans": [dict(zip(keys, r, strict=True)) for r in rows]}

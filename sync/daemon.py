@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from checkin import __version__
 from checkin.database import StoreError
-from device.clock import wall_now
+from device.clock import boot_id, monotonic_ns, wall_now
 from device.config import DeviceConfig, ServerConfig
 from sync.backoff import Backoff
 from sync.device_end import (
@@ -36,6 +36,7 @@ from sync.device_end import (
     Welcomed,
 )
 from sync.messages import (
+    CLOCK_TOLERANCE_SECONDS,
     CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REASSIGNED,
@@ -55,8 +56,6 @@ BATCH_SIZE = 500
 MAX_BATCHES_IN_FLIGHT = 2
 #: How often to look for new scans from the door when idle, in seconds.
 POLL_SECONDS = 0.05
-#: Largest difference between this device's clock and the server's taken as agreement.
-CLOCK_TOLERANCE_SECONDS = 5.0
 
 
 class TokenError(Exception):
@@ -164,7 +163,8 @@ class SyncDaemon:
             raise _Failure(f"device store error: {exc}") from None
 
     async def _serve(self, websocket: ClientConnection) -> None:
-        end = DeviceEnd(self.config.device_id, __version__, await self.store.cache_state())
+        end = DeviceEnd(self.config.device_id, __version__, await self.store.cache_state(),
+                        boot_id=boot_id(), monotonic_ns=monotonic_ns())
         link = _Link(websocket, end)
         await link.flush()
         tasks = [asyncio.create_task(coro) for coro in (

@@ -104,10 +104,12 @@ class DeviceEnd:
     """Protocol state of one connection, seen from the device.
 
     *cache* is what the device's store holds when the connection opens; the
-    hello message is queued at once.
+    hello message is queued at once, with *boot_id* and *monotonic_ns* (the
+    device's clocks at that moment) when given.
     """
 
-    def __init__(self, device_id: str, software: str, cache: CacheState) -> None:
+    def __init__(self, device_id: str, software: str, cache: CacheState, *,
+                 boot_id: str | None = None, monotonic_ns: int | None = None) -> None:
         self.device_id = device_id
         self.software = software
         self.state = DeviceState.AWAIT_WELCOME
@@ -120,7 +122,8 @@ class DeviceEnd:
         self._in_flight: dict[int, frozenset[str]] = {}
         self._next_batch = 1
         self._send(Hello(device_id=device_id, software=software, session_id=cache.session_id,
-                         epoch=cache.epoch, cursor=cache.cursor))
+                         epoch=cache.epoch, cursor=cache.cursor, boot_id=boot_id,
+                         monotonic_ns=monotonic_ns))
 
     # -- input -----------------------------------------------------------------
 

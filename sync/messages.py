@@ -42,6 +42,9 @@ MAX_ITEMS_PER_MESSAGE = 20_000
 #: Largest scans frame a device builds, in bytes: half the server's limit, so a batch
 #: of the longest scans the protocol allows still fits with room to spare.
 MAX_SCANS_FRAME = MAX_DEVICE_MESSAGE // 2
+#: Largest difference between a device's clock and the server's taken as agreement,
+#: in seconds: beyond it the daemon warns and the server flags the scans made online.
+CLOCK_TOLERANCE_SECONDS = 5.0
 #: Most scan batches a device may push before the server answered them (the daemon
 #: keeps two in flight); more is a flood, and the server ends the connection.
 MAX_PENDING_BATCHES = 4
@@ -280,6 +283,8 @@ class Hello(Message):
         "session_id": (optional(identifier), True),
         "epoch": (optional(identifier), True),
         "cursor": (_SEQ, True),
+        "boot_id": (optional(text(64)), False),
+        "monotonic_ns": (optional(_SEQ), False),
     }
     device_id: str
     software: str
@@ -287,6 +292,11 @@ class Hello(Message):
     epoch: str | None
     cursor: int
     v: int = PROTOCOL_VERSION
+    #: The device's boot and monotonic clock as it says hello: with the server's time of
+    #: the hello, they tell the server when each later scan of this boot was made by the
+    #: server's clock, whatever the device's wall clock says.
+    boot_id: str | None = None
+    monotonic_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,9 +445,16 @@ def _parse(data: str | bytes, kinds: dict[str, type[Message]]) -> Message:
 
 
 def encode(message: Message) -> str:
-    """The JSON text of *message*."""
+    """The JSON text of *message*.
+
+    A field that is not required and is ``None`` is left out: a message without
+    the fields later versions added reads exactly as it did before them.
+    """
     body = {"type": message.type}
-    body.update({f.name: _plain(getattr(message, f.name)) for f in fields(message)})
+    for f in fields(message):
+        value = getattr(message, f.name)
+        if value is not None or message.spec[f.name][1]:
+            body[f.name] = _plain(value)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
