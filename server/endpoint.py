@@ -43,7 +43,7 @@ from sync.server_end import (
 log = logging.getLogger("checkin.server")
 
 #: Most actions a link lets wait or run before it stops reading the device's frames.
-MAX_UNFINISHED_ACTIONS = 4
+MAX_UNFINISHED_ACTIONS = 8
 #: Seconds a device has to say hello once its connection is accepted.
 HELLO_TIMEOUT = 10.0
 
@@ -95,7 +95,8 @@ async def _serve(link: DeviceLink, token: str) -> None:
     try:
         await link.serve()
     finally:
-        log.info("device %s disconnected", device.device_id)
+        log.info("device %s disconnected (at most %d actions waited at once)",
+                 device.device_id, link.peak_backlog)
 
 
 class DeviceLink:

@@ -72,6 +72,17 @@ class ServerView:
     horizon: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ClockAnchor:
+    """The device's clocks when it said hello on this connection, and the server's time
+    then: a later scan of the same boot was made at ``server_time`` plus the monotonic
+    time elapsed, by the server's clock."""
+
+    boot_id: str
+    monotonic_ns: int
+    server_time: datetime
+
+
 class Action:
     """Something the endpoint must do, in the order given."""
 
@@ -124,6 +135,7 @@ class ServerEnd:
         self.view = view
         self.state = ServerState.AWAIT_HELLO
         self.hello: Hello | None = None
+        self.anchor: ClockAnchor | None = None
         self.sent_cursor = 0
         self._fetching = False
         self._dirty = False
@@ -159,10 +171,12 @@ class ServerEnd:
         self.hello = hello
         self.state = ServerState.SYNCING
         resync = needs_snapshot(hello, self.view)
+        now = datetime.now().astimezone()
+        if hello.boot_id is not None and hello.monotonic_ns is not None:
+            self.anchor = ClockAnchor(hello.boot_id, hello.monotonic_ns, now)
         self._send(Welcome(device_id=self.view.device_id, session_id=self.view.session_id,
                            epoch=self.view.epoch, cursor=self.view.cursor,
-                           server_time=datetime.now().astimezone().isoformat(),
-                           resync=resync))
+                           server_time=now.isoformat(), resync=resync))
         self._fetching = True
         self._actions.append(SendSnapshot() if resync else SendChanges(hello.cursor))
         if not resync:
