@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from checkin import __version__
 from checkin.database import StoreError
 from device.clock import boot_id, monotonic_ns, wall_now
-from device.config import DeviceConfig, ServerConfig
+from device.config import DeviceConfig, ServerConfig, insecure_url_warning
 from sync.backoff import Backoff
 from sync.device_end import (
     Action,
@@ -299,8 +299,6 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
 
 async def run_sync(config: DeviceConfig) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit status."""
-    from device.config import insecure_url_warning
-
     # At every start, so the journal keeps saying it while the door runs on ws://.
     if config.server and (warning := insecure_url_warning(config.server.url)):
         log.warning("%s", warning)
