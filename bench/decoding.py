@@ -14,7 +14,7 @@ from checkin.badges import Look, render_badge
 from device.scanner.decoders import make_decoder
 from device.scanner.images import load_grey
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpora/qr/zxing-cpp-samples"
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "zxing-cpp-samples"
 LOOKS = [Look(), Look(angle=30), Look(blur=1.5), Look(contrast=0.3), Look(glare=True),
          Look(moire=True), Look(angle=-60, module_px=4, blur=0.8), Look(angle=180, contrast=0.5)]
 

@@ -14,7 +14,8 @@ from device.decision import SessionRules
 from device.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpora" / "qr" / "zxing-cpp-samples"
+#: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).
+CORPUS = REPO / "tests" / "corpus" / "zxing-cpp-samples"
 CHECKIN = [sys.executable, "-m", "checkin.cli"]
 
 
