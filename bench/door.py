@@ -30,12 +30,12 @@ import numpy as np
 
 from bench.report import Row, percentile
 from checkin.badges import Look, render_badge, write_badge
+from core.rules import SessionRules
 from device.config import GpioConfig, ScannerConfig, parse_config
-from device.decision import SessionRules
 from device.door import Door
 from device.indicators.signals import Indicators
 from device.scanner.decoders import make_decoder
-from device.store import FACTS_SQL, STORE_FILE, Store
+from sync.device_store import FACTS_SQL, STORE_FILE, Store
 
 SESSION = SessionRules("bench", validate_registrants=True)
 REPO = Path(__file__).resolve().parent.parent

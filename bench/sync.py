@@ -52,8 +52,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench.door import _high_water_kb
 from bench.report import Row, percentile
-from device.decision import SessionRules
-from device.store import STORE_FILE, Store
+from core.rules import SessionRules
 from server.schema import SERVER_FILE
 from server.store import Attendee, ServerStore
 from sync.device_end import (
@@ -63,6 +62,7 @@ from sync.device_end import (
     DeviceState,
     RecordResults,
 )
+from sync.device_store import STORE_FILE, Store
 from sync.messages import MAX_SERVER_MESSAGE, Scan, SessionInfo
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,3 +1,5 @@
-"""checkin: a check-in appliance for conference session doors."""
+"""checkin: a check-in appliance for conference session doors (the command, on top)."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from checkin import __version__
+from core import __version__
 from device.config import DECODERS
 
 #: Exit status for a usage or config error, before anything has started.
@@ -118,9 +118,9 @@ def _door(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from core.codes import printable
     from device.scanner.decoders import make_decoder
     from device.scanner.images import ImageError, list_images, load_grey
-    from device.scanner.payload import printable
 
     decoder = make_decoder(args.decoder)
     status = 0
@@ -165,7 +165,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sync.status import show_status
+    from checkin.status import show_status
 
     return asyncio.run(show_status(_load_config_or_exit(args.config), sys.stdout,
                                    as_json=args.json))

@@ -32,9 +32,9 @@ import httpx
 
 from checkin.badges import Look, render_badge
 from checkin.linkproxy import LinkProxy
-from device.clock import wall_now
+from checkin.status import link_state
+from core.clock import wall_now
 from device.indicators.mirror import read_pins
-from sync.status import link_state
 from sync.store import DeviceStatus, SyncStore
 
 PINS = {"green": 17, "red": 27, "buzzer": 22}

@@ -8,14 +8,12 @@ See ``config/door.example.toml`` for every key with its default.
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from checkin.shapes import (
+from core.shapes import (
     Field,
     boolean,
     check_fields,
@@ -25,8 +23,9 @@ from checkin.shapes import (
     number,
     show,
 )
-from checkin.shapes import name as shown
-from checkin.shapes import path as file_path
+from core.shapes import name as shown
+from core.shapes import path as file_path
+from sync.config import SERVER_FIELDS, ServerConfig
 
 DECODERS = ("pipeline", "zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
@@ -86,17 +85,6 @@ class GpioConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
-    url: str
-    token_file: Path
-    ca_file: Path | None = None
-    retry_min_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-    auth_retry_seconds: float = 30.0
-    status_seconds: float = 15.0
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     device_id: str
     data_dir: Path
@@ -113,46 +101,6 @@ def _camera_source(value: Any) -> str:
                                 and value.startswith("images:") and "\0" not in value):
         return value
     raise ValueError('"picamera2" or "images:PATH" (an image file or a folder of images)')
-
-
-def _server_url(value: Any) -> str:
-    if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
-            or not value.rstrip("/").endswith("/sync")):
-        raise ValueError("a ws:// or wss:// URL ending in /sync")
-    return value.rstrip("/")
-
-
-def insecure_url_warning(url: str) -> str | None:
-    """A warning for a ``ws://`` *url* whose host is not this machine, else ``None``.
-
-    ``ws://`` is allowed (a test bench, or a server on the same machine), so this
-    is a warning, not a config error; but over a real network the device token is
-    sent in clear in every handshake and every scan travels unencrypted, so anyone
-    on the path can read them, or replay the token and push scans as this door.
-    Pure, so it is tested on its own; the sync daemon logs it at start-up.
-    """
-    if not url.startswith("ws://"):
-        return None
-    host = urlsplit(url).hostname or ""  # lower-cased, IPv6 brackets removed
-    if _is_loopback(host):
-        return None
-    return (f"[server] url {url} is not encrypted (ws://) and {host or 'its host'} is not "
-            f"this machine: the device token and every scan travel in clear text and can "
-            f"be read or replayed by anyone on the network; use wss://")
-
-
-def _is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or localhost; never a DNS lookup:
-    a name other than localhost may resolve anywhere, so it counts as the network."""
-    if host.rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -186,15 +134,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "active_high": (boolean, False),
         "mirror_file": (file_path, False),
     },
-    "server": {
-        "url": (_server_url, True),
-        "token_file": (file_path, True),
-        "ca_file": (file_path, False),
-        "retry_min_seconds": (number(0, 3600, open_low=True), False),
-        "retry_max_seconds": (number(0, 3600, open_low=True), False),
-        "auth_retry_seconds": (number(0, 86400, open_low=True), False),
-        "status_seconds": (number(0, 3600, open_low=True), False),
-    },
+    "server": SERVER_FIELDS,
 }
 #: Sections that may be left out entirely (the door runs without a server).
 OPTIONAL_SECTIONS = frozenset({"scanner", "door", "server"})

@@ -1,6 +1,6 @@
 """The door process: camera -> decode -> decide -> record durably -> signal.
 
-The imperative shell around :func:`device.decision.decide`. Order matters: a
+The imperative shell around :func:`core.rules.decide`. Order matters: a
 scan is committed to the store *before* the LEDs, the buzzer and the output
 line say anything, and a scan that cannot be recorded is signalled
 ``not_ready``: the door never admits anyone it cannot count.
@@ -22,10 +22,12 @@ from datetime import timedelta
 from functools import partial
 from typing import TextIO
 
-from checkin import __version__
-from device.clock import boot_id, monotonic_ns, wall_now
+from core import __version__
+from core.clock import boot_id, monotonic_ns, wall_now
+from core.codes import printable
+from core.rules import Facts, Policy, Reason, decide
 from device.config import DeviceConfig
-from device.decision import Debouncer, Facts, Policy, Reason, decide
+from device.debounce import Debouncer
 from device.indicators.signals import Indicators
 from device.notify import notify
 from device.scanner.decoders import Decoder
@@ -36,8 +38,8 @@ from device.scanner.frames import (
     SourceExhausted,
     open_source,
 )
-from device.scanner.payload import parse_payload, printable
-from device.store import ScanRecord, Store, StoreError
+from device.scanner.payload import parse_payload
+from sync.device_store import ScanRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from checkin.database import StoreError
-from checkin.shapes import (
+from core.database import StoreError
+from core.shapes import (
     Check,
     boolean,
     check_fields,

@@ -2,7 +2,7 @@
 
 Starlette rather than FastAPI: the server has a dozen routes and one
 websocket, and checks its JSON with the same field checks as the device's
-config and the sync messages (:mod:`checkin.shapes`); FastAPI would add
+config and the sync messages (:mod:`core.shapes`); FastAPI would add
 pydantic and its memory for nothing we use.
 """
 
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from checkin.database import StoreError
+from core.database import StoreError
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub

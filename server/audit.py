@@ -6,14 +6,14 @@ offline. The server records the door's verdict as the fact it is and, beside
 it, notes a disagreement when its own data says otherwise about the two rules
 that depend on synced data: is the code an attendee, and is it a registrant
 of a session with Validate Registrants on. The rules are the door's own
-(:func:`device.decision.decide`), applied to the server's data.
+(:func:`core.rules.decide`), applied to the server's data.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from device.decision import Facts, Policy, Reason, SessionRules, decide
+from core.rules import Facts, Policy, Reason, SessionRules, decide
 from sync.messages import CLOCK_TOLERANCE_SECONDS, Scan
 from sync.server_end import ClockAnchor
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from checkin.database import StoreError
+from core.database import StoreError
 from server.hub import Hub
 from server.store import Device, ServerStore
 from server.tokens import bearer

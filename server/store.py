@@ -21,14 +21,14 @@ from typing import Any
 
 import aiosqlite
 
-from checkin.database import (
+from core.clock import wall_stamp
+from core.database import (
     ReadTransaction,
     StoreError,
     WriteTransaction,
     connect,
     scalar,
 )
-from device.clock import wall_stamp
 from server.audit import clock_flag, disagreement
 from server.schema import MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash

@@ -21,11 +21,11 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from checkin import __version__
-from checkin.database import StoreError
-from device.clock import boot_id, monotonic_ns, wall_now
-from device.config import DeviceConfig, ServerConfig, insecure_url_warning
+from core import __version__
+from core.clock import boot_id, monotonic_ns, wall_now
+from core.database import StoreError
 from sync.backoff import Backoff
+from sync.config import DaemonConfig, ServerConfig, insecure_url_warning
 from sync.device_end import (
     Action,
     ApplyChanges,
@@ -94,7 +94,7 @@ class _Failure(Exception):
 class SyncDaemon:
     """Keeps one device's store in step with the server until :meth:`stop`."""
 
-    def __init__(self, config: DeviceConfig, store: SyncStore) -> None:
+    def __init__(self, config: DaemonConfig, store: SyncStore) -> None:
         if config.server is None:
             raise ValueError("the config has no [server] section")
         self.config = config
@@ -297,7 +297,7 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
     return _Failure(reason)
 
 
-async def run_sync(config: DeviceConfig) -> int:
+async def run_sync(config: DaemonConfig) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit status."""
     # At every start, so the journal keeps saying it while the door runs on ws://.
     if config.server and (warning := insecure_url_warning(config.server.url)):

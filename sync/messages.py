@@ -13,7 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from checkin.shapes import (
+from core.codes import MAX_RECORDED_CODE, check_code
+from core.rules import Reason
+from core.shapes import (
     Field,
     boolean,
     check_fields,
@@ -26,8 +28,6 @@ from checkin.shapes import (
     text,
     timestamp,
 )
-from device.decision import Reason
-from device.scanner.payload import MAX_RECORDED_CODE, check_code
 
 #: The protocol version this code speaks (sent in hello and welcome).
 PROTOCOL_VERSION = 1

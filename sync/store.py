@@ -1,6 +1,6 @@
 """The sync daemon's side of the device store (the same file the door uses).
 
-:class:`SyncStore` adds to :class:`device.store.Store` what the daemon does:
+:class:`SyncStore` adds to :class:`sync.device_store.Store` what the daemon does:
 apply a snapshot or changes together with the cursor they bring, in one
 transaction; read the scans waiting to upload; record the server's answer per
 scan; and keep the daemon's state for ``checkin status``.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from device.clock import wall_stamp
-from device.store import Store, write_cache
+from core.clock import wall_stamp
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
+from sync.device_store import Store, write_cache
 from sync.messages import Scan, ScanResult, SessionInfo
 
 _SCAN_COLUMNS = ("scan_id, seq, code, session_id, decision, reason, scanned_at, monotonic_ns,"

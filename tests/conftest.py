@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from device.decision import SessionRules
-from device.store import Store
+from core.rules import SessionRules
+from sync.device_store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 #: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.decision import Debouncer, Facts, Policy, Reason, SessionRules, decide
+from core.rules import Facts, Policy, Reason, SessionRules, decide
+from device.debounce import Debouncer
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=timezone(timedelta(hours=1)))
 HOUR = timedelta(hours=1)
@@ -28,7 +29,7 @@ WINDOWS = {
 
 
 def expected(valid, synced, attendee, validate, registrant, inside, before, reentry) -> Reason:
-    """The rule table of device.decision, written as data, first match wins."""
+    """The rule table of core.rules, written as data, first match wins."""
     table = [
         (not valid, Reason.INVALID_CODE),
         (not synced, Reason.NOT_READY),

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from checkin.badges import Look, write_badge
+from core.rules import SessionRules
 from device.config import DECODERS
-from device.decision import SessionRules
 from tests.conftest import CHECKIN, fill_store, read_scans
 
 FAST = """

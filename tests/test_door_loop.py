@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from checkin.badges import render_badge
+from core.rules import SessionRules
 from device.config import parse_config
-from device.decision import SessionRules
 from device.door import Door
 from device.indicators.signals import Indicators
 from device.scanner.decoders import make_decoder
 from device.scanner.frames import CameraError, CaptureTimeout, Frame, SourceExhausted
-from device.store import Store
+from sync.device_store import Store
 
 BADGE = np.asarray(render_badge("A1"))
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from checkin.database import StoreError
-from checkin.shapes import utc_timestamp
-from device.config import insecure_url_warning, parse_config
+from core.database import StoreError
+from core.shapes import utc_timestamp
+from device.config import parse_config
 from server.app import create_app
 from server.hub import Hub
 from server.store import ServerStore
@@ -28,6 +28,7 @@ from server.tokens import (
     admin_token,
 )
 from sync import daemon
+from sync.config import insecure_url_warning
 from tests import system
 from tests.conftest import REPO
 

@@ -27,19 +27,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from checkin.badges import render_badge
+from core.codes import MAX_CODE_LENGTH, printable
+from core.rules import Reason, SessionRules
 from device.config import DECODERS, parse_config
-from device.decision import Reason, SessionRules
 from device.door import Door
 from device.indicators.signals import Indicators
 from device.scanner.decoders import make_decoder
-from device.scanner.payload import (
-    CODE_QUERY_KEYS,
-    MAX_CODE_LENGTH,
-    MAX_PAYLOAD_BYTES,
-    parse_payload,
-    printable,
-)
-from device.store import STORE_FILE
+from device.scanner.payload import CODE_QUERY_KEYS, MAX_PAYLOAD_BYTES, parse_payload
+from sync.device_store import STORE_FILE
 from tests.conftest import CHECKIN, fill_store, read_scans
 
 SESSION = SessionRules("hall-a", validate_registrants=True)

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from core.rules import Reason
 from device.config import GpioConfig
-from device.decision import Reason
 from device.indicators.mirror import read_pins
 from device.indicators.patterns import PATTERNS, Step
 from device.indicators.signals import IndicatorError, Indicators, make_pin_factory

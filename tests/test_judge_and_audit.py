@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from device.decision import Reason
+from core.rules import Reason
 from server.audit import disagreement
 from sync.messages import ACCEPTED, DUPLICATE, REFUSED, Scan, ScanResult
 from sync.server_end import judge_scans

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.decision import Reason
-from device.scanner.payload import MAX_RECORDED_CODE, printable
+from core.codes import MAX_RECORDED_CODE, printable
+from core.rules import Reason
 from sync.messages import (
     ACCEPTED,
     DEVICE_MESSAGES,

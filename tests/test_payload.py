@@ -8,14 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.scanner.payload import (
-    MAX_CODE_LENGTH,
-    MAX_PAYLOAD_BYTES,
-    MAX_RECORDED_CODE,
-    check_code,
-    parse_payload,
-    printable,
-)
+from core.codes import MAX_CODE_LENGTH, MAX_RECORDED_CODE, check_code, printable
+from device.scanner.payload import MAX_PAYLOAD_BYTES, parse_payload
 
 
 @pytest.mark.parametrize(

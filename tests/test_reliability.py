@@ -30,20 +30,20 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from checkin.database import connect as open_db
+from core.codes import MAX_RECORDED_CODE
+from core.database import connect as open_db
+from core.rules import SessionRules
 from device.config import parse_config
-from device.decision import SessionRules
 from device.door import Door
 from device.indicators.signals import Indicators
 from device.scanner.decoders import make_decoder
-from device.scanner.payload import MAX_RECORDED_CODE
-from device.schema import MIGRATIONS as DEVICE_MIGRATIONS
-from device.store import STORE_FILE
 from server.audit import clock_flag
 from server.endpoint import MAX_UNFINISHED_ACTIONS
 from server.store import Attendee, Device, ServerStore
 from sync.daemon import clock_warning
 from sync.device_end import CacheState, DeviceEnd, RecordResults, Welcomed
+from sync.device_schema import MIGRATIONS as DEVICE_MIGRATIONS
+from sync.device_store import STORE_FILE
 from sync.messages import (
     ACCEPTED,
     CLOSE_POLICY,

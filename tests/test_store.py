@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from device.decision import SessionRules
-from device.schema import SCHEMA_VERSION
-from device.store import STORE_FILE, ScanRecord, Store, StoreError
+from core.rules import SessionRules
+from sync.device_schema import SCHEMA_VERSION
+from sync.device_store import STORE_FILE, ScanRecord, Store, StoreError
 
 SESSION = SessionRules("keynote", validate_registrants=True)
 
@@ -131,7 +131,7 @@ async def test_a_committed_scan_survives_a_process_that_never_closed(tmp_path: P
         "import asyncio, sys\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from tests.test_store import scan\n"
-        "from device.store import Store\n"
+        "from sync.device_store import Store\n"
         "async def main():\n"
         "    store = await Store.open(sys.argv[1])\n"
         "    await store.record_scan(scan('KILLED'))\n"

@@ -66,7 +66,7 @@ from hypothesis.stateful import (
 
 import sync.device_end
 import sync.server_end
-from device.decision import Reason
+from core.rules import Reason
 from server.app import create_app
 from server.hub import Hub
 from server.store import Attendee, Device, ServerStore

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from device.store import ScanRecord
 from sync.device_end import ApplyChanges, ApplySnapshot
+from sync.device_store import ScanRecord
 from sync.messages import Change, ScanResult, SessionInfo
 from sync.store import SyncStore
 from tests.conftest import CHECKIN

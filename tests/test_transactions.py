@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from checkin.database import ReadTransaction, WriteTransaction, connect, run_to_end
+from core.database import ReadTransaction, WriteTransaction, connect, run_to_end
 from server.schema import SERVER_FILE
 from server.store import Attendee, Device, ServerStore
 from sync.device_end import ApplyChanges, ApplySnapshot
@@ -364,7 +364,7 @@ DEVICE_WRITES: dict[str, Callable[[SyncStore], Awaitable[Any]]] = {
 @pytest.mark.parametrize("name", list(DEVICE_WRITES))
 async def test_every_device_store_write_cancelled_anywhere_is_all_or_nothing(
         name: str, tmp_path: Path) -> None:
-    from device.store import STORE_FILE, ScanRecord
+    from sync.device_store import STORE_FILE, ScanRecord
 
     template = tmp_path / "template"
     store = await SyncStore.open(template)

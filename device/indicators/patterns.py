@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.decision import Reason
+from core.rules import Reason
 
 
 @dataclass(frozen=True, slots=True)

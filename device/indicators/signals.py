@@ -26,8 +26,8 @@ from device.indicators.patterns import PATTERNS, Pattern, Step
 if TYPE_CHECKING:
     from gpiozero import Factory
 
+    from core.rules import Reason
     from device.config import GpioConfig
-    from device.decision import Reason
 
 
 class IndicatorError(Exception):

@@ -17,9 +17,9 @@ from typing import Any, Self
 
 import aiosqlite
 
-from checkin.database import StoreError, WriteTransaction, connect, scalar
-from device.decision import Facts, SessionRules
-from device.schema import MIGRATIONS
+from core.database import StoreError, WriteTransaction, connect, scalar
+from core.rules import Facts, SessionRules
+from sync.device_schema import MIGRATIONS
 
 __all__ = ["FACTS_SQL", "STORE_FILE", "ScanRecord", "Store", "StoreError", "write_cache"]
 

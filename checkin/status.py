@@ -13,10 +13,10 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TextIO
 
-from checkin.database import StoreError
-from device.clock import wall_now
+from core.clock import wall_now
+from core.database import StoreError
 from device.config import DeviceConfig
-from device.store import STORE_FILE
+from sync.device_store import STORE_FILE
 from sync.store import DeviceStatus, SyncStore
 
 

@@ -10,7 +10,7 @@ or emails.
 
 from __future__ import annotations
 
-from device.scanner.payload import MAX_RECORDED_CODE
+from core.codes import MAX_RECORDED_CODE
 
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[str, ...] = (

@@ -1,0 +1,93 @@
+"""The sync daemon's settings: the ``[server]`` section of the device config file.
+
+Declared here, where the daemon that uses them lives; :mod:`device.config`
+reads the whole file (one file per device, shared by the door and the daemon)
+and takes this section's fields from here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from core.shapes import Field, number
+from core.shapes import path as file_path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+    retry_min_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    auth_retry_seconds: float = 30.0
+    status_seconds: float = 15.0
+
+
+class DaemonConfig(Protocol):
+    """What the sync daemon needs of a device's config (``device.config.DeviceConfig`` has it)."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def server(self) -> ServerConfig | None: ...
+
+
+def _server_url(value: Any) -> str:
+    if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
+            or not value.rstrip("/").endswith("/sync")):
+        raise ValueError("a ws:// or wss:// URL ending in /sync")
+    return value.rstrip("/")
+
+
+def insecure_url_warning(url: str) -> str | None:
+    """A warning for a ``ws://`` *url* whose host is not this machine, else ``None``.
+
+    ``ws://`` is allowed (a test bench, or a server on the same machine), so this
+    is a warning, not a config error; but over a real network the device token is
+    sent in clear in every handshake and every scan travels unencrypted, so anyone
+    on the path can read them, or replay the token and push scans as this door.
+    Pure, so it is tested on its own; the sync daemon logs it at start-up.
+    """
+    if not url.startswith("ws://"):
+        return None
+    host = urlsplit(url).hostname or ""  # lower-cased, IPv6 brackets removed
+    if _is_loopback(host):
+        return None
+    return (f"[server] url {url} is not encrypted (ws://) and {host or 'its host'} is not "
+            f"this machine: the device token and every scan travel in clear text and can "
+            f"be read or replayed by anyone on the network; use wss://")
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or localhost; never a DNS lookup:
+    a name other than localhost may resolve anywhere, so it counts as the network."""
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+#: The ``[server]`` section's keys: check and whether required.
+SERVER_FIELDS: dict[str, Field] = {
+    "url": (_server_url, True),
+    "token_file": (file_path, True),
+    "ca_file": (file_path, False),
+    "retry_min_seconds": (number(0, 3600, open_low=True), False),
+    "retry_max_seconds": (number(0, 3600, open_low=True), False),
+    "auth_retry_seconds": (number(0, 86400, open_low=True), False),
+    "status_seconds": (number(0, 3600, open_low=True), False),
+}
