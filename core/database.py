@@ -48,6 +48,7 @@ async def connect(path: Path, migrations: Sequence[str]) -> aiosqlite.Connection
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from exc
+    db.row_factory = sqlite3.Row  # every row of every store is read by column name
     try:
         for pragma in PRAGMAS:
             await db.execute(pragma)

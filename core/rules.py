@@ -27,6 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 
+class Decision(enum.StrEnum):
+    """The door's verdict (the words of the output contract and of the stores)."""
+
+    ADMITTED = "admitted"
+    REJECTED = "rejected"
+
+
 class Reason(enum.StrEnum):
     """Why the door decided as it did (the words of the output contract)."""
 
@@ -44,9 +51,8 @@ class Reason(enum.StrEnum):
         return self in (Reason.REGISTERED, Reason.REENTRY)
 
     @property
-    def decision(self) -> str:
-        """``"admitted"`` or ``"rejected"``."""
-        return "admitted" if self.admitted else "rejected"
+    def decision(self) -> Decision:
+        return Decision.ADMITTED if self.admitted else Decision.REJECTED
 
 
 @dataclass(frozen=True, slots=True)

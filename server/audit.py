@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from core.rules import Facts, Policy, Reason, SessionRules, decide
+from core.rules import Decision, Facts, Policy, Reason, SessionRules, decide
 from sync.messages import CLOCK_TOLERANCE_SECONDS, Scan
 from sync.server_end import ClockAnchor
 
@@ -31,7 +31,7 @@ def disagreement(scan: Scan, validate_registrants: bool, is_attendee: bool,
     rules = SessionRules(scan.session_id, validate_registrants)
     facts = Facts(rules, is_attendee=is_attendee, is_registrant=is_registrant)
     server = decide(True, facts, Policy(allow_reentry=True), datetime.now().astimezone())
-    if server.admitted == (scan.decision == "admitted"):
+    if server.admitted == (scan.decision == Decision.ADMITTED):
         return None
     return f"server data says {server.value}"
 

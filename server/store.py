@@ -29,10 +29,11 @@ from core.database import (
     connect,
     scalar,
 )
+from core.rules import Decision
 from server.audit import clock_flag, disagreement
 from server.schema import MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash
-from sync.messages import Change, Scan, ScanResult, SessionInfo
+from sync.messages import Change, Scan, ScanOutcome, ScanResult, SessionInfo
 from sync.server_end import ClockAnchor, ServerView, judge_scans
 
 log = logging.getLogger("checkin.server")
@@ -121,19 +122,21 @@ class ServerStore:
             rows = await db.execute_fetchall(
                 "SELECT name, validate_registrants, starts_at, ends_at, deleted FROM sessions"
                 " WHERE session_id = ?", (session.session_id,))
-            new = (session.name, int(session.validate_registrants), session.starts_at,
-                   session.ends_at, 0)
+            new = {"name": session.name,
+                   "validate_registrants": int(session.validate_registrants),
+                   "starts_at": session.starts_at, "ends_at": session.ends_at, "deleted": 0}
             old = next(iter(rows), None)
-            if old is not None and tuple(old) == new:
+            if old is not None and dict(old) == new:
                 return False
             seq = await self._next_seqs(db, 1)
             await db.execute(
                 "INSERT INTO sessions (session_id, name, validate_registrants, starts_at, ends_at,"
-                " deleted, seq) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (session_id) DO UPDATE"
+                " deleted, seq) VALUES (:session_id, :name, :validate_registrants, :starts_at,"
+                " :ends_at, 0, :seq) ON CONFLICT (session_id) DO UPDATE"
                 " SET name = excluded.name, validate_registrants = excluded.validate_registrants,"
                 " starts_at = excluded.starts_at, ends_at = excluded.ends_at, deleted = 0,"
-                " seq = excluded.seq", (session.session_id, *new[:4], seq))
-            return old is None or old[4] == 1
+                " seq = excluded.seq", new | {"session_id": session.session_id, "seq": seq})
+            return old is None or old["deleted"] == 1
 
     async def delete_session(self, session_id: str) -> None:
         async with self._write() as db:
@@ -157,10 +160,9 @@ class ServerStore:
             rows = await db.execute_fetchall(
                 "SELECT session_id, name, validate_registrants, starts_at, ends_at,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
-                "  AND r.deleted = 0) FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
-        keys = ("session_id", "name", "validate_registrants", "starts_at", "ends_at",
-                "registrants")
-        return [dict(zip(keys, r, strict=True)) | {"validate_registrants": bool(r[2])}
+                "  AND r.deleted = 0) AS registrants"
+                " FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
+        return [dict(r) | {"validate_registrants": bool(r["validate_registrants"])}
                 for r in rows]
 
     # -- attendees and registrants -------------------------------------------------
@@ -175,7 +177,7 @@ class ServerStore:
                 chunk = codes[start:start + 500]
                 rows = await db.execute_fetchall(
                     f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk)
-                existing.update(r[0] for r in rows)
+                existing.update(r["code"] for r in rows)
             new = [a for a in latest.values() if a.code not in existing]
             first = await self._next_seqs(db, len(new)) if new else 0
             await db.executemany(
@@ -229,17 +231,17 @@ class ServerStore:
             rows = await db.execute_fetchall(
                 "SELECT session_id, token_hash FROM devices WHERE device_id = ?", (device_id,))
             old = next(iter(rows), None)
-            if old is not None and old[1] is not None:
+            if old is not None and old["token_hash"] is not None:
                 await db.execute("UPDATE devices SET session_id = ? WHERE device_id = ?",
                                  (session_id, device_id))
-                return None, old[0]
+                return None, old["session_id"]
             token = new_token()  # new, or revoked and provisioned again
             await db.execute(
                 "INSERT INTO devices (device_id, session_id, token_hash, created_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET session_id = excluded.session_id,"
                 " token_hash = excluded.token_hash, revoked_at = NULL",
                 (device_id, session_id, token_hash(token), wall_stamp()))
-            return token, old[0] if old else None
+            return token, old["session_id"] if old else None
 
     async def revoke_device(self, device_id: str) -> None:
         async with self._write() as db:
@@ -255,15 +257,14 @@ class ServerStore:
                 "SELECT device_id, session_id FROM devices WHERE token_hash = ?",
                 (token_hash(token),))
         row = next(iter(rows), None)
-        return Device(row[0], row[1]) if row else None
+        return Device(**row) if row else None
 
     async def devices(self) -> list[dict[str, Any]]:
         async with self._read() as db:
             rows = await db.execute_fetchall(
                 "SELECT device_id, session_id, created_at, revoked_at, last_seen_at, status"
                 " FROM devices ORDER BY device_id")
-        keys = ("device_id", "session_id", "created_at", "revoked_at", "last_seen_at", "status")
-        return [dict(zip(keys, r, strict=True)) | {"status": json.loads(r[5]) if r[5] else None}
+        return [dict(r) | {"status": json.loads(r["status"]) if r["status"] else None}
                 for r in rows]
 
     async def note_status(self, device_id: str, status: dict[str, Any] | None) -> None:
@@ -277,9 +278,9 @@ class ServerStore:
 
     async def view(self, device: Device) -> ServerView:
         async with self._read() as db:
-            rows = await db.execute_fetchall("SELECT seq, horizon FROM meta")
-        seq, horizon = next(iter(rows))
-        return ServerView(device.device_id, device.session_id, self.epoch, seq, horizon)
+            meta = await _meta(db)
+        return ServerView(device.device_id, device.session_id, self.epoch, meta["seq"],
+                          meta["horizon"])
 
     async def snapshot(self, session_id: str | None) -> tuple[int, SessionInfo | None,
                                                                list[str], list[str]]:
@@ -287,8 +288,9 @@ class ServerStore:
         async with self._read() as db:
             cursor = await scalar(db, "SELECT seq FROM meta")
             session = await _session_info(db, session_id)
-            attendees = [r[0] for r in await db.execute_fetchall("SELECT code FROM attendees")]
-            registrants = [] if session is None else [r[0] for r in await db.execute_fetchall(
+            attendees = [r["code"] for r in await db.execute_fetchall(
+                "SELECT code FROM attendees")]
+            registrants = [] if session is None else [r["code"] for r in await db.execute_fetchall(
                 "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
                 (session_id,))]
         return cursor, session, attendees, registrants
@@ -298,24 +300,26 @@ class ServerStore:
         """(cursor, every change after *since* that concerns the session), in seq order;
         ``None`` when deletions after *since* were pruned (the device needs a snapshot)."""
         async with self._read() as db:
-            cursor, horizon = next(iter(await db.execute_fetchall(
-                "SELECT seq, horizon FROM meta")))
-            if since < horizon:
+            meta = await _meta(db)
+            if since < meta["horizon"]:
                 return None
             rows = await db.execute_fetchall(
-                "SELECT seq, 'attendee', code, 0 FROM attendees WHERE seq > :since"
+                "SELECT seq, 'attendee' AS kind, code, 0 AS deleted FROM attendees"
+                "  WHERE seq > :since"
                 " UNION ALL SELECT seq, 'registrant', code, deleted FROM registrants"
                 "  WHERE session_id = :session AND seq > :since"
                 " UNION ALL SELECT seq, 'session', session_id, deleted FROM sessions"
                 "  WHERE session_id = :session AND seq > :since"
-                " ORDER BY 1", {"since": since, "session": session_id})
+                " ORDER BY seq", {"since": since, "session": session_id})
             changes = []
-            for seq, kind, code, deleted in rows:
-                if kind == "session":
-                    changes.append(Change(seq, kind, session=await _session_info(db, code)))
+            for row in rows:
+                if row["kind"] == "session":  # the session's id is in the code column
+                    changes.append(Change(row["seq"], row["kind"],
+                                          session=await _session_info(db, row["code"])))
                 else:
-                    changes.append(Change(seq, kind, code=code, deleted=bool(deleted)))
-        return cursor, changes
+                    changes.append(Change(row["seq"], row["kind"], code=row["code"],
+                                          deleted=bool(row["deleted"])))
+        return meta["seq"], changes
 
     # -- scans ------------------------------------------------------------------------
 
@@ -383,10 +387,11 @@ class ServerStore:
                             scans: list[Scan], anchor: ClockAnchor | None) -> list[ScanResult]:
         ids = [s.scan_id for s in scans]
         received = wall_stamp()
-        owners = dict(await db.execute_fetchall(
-            f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids))
+        owners = {r["scan_id"]: r["device_id"] for r in await db.execute_fetchall(
+            f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids)}
         results = judge_scans(scans, device.device_id, device.session_id, owners)
-        accepted = [s for s, r in zip(scans, results, strict=True) if r.result == "accepted"]
+        accepted = [s for s, r in zip(scans, results, strict=True)
+                    if r.result == ScanOutcome.ACCEPTED]
         flags = await self._disagreements(db, accepted)
         await db.executemany(
             "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
@@ -403,13 +408,13 @@ class ServerStore:
         if not scans:
             return []
         codes = sorted({s.code for s in scans})
-        attendees = {r[0] for r in await db.execute_fetchall(
+        attendees = {r["code"] for r in await db.execute_fetchall(
             f"SELECT code FROM attendees WHERE code IN ({_marks(codes)})", codes)}
-        registrants = {tuple(r) for r in await db.execute_fetchall(
+        registrants = {(r["session_id"], r["code"]) for r in await db.execute_fetchall(
             f"SELECT session_id, code FROM registrants WHERE deleted = 0 AND code IN"
             f" ({_marks(codes)})", codes)}
-        validate = dict(await db.execute_fetchall(
-            "SELECT session_id, validate_registrants FROM sessions"))
+        validate = {r["session_id"]: r["validate_registrants"] for r in await db.execute_fetchall(
+            "SELECT session_id, validate_registrants FROM sessions")}
         return [disagreement(s, bool(validate.get(s.session_id, False)), s.code in attendees,
                              (s.session_id, s.code) in registrants) for s in scans]
 
@@ -418,19 +423,19 @@ class ServerStore:
             if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)):
                 raise NotFound(f"no session {session_id!r}")
             registered = await _registered(db, session_id)
-            admitted, rejected = next(iter(await db.execute_fetchall(
-                "SELECT count(DISTINCT code) FILTER (WHERE decision = 'admitted'),"
-                " count(*) FILTER (WHERE decision = 'rejected') FROM scans WHERE session_id = ?",
-                (session_id,))))
+            counts = next(iter(await db.execute_fetchall(
+                "SELECT count(DISTINCT code) FILTER (WHERE decision = :admitted) AS admitted,"
+                " count(*) FILTER (WHERE decision = :rejected) AS rejected"
+                " FROM scans WHERE session_id = :session",
+                {"admitted": Decision.ADMITTED, "rejected": Decision.REJECTED,
+                 "session": session_id})))
             rows = await db.execute_fetchall(
                 "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
                 " disagreement, clock_flag FROM scans WHERE session_id = ?"
                 " ORDER BY scanned_at, device_id, device_seq", (session_id,))
-        keys = ("scan_id", "code", "device_id", "decision", "reason", "scanned_at",
-                "received_at", "disagreement", "clock_flag")
-        return {"session_id": session_id, "registered": registered, "admitted": admitted,
-                "rejected": rejected,
-                "scans": [dict(zip(keys, r, strict=True)) for r in rows]}
+        return {"session_id": session_id, "registered": registered,
+                "admitted": counts["admitted"], "rejected": counts["rejected"],
+                "scans": [dict(r) for r in rows]}
 
 
 async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> SessionInfo | None:
@@ -440,7 +445,14 @@ async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> Ses
         "SELECT session_id, name, validate_registrants, starts_at, ends_at FROM sessions"
         " WHERE session_id = ? AND deleted = 0", (session_id,))
     row = next(iter(rows), None)
-    return SessionInfo(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+    if row is None:
+        return None
+    return SessionInfo(**dict(row) | {"validate_registrants": bool(row["validate_registrants"])})
+
+
+async def _meta(db: aiosqlite.Connection) -> sqlite3.Row:
+    """The last seq given out and the horizon (tombstones at or below it were pruned)."""
+    return next(iter(await db.execute_fetchall("SELECT seq, horizon FROM meta")))
 
 
 async def _registered(db: aiosqlite.Connection, session_id: str) -> int:

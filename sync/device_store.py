@@ -8,6 +8,7 @@ each process sees the other's commits on its next query without a restart.
 from __future__ import annotations
 
 import asyncio
+import enum
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,14 +18,26 @@ from typing import Any, Self
 
 import aiosqlite
 
-from core.database import StoreError, WriteTransaction, connect, scalar
-from core.rules import Facts, SessionRules
+from core.database import StoreError, WriteTransaction, connect
+from core.rules import Decision, Facts, SessionRules
 from sync.device_schema import MIGRATIONS
 
-__all__ = ["FACTS_SQL", "STORE_FILE", "ScanRecord", "Store", "StoreError", "write_cache"]
+__all__ = ["FACTS_SQL", "STORE_FILE", "ScanRecord", "Store", "StoreError", "UploadState",
+           "write_cache"]
 
 #: The store's file name inside the device's data dir.
 STORE_FILE = "checkin.sqlite3"
+
+
+class UploadState(enum.StrEnum):
+    """Where a recorded scan is on its way to the server (``scans.upload_state``)."""
+
+    #: Not yet stored by the server: the sync daemon uploads it.
+    WAITING = "waiting"
+    #: The server stored it (or already had it).
+    STORED = "stored"
+    #: The server refused it; ``upload_note`` says why. Never uploaded again.
+    QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +47,22 @@ class ScanRecord:
     scan_id: str
     code: str
     session_id: str | None
-    decision: str
+    decision: Decision
     reason: str
     scanned_at: str
     monotonic_ns: int
     boot_id: str
 
 
-FACTS_SQL = """
+# The decision is written into the text, not bound: the partial index scans_admitted
+# serves only a query whose condition matches its own literally.
+FACTS_SQL = f"""
 SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at,
-       EXISTS (SELECT 1 FROM attendees WHERE code = :code),
-       EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code),
-       EXISTS (SELECT 1 FROM scans
-               WHERE session_id = s.session_id AND code = :code AND decision = 'admitted')
+       EXISTS (SELECT 1 FROM attendees WHERE code = :code) AS is_attendee,
+       EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code)
+           AS is_registrant,
+       EXISTS (SELECT 1 FROM scans WHERE session_id = s.session_id AND code = :code
+               AND decision = '{Decision.ADMITTED}') AS admitted_before
 FROM session AS s
 """
 
@@ -72,9 +88,6 @@ class Store:
         """``async with store.write():`` — one ``BEGIN IMMEDIATE`` transaction."""
         return WriteTransaction(self._db, self.path, self._write_lock)
 
-    async def _scalar(self, sql: str, params: Any = ()) -> Any:
-        return await scalar(self._db, sql, params)
-
     # -- the door's side -------------------------------------------------
 
     async def facts(self, code: str | None) -> Facts:
@@ -90,12 +103,14 @@ class Store:
             return Facts(session=None)
         row = next(iter(rows))
         session = SessionRules(
-            session_id=row[0],
-            validate_registrants=bool(row[1]),
-            starts_at=_parse_time(row[2]),
-            ends_at=_parse_time(row[3]),
+            session_id=row["session_id"],
+            validate_registrants=bool(row["validate_registrants"]),
+            starts_at=_parse_time(row["starts_at"]),
+            ends_at=_parse_time(row["ends_at"]),
         )
-        return Facts(session, bool(row[4]), bool(row[5]), bool(row[6]))
+        return Facts(session, is_attendee=bool(row["is_attendee"]),
+                     is_registrant=bool(row["is_registrant"]),
+                     admitted_before=bool(row["admitted_before"]))
 
     async def record_scan(self, scan: ScanRecord) -> int:
         """Commit *scan* durably; return its per-device sequence number.
@@ -122,7 +137,7 @@ class Store:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write store {self.path}: {exc}") from exc
-        return row[0]
+        return row[0]  # last_insert_rowid(): the scan's seq
 
     async def note_door(self, *, started_at: str | None = None, last_frame_at: str | None = None,
                         frames: int = 0) -> None:
@@ -146,28 +161,43 @@ class Store:
     ) -> None:
         """Replace the whole cache with a full snapshot, in one transaction."""
         async with self.write():
-            await write_cache(self._db, (
-                session.session_id, name, int(session.validate_registrants),
-                _format_time(session.starts_at), _format_time(session.ends_at),
-            ), attendees, registrants)
+            await write_cache(self._db, {
+                "session_id": session.session_id, "name": name,
+                "validate_registrants": int(session.validate_registrants),
+                "starts_at": _format_time(session.starts_at),
+                "ends_at": _format_time(session.ends_at),
+            }, attendees, registrants)
 
     async def scans(self) -> list[dict[str, Any]]:
         """Every recorded scan, oldest first (for status, tests and tools)."""
-        async with self._db.execute("SELECT * FROM scans ORDER BY seq") as cursor:
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+        return [dict(row) for row in
+                await self._db.execute_fetchall("SELECT * FROM scans ORDER BY seq")]
+
+
+#: The session row, by column: what :func:`write_cache` is given.
+SessionRow = dict[str, Any]
+
+#: Inserts or replaces the one session row from a :data:`SessionRow`.
+UPSERT_SESSION = (
+    "INSERT INTO session (singleton, session_id, name, validate_registrants, starts_at,"
+    " ends_at) VALUES (1, :session_id, :name, :validate_registrants, :starts_at, :ends_at)"
+    " ON CONFLICT (singleton) DO UPDATE SET session_id = excluded.session_id,"
+    " name = excluded.name, validate_registrants = excluded.validate_registrants,"
+    " starts_at = excluded.starts_at, ends_at = excluded.ends_at"
+)
 
 
 async def write_cache(
     db: aiosqlite.Connection,
-    session: tuple[str, str, int, str | None, str | None] | None,
+    session: SessionRow | None,
     attendees: Iterable[str],
     registrants: Iterable[str],
 ) -> None:
     """Replace the cache's rows, inside the caller's write transaction.
 
-    *session* is ``(session_id, name, validate_registrants, starts_at, ends_at)``,
-    or ``None`` for a device without a session (the door then answers not_ready).
+    *session* holds the session row's columns (``session_id``, ``name``,
+    ``validate_registrants``, ``starts_at``, ``ends_at``), or is ``None`` for a
+    device without a session (the door then answers not_ready).
     """
     await db.execute("DELETE FROM session")
     await db.execute("DELETE FROM attendees")
@@ -177,14 +207,10 @@ async def write_cache(
     )
     if session is None:
         return
-    await db.execute(
-        "INSERT INTO session (singleton, session_id, name, validate_registrants,"
-        " starts_at, ends_at) VALUES (1, ?, ?, ?, ?, ?)",
-        session,
-    )
+    await db.execute(UPSERT_SESSION, session)
     await db.executemany(
         "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
-        ((session[0], c) for c in registrants),
+        ((session["session_id"], c) for c in registrants),
     )
 
 

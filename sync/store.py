@@ -13,7 +13,7 @@ from typing import Any
 
 from core.clock import wall_stamp
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
-from sync.device_store import Store, write_cache
+from sync.device_store import UPSERT_SESSION, SessionRow, Store, UploadState, write_cache
 from sync.messages import Scan, ScanResult, SessionInfo
 
 _SCAN_COLUMNS = ("scan_id, seq, code, session_id, decision, reason, scanned_at, monotonic_ns,"
@@ -47,9 +47,9 @@ class SyncStore(Store):
 
     async def cache_state(self) -> CacheState:
         rows = await self._db.execute_fetchall(
-            "SELECT (SELECT session_id FROM session), epoch, cursor FROM sync_state")
-        session_id, epoch, cursor = next(iter(rows))
-        return CacheState(session_id, epoch, cursor)
+            "SELECT (SELECT session_id FROM session) AS session_id, epoch, cursor"
+            " FROM sync_state")
+        return CacheState(**next(iter(rows)))
 
     async def apply_snapshot(self, snapshot: ApplySnapshot) -> None:
         """Replace the cache and store the snapshot's epoch and cursor, atomically."""
@@ -84,20 +84,22 @@ class SyncStore(Store):
 
     async def waiting_scans(self, after_seq: int, limit: int) -> list[Scan]:
         """Scans not yet stored by the server with seq above *after_seq*, oldest first."""
+        # The state is written into the text, not bound: the partial index scans_waiting
+        # serves only a query whose condition matches its own literally.
         rows = await self._db.execute_fetchall(
-            f"SELECT {_SCAN_COLUMNS} FROM scans WHERE upload_state = 'waiting' AND seq > ?"
-            " ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [Scan(*row) for row in rows]
+            f"SELECT {_SCAN_COLUMNS} FROM scans WHERE upload_state = '{UploadState.WAITING}'"
+            " AND seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [Scan(**row) for row in rows]
 
     async def record_results(self, results: list[ScanResult]) -> None:
         """Mark stored scans stored and refused scans quarantined with the reason."""
         async with self.write():
             await self._db.executemany(
-                "UPDATE scans SET upload_state = 'stored' WHERE scan_id = ?",
-                [(r.scan_id,) for r in results if r.stored])
+                "UPDATE scans SET upload_state = ? WHERE scan_id = ?",
+                [(UploadState.STORED, r.scan_id) for r in results if r.stored])
             await self._db.executemany(
-                "UPDATE scans SET upload_state = 'quarantined', upload_note = ? WHERE scan_id = ?",
-                [(r.reason or "refused by the server", r.scan_id)
+                "UPDATE scans SET upload_state = ?, upload_note = ? WHERE scan_id = ?",
+                [(UploadState.QUARANTINED, r.reason or "refused by the server", r.scan_id)
                  for r in results if not r.stored])
             await self._db.execute("UPDATE sync_state SET last_sync_at = ?1, updated_at = ?1",
                                    (wall_stamp(),))
@@ -111,34 +113,31 @@ class SyncStore(Store):
 
     async def status(self) -> DeviceStatus:
         rows = await self._db.execute_fetchall(_STATUS_SQL)
-        return DeviceStatus(*next(iter(rows)))
-
-    async def quarantined(self) -> list[dict[str, Any]]:
-        """The scans the server refused, with its reasons."""
-        rows = await self._db.execute_fetchall(
-            "SELECT scan_id, code, scanned_at, upload_note FROM scans"
-            " WHERE upload_state = 'quarantined' ORDER BY seq")
-        return [dict(zip(("scan_id", "code", "scanned_at", "reason"), r, strict=True))
-                for r in rows]
+        return DeviceStatus(**next(iter(rows)))
 
 
-_STATUS_SQL = """
-SELECT s.session_id, s.name, s.validate_registrants,
-       (SELECT count(*) FROM attendees), (SELECT count(*) FROM registrants),
+_STATUS_SQL = f"""
+SELECT s.session_id, s.name AS session_name, s.validate_registrants,
+       (SELECT count(*) FROM attendees) AS attendees,
+       (SELECT count(*) FROM registrants) AS registrants,
        y.epoch, y.cursor, y.connected, y.last_sync_at, y.last_error, y.updated_at,
-       (SELECT count(*) FROM scans WHERE upload_state = 'waiting'),
-       (SELECT count(*) FROM scans WHERE upload_state = 'quarantined'),
-       (SELECT count(*) FROM scans WHERE upload_state = 'stored'),
-       d.last_frame_at, d.started_at
+       (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.WAITING}')
+           AS scans_waiting,
+       (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.QUARANTINED}')
+           AS scans_quarantined,
+       (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.STORED}')
+           AS scans_stored,
+       d.last_frame_at, d.started_at AS door_started_at
 FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
 """
 
 
-def _session_row(session: SessionInfo | None) -> tuple[Any, ...] | None:
+def _session_row(session: SessionInfo | None) -> SessionRow | None:
     if session is None:
         return None
-    return (session.session_id, session.name, int(session.validate_registrants),
-            session.starts_at, session.ends_at)
+    return {"session_id": session.session_id, "name": session.name,
+            "validate_registrants": int(session.validate_registrants),
+            "starts_at": session.starts_at, "ends_at": session.ends_at}
 
 
 async def _apply_session(db: Any, session: SessionInfo | None) -> None:
@@ -146,11 +145,5 @@ async def _apply_session(db: Any, session: SessionInfo | None) -> None:
         await db.execute("DELETE FROM session")
         await db.execute("DELETE FROM registrants")
         return
-    await db.execute(
-        "INSERT INTO session (singleton, session_id, name, validate_registrants, starts_at,"
-        " ends_at) VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (singleton) DO UPDATE SET"
-        " session_id = excluded.session_id, name = excluded.name,"
-        " validate_registrants = excluded.validate_registrants,"
-        " starts_at = excluded.starts_at, ends_at = excluded.ends_at",
-        _session_row(session))
+    await db.execute(UPSERT_SESSION, _session_row(session))
 

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from core.rules import SessionRules
-from sync.device_schema import SCHEMA_VERSION
-from sync.device_store import STORE_FILE, ScanRecord, Store, StoreError
+from core.database import scalar
+from core.rules import Decision, SessionRules
+from sync.device_schema import MIGRATIONS
+from sync.device_store import STORE_FILE, ScanRecord, Store, StoreError, UploadState
 
 SESSION = SessionRules("keynote", validate_registrants=True)
 
 
-def scan(code: str = "A1", decision: str = "admitted", reason: str = "registered") -> ScanRecord:
+def scan(code: str = "A1", decision: Decision = Decision.ADMITTED,
+         reason: str = "registered") -> ScanRecord:
     return ScanRecord(str(uuid.uuid4()), code, "keynote", decision, reason,
                       "2026-11-28T10:00:00+01:00", 123, "boot-1")
 
@@ -27,15 +29,45 @@ def scan(code: str = "A1", decision: str = "admitted", reason: str = "registered
 async def test_a_new_store_is_migrated_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     store = await Store.open(tmp_path)
     try:
-        assert await store._scalar("PRAGMA user_version") == SCHEMA_VERSION
-        assert await store._scalar("PRAGMA journal_mode") == "wal"
-        assert await store._scalar("PRAGMA synchronous") == 2  # FULL
-        assert await store._scalar("PRAGMA busy_timeout") == 5000
+        assert await scalar(store._db, "PRAGMA user_version") == len(MIGRATIONS)
+        assert await scalar(store._db, "PRAGMA journal_mode") == "wal"
+        assert await scalar(store._db, "PRAGMA synchronous") == 2  # FULL
+        assert await scalar(store._db, "PRAGMA busy_timeout") == 5000
     finally:
         await store.close()
     # reopening an up-to-date store migrates nothing and keeps the data
     store = await Store.open(tmp_path)
     await store.close()
+
+
+async def test_rows_are_read_by_column_name(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        rows = await store._db.execute_fetchall("SELECT 1 AS one")
+        assert [row["one"] for row in rows] == [1]
+    finally:
+        await store.close()
+
+
+async def test_the_decision_and_upload_state_enums_are_the_schemas_words(tmp_path: Path) -> None:
+    """The schema's CHECK constraints take every enum value and nothing else."""
+    store = await Store.open(tmp_path)
+    await store.close()
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
+        for n, (decision, state) in enumerate(
+                (d, u) for d in [*Decision, "maybe"] for u in [*UploadState, "lost"]):
+            insert = ("INSERT INTO scans (scan_id, code, decision, reason, scanned_at,"
+                      " monotonic_ns, boot_id, upload_state) VALUES (?, 'A1', ?, 'r', 't', 0,"
+                      " 'b', ?)", (f"s{n}", str(decision), str(state)))
+            if decision == "maybe" or state == "lost":
+                with pytest.raises(sqlite3.IntegrityError):
+                    db.execute(*insert)
+            else:
+                db.execute(*insert)
+        db.execute("INSERT INTO scans (scan_id, code, decision, reason, scanned_at, monotonic_ns,"
+                   " boot_id) VALUES ('new', 'A1', 'admitted', 'r', 't', 0, 'b')")
+        new = db.execute("SELECT upload_state FROM scans WHERE scan_id = 'new'").fetchone()[0]
+    assert new == UploadState.WAITING  # a recorded scan waits for upload
 
 
 async def test_facts_before_any_sync_say_not_ready(tmp_path: Path) -> None:
@@ -59,7 +91,7 @@ async def test_facts_reflect_the_cache_and_past_admissions(tmp_path: Path) -> No
         nobody = await store.facts("ZZ")
         assert (nobody.is_attendee, nobody.is_registrant) == (False, False)
         await store.record_scan(scan("A1"))
-        await store.record_scan(scan("A2", "rejected", "outside_window"))
+        await store.record_scan(scan("A2", Decision.REJECTED, "outside_window"))
         assert (await store.facts("A1")).admitted_before
         assert not (await store.facts("A2")).admitted_before  # a rejection is no admission
         assert (await store.facts(None)).session == SESSION
@@ -151,7 +183,7 @@ async def test_a_committed_scan_survives_a_process_that_never_closed(tmp_path: P
 
 async def test_a_store_from_newer_software_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / STORE_FILE) as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StoreError, match="newer than this software"):
         await Store.open(tmp_path)
 

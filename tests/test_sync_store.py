@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
+from core.rules import Decision
 from sync.device_end import ApplyChanges, ApplySnapshot
-from sync.device_store import ScanRecord
+from sync.device_store import ScanRecord, UploadState
 from sync.messages import Change, ScanResult, SessionInfo
 from sync.store import SyncStore
 from tests.conftest import CHECKIN
@@ -27,7 +28,7 @@ async def store(tmp_path):
 
 
 def record(n: int, session: str = "s1") -> ScanRecord:
-    return ScanRecord(f"scan-{n}", "A1", session, "admitted", "registered",
+    return ScanRecord(f"scan-{n}", "A1", session, Decision.ADMITTED, "registered",
                       "2026-11-28T10:00:00+00:00", n, "boot")
 
 
@@ -82,9 +83,10 @@ async def test_the_outbox_is_marked_only_by_the_servers_answers(store) -> None:
                                 ScanResult("scan-2", "duplicate"),
                                 ScanResult("scan-3", "refused", "not your session")])
     assert [s.scan_id for s in await store.waiting_scans(0, 10)] == ["scan-4", "scan-5"]
-    assert await store.quarantined() == [{"scan_id": "scan-3", "code": "A1",
-                                          "scanned_at": "2026-11-28T10:00:00+00:00",
-                                          "reason": "not your session"}]
+    assert [(s["scan_id"], s["upload_state"], s["upload_note"]) for s in await store.scans()] == [
+        ("scan-1", UploadState.STORED, None), ("scan-2", UploadState.STORED, None),
+        ("scan-3", UploadState.QUARANTINED, "not your session"),
+        ("scan-4", UploadState.WAITING, None), ("scan-5", UploadState.WAITING, None)]
     status = await store.status()
     assert (status.scans_waiting, status.scans_stored, status.scans_quarantined) == (2, 2, 1)
 
