@@ -89,6 +89,3 @@ MIGRATIONS: tuple[str, ...] = (
     WHERE length(code) > {MAX_RECORDED_CODE};
     """,
 )
-
-#: The schema version this code reads and writes.
-SCHEMA_VERSION = len(MIGRATIONS)
