@@ -274,7 +274,7 @@ class Chaos:
         await asyncio.sleep(self.rng.uniform(0.2, 0.8))
         writes = await self.api_writes(f"CHECK-{number}")
         if writes != "ok":
-            self.counts["trials after which the API failed to write"] += 1
+            self.counts["API write failures after trials"] += 1
             self.say(f"             API writes after the trial {writes}")
 
     async def _flap(self, door: ChaosDoor, seconds: float) -> None:
@@ -329,8 +329,8 @@ class Chaos:
             "not stored or quarantined": odd,
             "caches differing from the server": diverged,
             "registrant changes": self.counts["registrant changes"],
-            "trials after which the API failed to write":
-                self.counts["trials after which the API failed to write"],
+            "API write failures after trials":
+                self.counts["API write failures after trials"],
         }
 
     async def api_writes(self, label: str) -> str:
@@ -446,7 +446,7 @@ def main() -> int:
     print("\n" + "\n".join(f"  {key:<34} {value}" for key, value in figures.items()))
     bad = figures["lost"] + figures["duplicated"] + figures["not stored or quarantined"] \
         + figures["caches differing from the server"] + (figures["api writes after"] != "ok") \
-        + figures["trials after which the API failed to write"]
+        + figures["API write failures after trials"]
     print("\nPASSED: nothing lost, nothing duplicated, every cache equal to the server's,"
           " the API still writes"
           if not bad else "\nFAILED")

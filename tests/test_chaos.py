@@ -28,5 +28,5 @@ def test_nothing_is_lost_or_duplicated_under_every_kind_of_fault(tmp_path) -> No
     # No transaction left open by a link cut at the wrong moment: the server writes after
     # every trial (checked there, before a later kill-server trial could heal it) and at
     # the end.
-    assert figures["trials after which the API failed to write"] == 0, log.getvalue()
+    assert figures["API write failures after trials"] == 0, log.getvalue()
     assert figures["api writes after"] == "ok"
