@@ -6,15 +6,23 @@ organizer API's bodies (JSON). A check takes a value and returns it (perhaps
 converted) or raises :class:`ValueError` whose message says what was expected;
 :func:`check_fields` applies a table of checks to a mapping and collects every
 problem at once, so a technician or an organizer fixes them in one go.
+
+Where the input becomes a dataclass (a config section, a protocol message), the
+dataclass is the one declaration: each field carries its check in its metadata
+(:func:`checked`) and :func:`fields_of` derives the table from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 #: A check: returns the value (perhaps converted) or raises ValueError(expected).
@@ -102,6 +110,16 @@ def choice(*choices: str) -> Check:
     return check
 
 
+def member(kind: type[enum.Enum]) -> Check:
+    """One of the values of the enum *kind* (as :func:`choice`), returned as its member."""
+    check_value = choice(*(m.value for m in kind))
+
+    def check(value: Any) -> enum.Enum:
+        return kind(check_value(value))
+
+    return check
+
+
 def identifier(value: Any) -> str:
     """A device or session id."""
     if not isinstance(value, str) or not IDENTIFIER_RE.fullmatch(value):
@@ -149,6 +167,39 @@ def list_of(check: Check, limit: int) -> Check:
         return checked
 
     return check_list
+
+
+def checked(check: Check, *, required: bool | None = None,
+            first: bool = False) -> dict[str, Any]:
+    """The metadata of a dataclass field read from outside, checked by *check*:
+    ``name: str = dataclasses.field(metadata=checked(identifier))``.
+
+    The field is required in the input when it has no default, unless *required*
+    says otherwise (a value the input must always give, though code building the
+    dataclass may leave it to its default). *first*: checked and listed ahead of
+    the fields declared before it (a field that comes last in the constructor, as
+    it has a default, but leads in the input).
+    """
+    return {"check": check, "required": required, "first": first}
+
+
+@functools.cache
+def fields_of(cls: type) -> Mapping[str, Field]:
+    """The table of *cls*'s fields for :func:`check_fields`: name -> (check, required).
+
+    In declaration order (fields marked *first* ahead); every field must carry
+    :func:`checked` metadata.
+    """
+    table: dict[str, Field] = {}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: not f.metadata.get("first")):
+        if "check" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no checked() metadata")
+        required = f.metadata["required"]
+        if required is None:
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+        table[f.name] = (f.metadata["check"], required)
+    return MappingProxyType(table)
 
 
 def check_fields(

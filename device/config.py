@@ -9,7 +9,8 @@ See ``config/door.example.toml`` for every key with its default.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from core.shapes import (
     Field,
     boolean,
     check_fields,
+    checked,
     choice,
+    fields_of,
     identifier,
     integer,
     number,
@@ -25,7 +28,7 @@ from core.shapes import (
 )
 from core.shapes import name as shown
 from core.shapes import path as file_path
-from sync.config import SERVER_FIELDS, ServerConfig
+from sync.config import ServerConfig
 
 DECODERS = ("pipeline", "zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
@@ -41,18 +44,38 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"config error in {path}: {p}" for p in problems))
 
 
+def _camera_source(value: Any) -> str:
+    if value == "picamera2" or (isinstance(value, str) and len(value) > len("images:")
+                                and value.startswith("images:") and "\0" not in value):
+        return value
+    raise ValueError('"picamera2" or "images:PATH" (an image file or a folder of images)')
+
+
+# Each section is a dataclass whose fields carry their checks (core.shapes.checked): a
+# key is declared once, with its check and default; the [server] section is
+# sync.config.ServerConfig.
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSection:
+    """The ``[device]`` section (:class:`DeviceConfig` takes its id and data dir)."""
+
+    id: str = field(metadata=checked(identifier))
+    data_dir: str = field(metadata=checked(file_path))
+
+
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
-    source: str
-    width: int = 640
-    height: int = 480
-    fps: float = 10.0
-    frames_per_image: int = 3
-    timeout: float = 2.0
-    autofocus: str = "continuous"
-    lens_position: float = 1.0
-    exposure_time_us: int = 0
-    analogue_gain: float = 0.0
+    source: str = field(metadata=checked(_camera_source))
+    width: int = field(default=640, metadata=checked(integer(64, 4096)))
+    height: int = field(default=480, metadata=checked(integer(64, 4096)))
+    fps: float = field(default=10.0, metadata=checked(number(0.1, 120)))
+    frames_per_image: int = field(default=3, metadata=checked(integer(1, 1_000_000)))
+    timeout: float = field(default=2.0, metadata=checked(number(0, 60, open_low=True)))
+    autofocus: str = field(default="continuous", metadata=checked(choice(*AUTOFOCUS_MODES)))
+    lens_position: float = field(default=1.0, metadata=checked(number(0, 32)))
+    exposure_time_us: int = field(default=0, metadata=checked(integer(0, 1_000_000)))
+    analogue_gain: float = field(default=0.0, metadata=checked(number(0, 64)))
 
     @property
     def images_path(self) -> str | None:
@@ -62,26 +85,27 @@ class CameraConfig:
 
 @dataclass(frozen=True, slots=True)
 class ScannerConfig:
-    decoder: str = "pipeline"
-    debounce_seconds: float = 5.0
+    decoder: str = field(default="pipeline", metadata=checked(choice(*DECODERS)))
+    debounce_seconds: float = field(default=5.0, metadata=checked(number(0, 3600)))
 
 
 @dataclass(frozen=True, slots=True)
 class DoorConfig:
-    allow_reentry: bool = True
-    open_before_minutes: float = 15.0
-    heartbeat_seconds: float = 10.0
+    allow_reentry: bool = field(default=True, metadata=checked(boolean))
+    open_before_minutes: float = field(default=15.0, metadata=checked(number(0, 24 * 60)))
+    heartbeat_seconds: float = field(default=10.0,
+                                     metadata=checked(number(0, 3600, open_low=True)))
 
 
 @dataclass(frozen=True, slots=True)
 class GpioConfig:
-    pin_factory: str
-    green: int
-    red: int
-    buzzer: int
-    active_high: bool = True
+    pin_factory: str = field(metadata=checked(choice(*PIN_FACTORIES)))
+    green: int = field(metadata=checked(integer(0, 27)))
+    red: int = field(metadata=checked(integer(0, 27)))
+    buzzer: int = field(metadata=checked(integer(0, 27)))
+    active_high: bool = field(default=True, metadata=checked(boolean))
     #: Mock pins only: a file the pins mirror their levels into (see indicators/mirror.py).
-    mirror_file: Path | None = None
+    mirror_file: Path | None = field(default=None, metadata=checked(file_path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,46 +120,17 @@ class DeviceConfig:
     path: Path
 
 
-def _camera_source(value: Any) -> str:
-    if value == "picamera2" or (isinstance(value, str) and len(value) > len("images:")
-                                and value.startswith("images:") and "\0" not in value):
-        return value
-    raise ValueError('"picamera2" or "images:PATH" (an image file or a folder of images)')
-
-
-SCHEMA: dict[str, dict[str, Field]] = {
-    "device": {"id": (identifier, True), "data_dir": (file_path, True)},
-    "camera": {
-        "source": (_camera_source, True),
-        "width": (integer(64, 4096), False),
-        "height": (integer(64, 4096), False),
-        "fps": (number(0.1, 120), False),
-        "frames_per_image": (integer(1, 1_000_000), False),
-        "timeout": (number(0, 60, open_low=True), False),
-        "autofocus": (choice(*AUTOFOCUS_MODES), False),
-        "lens_position": (number(0, 32), False),
-        "exposure_time_us": (integer(0, 1_000_000), False),
-        "analogue_gain": (number(0, 64), False),
-    },
-    "scanner": {
-        "decoder": (choice(*DECODERS), False),
-        "debounce_seconds": (number(0, 3600), False),
-    },
-    "door": {
-        "allow_reentry": (boolean, False),
-        "open_before_minutes": (number(0, 24 * 60), False),
-        "heartbeat_seconds": (number(0, 3600, open_low=True), False),
-    },
-    "gpio": {
-        "pin_factory": (choice(*PIN_FACTORIES), True),
-        "green": (integer(0, 27), True),
-        "red": (integer(0, 27), True),
-        "buzzer": (integer(0, 27), True),
-        "active_high": (boolean, False),
-        "mirror_file": (file_path, False),
-    },
-    "server": SERVER_FIELDS,
+#: The file's sections, in the order they are checked and listed.
+SECTIONS: dict[str, type] = {
+    "device": DeviceSection,
+    "camera": CameraConfig,
+    "scanner": ScannerConfig,
+    "door": DoorConfig,
+    "gpio": GpioConfig,
+    "server": ServerConfig,
 }
+#: Each section's keys: check and whether required (derived from the dataclasses).
+SCHEMA: dict[str, Mapping[str, Field]] = {name: fields_of(cls) for name, cls in SECTIONS.items()}
 #: Sections that may be left out entirely (the door runs without a server).
 OPTIONAL_SECTIONS = frozenset({"scanner", "door", "server"})
 
@@ -184,19 +179,20 @@ def _check_section(data: dict[str, Any], name: str, problems: list[str]) -> dict
         if table is None and name not in OPTIONAL_SECTIONS:
             problems.append(f"[{name}] is missing")
         return {}
-    checked, found = check_fields(table, SCHEMA[name], f"[{name}] ")
+    values, found = check_fields(table, SCHEMA[name], f"[{name}] ")
     problems.extend(found)
-    return checked
+    return values
 
 
 def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> DeviceConfig:
+    device = DeviceSection(**sections["device"])
     camera = dict(sections["camera"])
     if camera["source"].startswith("images:"):
         camera["source"] = "images:" + str(base / camera["source"].removeprefix("images:"))
     server = sections["server"]
     return DeviceConfig(
-        device_id=sections["device"]["id"],
-        data_dir=base / sections["device"]["data_dir"],
+        device_id=device.id,
+        data_dir=base / device.data_dir,
         camera=CameraConfig(**camera),
         scanner=ScannerConfig(**sections["scanner"]),
         door=DoorConfig(**sections["door"]),

@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from core.clock import wall_now
 from core.database import StoreError
 from server.hub import Hub
 from server.store import Device, ServerStore
@@ -31,10 +32,10 @@ from sync.messages import (
     close_reason,
 )
 from sync.server_end import (
-    Action,
     NoteStatus,
     SendChanges,
     SendSnapshot,
+    ServerAction,
     ServerEnd,
     ServerState,
     StoreScans,
@@ -149,7 +150,8 @@ class DeviceLink:
                 return
             data = message.get("text")
             try:
-                self.end.receive(data if data is not None else message.get("bytes") or b"")
+                self.end.receive(data if data is not None else message.get("bytes") or b"",
+                                 wall_now())
             except ProtocolError as exc:
                 log.warning("device %s broke the protocol: %s", self.device_id, exc)
                 await self.close(exc.close_code, str(exc))
@@ -199,7 +201,7 @@ class DeviceLink:
             self._working = 0
             self._progress.set()  # a reader waiting for room must not wait forever
 
-    async def _carry_out(self, action: Action) -> None:
+    async def _carry_out(self, action: ServerAction) -> None:
         if isinstance(action, SendSnapshot):
             self.end.send_snapshot(*await self.store.snapshot(self.session_id))
         elif isinstance(action, SendChanges):

@@ -2,30 +2,45 @@
 
 Declared here, where the daemon that uses them lives; :mod:`device.config`
 reads the whole file (one file per device, shared by the door and the daemon)
-and takes this section's fields from here.
+and takes this section from here (:class:`ServerConfig`, whose fields carry their
+checks).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from core.shapes import Field, number
+from core.shapes import checked, number
 from core.shapes import path as file_path
+
+
+def _server_url(value: Any) -> str:
+    if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
+            or not value.rstrip("/").endswith("/sync")):
+        raise ValueError("a ws:// or wss:// URL ending in /sync")
+    return value.rstrip("/")
+
+
+_SECONDS = number(0, 3600, open_low=True)
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    url: str
-    token_file: Path
-    ca_file: Path | None = None
-    retry_min_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-    auth_retry_seconds: float = 30.0
-    status_seconds: float = 15.0
+    """The ``[server]`` section: each key with its check and default."""
+
+    url: str = field(metadata=checked(_server_url))
+    #: Relative to the config file (resolved when the file is read).
+    token_file: Path = field(metadata=checked(file_path))
+    ca_file: Path | None = field(default=None, metadata=checked(file_path))
+    retry_min_seconds: float = field(default=0.5, metadata=checked(_SECONDS))
+    retry_max_seconds: float = field(default=30.0, metadata=checked(_SECONDS))
+    auth_retry_seconds: float = field(default=30.0,
+                                      metadata=checked(number(0, 86400, open_low=True)))
+    status_seconds: float = field(default=15.0, metadata=checked(_SECONDS))
 
 
 class DaemonConfig(Protocol):
@@ -39,13 +54,6 @@ class DaemonConfig(Protocol):
 
     @property
     def server(self) -> ServerConfig | None: ...
-
-
-def _server_url(value: Any) -> str:
-    if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
-            or not value.rstrip("/").endswith("/sync")):
-        raise ValueError("a ws:// or wss:// URL ending in /sync")
-    return value.rstrip("/")
 
 
 def insecure_url_warning(url: str) -> str | None:
@@ -80,14 +88,3 @@ def _is_loopback(host: str) -> bool:
         address = address.ipv4_mapped
     return address.is_loopback
 
-
-#: The ``[server]`` section's keys: check and whether required.
-SERVER_FIELDS: dict[str, Field] = {
-    "url": (_server_url, True),
-    "token_file": (file_path, True),
-    "ca_file": (file_path, False),
-    "retry_min_seconds": (number(0, 3600, open_low=True), False),
-    "retry_max_seconds": (number(0, 3600, open_low=True), False),
-    "auth_retry_seconds": (number(0, 86400, open_low=True), False),
-    "status_seconds": (number(0, 3600, open_low=True), False),
-}

@@ -27,9 +27,9 @@ from core.database import StoreError
 from sync.backoff import Backoff
 from sync.config import DaemonConfig, ServerConfig, insecure_url_warning
 from sync.device_end import (
-    Action,
     ApplyChanges,
     ApplySnapshot,
+    DeviceAction,
     DeviceEnd,
     DeviceState,
     RecordResults,
@@ -191,7 +191,7 @@ class SyncDaemon:
             await link.flush()
         raise _Failure("server closed the connection")
 
-    async def _carry_out(self, action: Action, link: _Link) -> None:
+    async def _carry_out(self, action: DeviceAction, link: _Link) -> None:
         try:
             if isinstance(action, Welcomed):
                 self.backoff.success()

@@ -3,7 +3,7 @@
 :class:`DeviceEnd` holds the protocol state of one websocket connection and
 nothing else: the daemon feeds it every frame it receives with
 :meth:`~DeviceEnd.receive`, sends what :meth:`~DeviceEnd.data_to_send`
-returns, and carries out the :class:`Action` objects that
+returns, and carries out the :class:`DeviceAction` objects that
 :meth:`~DeviceEnd.actions` returns (apply a snapshot, apply changes, record
 scan results), in order. No sockets, no database, no clock: every rule is
 tested by feeding it messages.
@@ -21,12 +21,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from sync.end import ProtocolEnd
 from sync.messages import (
     PROTOCOL_VERSION,
     Change,
     Changes,
     Hello,
-    Message,
     ProtocolError,
     Scan,
     ScanResult,
@@ -36,7 +36,6 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
-    encode,
     parse_server_message,
 )
 
@@ -56,17 +55,17 @@ class CacheState:
     cursor: int
 
 
-class Action:
+class DeviceAction:
     """Something the daemon must do, in the order given."""
 
 
 @dataclass(frozen=True, slots=True)
-class Welcomed(Action):
+class Welcomed(DeviceAction):
     welcome: Welcome
 
 
 @dataclass(frozen=True, slots=True)
-class ApplySnapshot(Action):
+class ApplySnapshot(DeviceAction):
     """Replace the whole cache and store *epoch* and *cursor* with it, atomically."""
 
     epoch: str
@@ -77,7 +76,7 @@ class ApplySnapshot(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class ApplyChanges(Action):
+class ApplyChanges(DeviceAction):
     """Apply *changes* in seq order and store *cursor* with them, atomically."""
 
     cursor: int
@@ -85,7 +84,7 @@ class ApplyChanges(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class RecordResults(Action):
+class RecordResults(DeviceAction):
     """Mark stored scans as stored and refused ones as quarantined (with the reason)."""
 
     batch: int
@@ -100,7 +99,7 @@ class _PartialSnapshot:
     parts: int = 0
 
 
-class DeviceEnd:
+class DeviceEnd(ProtocolEnd[DeviceAction]):
     """Protocol state of one connection, seen from the device.
 
     *cache* is what the device's store holds when the connection opens; the
@@ -110,14 +109,13 @@ class DeviceEnd:
 
     def __init__(self, device_id: str, software: str, cache: CacheState, *,
                  boot_id: str | None = None, monotonic_ns: int | None = None) -> None:
+        super().__init__()
         self.device_id = device_id
         self.software = software
         self.state = DeviceState.AWAIT_WELCOME
         self.epoch = cache.epoch
         self.cursor = cache.cursor
         self.session_id = cache.session_id
-        self._outgoing: list[str] = []
-        self._actions: list[Action] = []
         self._snapshot: _PartialSnapshot | None = None
         self._in_flight: dict[int, frozenset[str]] = {}
         self._next_batch = 1
@@ -241,16 +239,3 @@ class DeviceEnd:
             return  # status is only meaningful once the server knows us
         self._send(Status(software=self.software, cursor=self.cursor, scans_waiting=scans_waiting,
                           scans_quarantined=scans_quarantined, last_frame_at=last_frame_at))
-
-    def data_to_send(self) -> list[str]:
-        """Frames to send, in order; each is returned once."""
-        out, self._outgoing = self._outgoing, []
-        return out
-
-    def actions(self) -> list[Action]:
-        """Actions to carry out, in order; each is returned once."""
-        out, self._actions = self._actions, []
-        return out
-
-    def _send(self, message: Message) -> None:
-        self._outgoing.append(encode(message))

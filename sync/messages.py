@@ -9,20 +9,24 @@ turns a message back into text. See ``docs/protocol.md`` for the whole protocol.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from core.codes import MAX_RECORDED_CODE, check_code
-from core.rules import Reason
+from core.rules import Decision, Reason
 from core.shapes import (
     Field,
     boolean,
     check_fields,
+    checked,
     choice,
+    fields_of,
     identifier,
     integer,
     list_of,
+    member,
     optional,
     show,
     text,
@@ -55,8 +59,6 @@ _SEQ = integer(0, 2**63 - 1)
 # reason text; the daemon chooses how soon to reconnect by the code.
 #: A frame broke the protocol (the reason names the rule).
 CLOSE_PROTOCOL_ERROR = 1002
-#: A frame was larger than the receiver's limit.
-CLOSE_TOO_BIG = 1009
 #: The server failed (e.g. its database); reconnect with backoff.
 CLOSE_INTERNAL_ERROR = 1011
 #: Unknown or revoked device token: reconnect slowly, a technician must act.
@@ -100,44 +102,39 @@ def attendee_code(value: Any) -> str:
     return value
 
 
-def _table(fields_: dict[str, Field], cls: type) -> Any:
-    """A check for a nested JSON object, building *cls* from it."""
+def _object(cls: type) -> Any:
+    """A check for a nested JSON object, building the dataclass *cls* from it."""
+    table = fields_of(cls)
 
     def check(value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError("an object")
-        checked, problems = check_fields(value, fields_)
+        values, problems = check_fields(value, table)
         if problems:
             raise ValueError(problems[0])
-        return cls(**checked)
+        return cls(**values)
 
     return check
 
 
 # -- nested values -------------------------------------------------------------
+#
+# Every field carries its check (core.shapes.checked); the tables the parser
+# applies are derived from the dataclasses (core.shapes.fields_of).
 
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """A session's settings as the door needs them."""
 
-    session_id: str
-    name: str
-    validate_registrants: bool
-    starts_at: str | None = None
-    ends_at: str | None = None
+    session_id: str = field(metadata=checked(identifier))
+    name: str = field(metadata=checked(text(200)))
+    validate_registrants: bool = field(metadata=checked(boolean))
+    starts_at: str | None = field(default=None, metadata=checked(optional(timestamp)))
+    ends_at: str | None = field(default=None, metadata=checked(optional(timestamp)))
 
 
-_SESSION = _table(
-    {
-        "session_id": (identifier, True),
-        "name": (text(200), True),
-        "validate_registrants": (boolean, True),
-        "starts_at": (optional(timestamp), False),
-        "ends_at": (optional(timestamp), False),
-    },
-    SessionInfo,
-)
+_SESSION = _object(SessionInfo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,58 +143,55 @@ class Change:
 
     ``kind`` is ``"attendee"`` or ``"registrant"`` (with ``code`` and
     ``deleted``, a tombstone when true) or ``"session"`` (with ``session``,
-    ``None`` when the device's session was deleted or it has none).
+    ``None`` when the device's session was deleted or it has none). A change
+    carries only its kind's fields (:func:`_change_fields`), every one required.
     """
 
-    seq: int
-    kind: str
-    code: str | None = None
-    deleted: bool = False
-    session: SessionInfo | None = None
+    seq: int = field(metadata=checked(_SEQ))
+    kind: str = field(metadata=checked(choice("attendee", "registrant", "session")))
+    code: str | None = field(default=None, metadata=checked(attendee_code))
+    deleted: bool = field(default=False, metadata=checked(boolean))
+    session: SessionInfo | None = field(default=None, metadata=checked(optional(_SESSION)))
+
+
+def _change_table(kinds: tuple[str, ...], names: tuple[str, ...]) -> dict[str, Field]:
+    every = fields_of(Change)
+    return {"seq": every["seq"], "kind": (choice(*kinds), True)} | {
+        name: (every[name][0], True) for name in names}
+
+
+_SESSION_CHANGE = _change_table(("session",), ("session",))
+_CODE_CHANGE = _change_table(("attendee", "registrant"), ("code", "deleted"))
+
+
+def _change_fields(kind: Any) -> dict[str, Field]:
+    """The fields a change of *kind* carries, each required: a session change's, else an
+    attendee or registrant change's (whose kind check names the kinds expected)."""
+    return _SESSION_CHANGE if kind == "session" else _CODE_CHANGE
 
 
 def _change(value: Any) -> Change:
     if not isinstance(value, dict):
         raise ValueError("an object")
-    kind = value.get("kind")
-    if kind == "session":
-        spec = {"seq": (_SEQ, True), "kind": (choice("session"), True),
-                "session": (optional(_SESSION), True)}
-    else:
-        spec = {"seq": (_SEQ, True), "kind": (choice("attendee", "registrant"), True),
-                "code": (attendee_code, True), "deleted": (boolean, True)}
-    checked, problems = check_fields(value, spec)
+    values, problems = check_fields(value, _change_fields(value.get("kind")))
     if problems:
         raise ValueError(problems[0])
-    return Change(**checked)
+    return Change(**values)
 
 
 @dataclass(frozen=True, slots=True)
 class Scan:
     """One scan as the door recorded it (the device's facts, never re-decided)."""
 
-    scan_id: str
-    seq: int
-    code: str
-    session_id: str | None
-    decision: str
-    reason: str
-    scanned_at: str
-    monotonic_ns: int
-    boot_id: str
-
-
-_SCAN_FIELDS: dict[str, Field] = {
-    "scan_id": (identifier, True),
-    "seq": (_SEQ, True),
-    "code": (text(MAX_RECORDED_CODE), True),
-    "session_id": (optional(identifier), True),
-    "decision": (choice("admitted", "rejected"), True),
-    "reason": (choice(*Reason), True),
-    "scanned_at": (timestamp, True),
-    "monotonic_ns": (_SEQ, True),
-    "boot_id": (text(64), True),
-}
+    scan_id: str = field(metadata=checked(identifier))
+    seq: int = field(metadata=checked(_SEQ))
+    code: str = field(metadata=checked(text(MAX_RECORDED_CODE)))
+    session_id: str | None = field(metadata=checked(optional(identifier)))
+    decision: str = field(metadata=checked(choice(*Decision)))
+    reason: str = field(metadata=checked(choice(*Reason)))
+    scanned_at: str = field(metadata=checked(timestamp))
+    monotonic_ns: int = field(metadata=checked(_SEQ))
+    boot_id: str = field(metadata=checked(text(64)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +213,21 @@ def _scan(value: Any) -> Scan | BadScan:
         scan_id = identifier(value.get("scan_id"))
     except ValueError as exc:  # nothing to name it by in an answer: the frame is bad
         raise ValueError(f"scan_id = {show(value.get('scan_id'))}: expected {exc}") from None
-    checked, problems = check_fields(value, _SCAN_FIELDS)
+    values, problems = check_fields(value, fields_of(Scan))
     if problems:
         return BadScan(scan_id, "; ".join(problems))
-    return Scan(**checked)
+    return Scan(**values)
 
 
-#: What the server made of one scan.
-ACCEPTED, DUPLICATE, REFUSED = "accepted", "duplicate", "refused"
+class ScanOutcome(enum.StrEnum):
+    """What the server made of one scan (the ``result`` of a scan result)."""
+
+    #: Stored now.
+    ACCEPTED = "accepted"
+    #: This device pushed it before (a retry after a lost answer): stored.
+    DUPLICATE = "duplicate"
+    #: Not stored; the reason says why.
+    REFUSED = "refused"
 
 
 #: Longest reason a scan result carries, in characters.
@@ -235,31 +236,22 @@ MAX_RESULT_REASON = 500
 
 @dataclass(frozen=True, slots=True)
 class ScanResult:
-    scan_id: str
-    result: str
-    reason: str | None = None
+    scan_id: str = field(metadata=checked(identifier))
+    result: ScanOutcome = field(metadata=checked(member(ScanOutcome)))
+    reason: str | None = field(default=None,
+                               metadata=checked(optional(text(MAX_RESULT_REASON))))
 
     @classmethod
     def refused(cls, scan_id: str, reason: str) -> ScanResult:
         """A refusal, its reason cut to what the protocol carries."""
         if len(reason) > MAX_RESULT_REASON:
             reason = reason[:MAX_RESULT_REASON - 3] + "..."
-        return cls(scan_id, REFUSED, reason)
+        return cls(scan_id, ScanOutcome.REFUSED, reason)
 
     @property
     def stored(self) -> bool:
         """The server holds this scan (now or from an earlier push)."""
-        return self.result in (ACCEPTED, DUPLICATE)
-
-
-_SCAN_RESULT = _table(
-    {
-        "scan_id": (identifier, True),
-        "result": (choice(ACCEPTED, DUPLICATE, REFUSED), True),
-        "reason": (optional(text(MAX_RESULT_REASON)), False),
-    },
-    ScanResult,
-)
+        return self.result in (ScanOutcome.ACCEPTED, ScanOutcome.DUPLICATE)
 
 
 # -- messages ------------------------------------------------------------------
@@ -268,7 +260,13 @@ _SCAN_RESULT = _table(
 @dataclass(frozen=True, slots=True)
 class Message:
     type: ClassVar[str]
-    spec: ClassVar[dict[str, Field]]
+
+
+def _version() -> Any:
+    """The ``v`` field of hello and welcome: last in the constructor (it defaults to
+    this code's version) but required in the frame, and checked and listed first."""
+    return field(default=PROTOCOL_VERSION,
+                 metadata=checked(integer(1, 1000), required=True, first=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,27 +274,17 @@ class Hello(Message):
     """Device -> server, first: who I am and what my cache holds."""
 
     type: ClassVar[str] = "hello"
-    spec: ClassVar[dict[str, Field]] = {
-        "v": (integer(1, 1000), True),
-        "device_id": (identifier, True),
-        "software": (text(100), True),
-        "session_id": (optional(identifier), True),
-        "epoch": (optional(identifier), True),
-        "cursor": (_SEQ, True),
-        "boot_id": (optional(text(64)), False),
-        "monotonic_ns": (optional(_SEQ), False),
-    }
-    device_id: str
-    software: str
-    session_id: str | None
-    epoch: str | None
-    cursor: int
-    v: int = PROTOCOL_VERSION
+    device_id: str = field(metadata=checked(identifier))
+    software: str = field(metadata=checked(text(100)))
+    session_id: str | None = field(metadata=checked(optional(identifier)))
+    epoch: str | None = field(metadata=checked(optional(identifier)))
+    cursor: int = field(metadata=checked(_SEQ))
+    v: int = _version()
     #: The device's boot and monotonic clock as it says hello: with the server's time of
     #: the hello, they tell the server when each later scan of this boot was made by the
     #: server's clock, whatever the device's wall clock says.
-    boot_id: str | None = None
-    monotonic_ns: int | None = None
+    boot_id: str | None = field(default=None, metadata=checked(optional(text(64))))
+    monotonic_ns: int | None = field(default=None, metadata=checked(optional(_SEQ)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,22 +292,16 @@ class Welcome(Message):
     """Server -> device, first: who the server thinks you are, and its clock."""
 
     type: ClassVar[str] = "welcome"
-    spec: ClassVar[dict[str, Field]] = {
-        "v": (integer(1, 1000), True),
-        "device_id": (identifier, True),
-        "session_id": (optional(identifier), True),
-        "epoch": (identifier, True),
-        "cursor": (_SEQ, True),
-        "server_time": (timestamp, True),
-        "resync": (boolean, True),
-    }
-    device_id: str
-    session_id: str | None
-    epoch: str
-    cursor: int
-    server_time: str
-    resync: bool
-    v: int = PROTOCOL_VERSION
+    device_id: str = field(metadata=checked(identifier))
+    session_id: str | None = field(metadata=checked(optional(identifier)))
+    epoch: str = field(metadata=checked(identifier))
+    cursor: int = field(metadata=checked(_SEQ))
+    server_time: str = field(metadata=checked(timestamp))
+    resync: bool = field(metadata=checked(boolean))
+    v: int = _version()
+
+
+_CODES = list_of(attendee_code, MAX_ITEMS_PER_MESSAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,22 +309,15 @@ class Snapshot(Message):
     """Server -> device: one part of a full copy of the device's cache."""
 
     type: ClassVar[str] = "snapshot"
-    spec: ClassVar[dict[str, Field]] = {
-        "epoch": (identifier, True),
-        "cursor": (_SEQ, True),
-        "part": (integer(0, 1_000_000), True),
-        "last": (boolean, True),
-        "session": (optional(_SESSION), True),
-        "attendees": (list_of(attendee_code, MAX_ITEMS_PER_MESSAGE), True),
-        "registrants": (list_of(attendee_code, MAX_ITEMS_PER_MESSAGE), True),
-    }
-    epoch: str
-    cursor: int
-    part: int
-    last: bool
-    session: SessionInfo | None
-    attendees: list[str] = field(default_factory=list)
-    registrants: list[str] = field(default_factory=list)
+    epoch: str = field(metadata=checked(identifier))
+    cursor: int = field(metadata=checked(_SEQ))
+    part: int = field(metadata=checked(integer(0, 1_000_000)))
+    last: bool = field(metadata=checked(boolean))
+    session: SessionInfo | None = field(metadata=checked(optional(_SESSION)))
+    attendees: list[str] = field(default_factory=list,
+                                 metadata=checked(_CODES, required=True))
+    registrants: list[str] = field(default_factory=list,
+                                   metadata=checked(_CODES, required=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,16 +325,12 @@ class Changes(Message):
     """Server -> device: the changes after cursor *since*, up to *cursor*."""
 
     type: ClassVar[str] = "changes"
-    spec: ClassVar[dict[str, Field]] = {
-        "epoch": (identifier, True),
-        "since": (_SEQ, True),
-        "cursor": (_SEQ, True),
-        "changes": (list_of(_change, MAX_ITEMS_PER_MESSAGE), True),
-    }
-    epoch: str
-    since: int
-    cursor: int
-    changes: list[Change] = field(default_factory=list)
+    epoch: str = field(metadata=checked(identifier))
+    since: int = field(metadata=checked(_SEQ))
+    cursor: int = field(metadata=checked(_SEQ))
+    changes: list[Change] = field(
+        default_factory=list,
+        metadata=checked(list_of(_change, MAX_ITEMS_PER_MESSAGE), required=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,12 +338,8 @@ class Scans(Message):
     """Device -> server: a batch of recorded scans."""
 
     type: ClassVar[str] = "scans"
-    spec: ClassVar[dict[str, Field]] = {
-        "batch": (_SEQ, True),
-        "scans": (list_of(_scan, MAX_SCANS_PER_BATCH), True),
-    }
-    batch: int
-    scans: list[Scan | BadScan]
+    batch: int = field(metadata=checked(_SEQ))
+    scans: list[Scan | BadScan] = field(metadata=checked(list_of(_scan, MAX_SCANS_PER_BATCH)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,12 +347,9 @@ class ScanResults(Message):
     """Server -> device: what became of every scan of one batch."""
 
     type: ClassVar[str] = "scan_results"
-    spec: ClassVar[dict[str, Field]] = {
-        "batch": (_SEQ, True),
-        "results": (list_of(_SCAN_RESULT, MAX_SCANS_PER_BATCH), True),
-    }
-    batch: int
-    results: list[ScanResult]
+    batch: int = field(metadata=checked(_SEQ))
+    results: list[ScanResult] = field(
+        metadata=checked(list_of(_object(ScanResult), MAX_SCANS_PER_BATCH)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,18 +357,11 @@ class Status(Message):
     """Device -> server, periodically: how the door is doing."""
 
     type: ClassVar[str] = "status"
-    spec: ClassVar[dict[str, Field]] = {
-        "software": (text(100), True),
-        "cursor": (_SEQ, True),
-        "scans_waiting": (_SEQ, True),
-        "scans_quarantined": (_SEQ, True),
-        "last_frame_at": (optional(timestamp), True),
-    }
-    software: str
-    cursor: int
-    scans_waiting: int
-    scans_quarantined: int
-    last_frame_at: str | None
+    software: str = field(metadata=checked(text(100)))
+    cursor: int = field(metadata=checked(_SEQ))
+    scans_waiting: int = field(metadata=checked(_SEQ))
+    scans_quarantined: int = field(metadata=checked(_SEQ))
+    last_frame_at: str | None = field(metadata=checked(optional(timestamp)))
 
 
 DEVICE_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Hello, Scans, Status)}
@@ -438,10 +395,10 @@ def _parse(data: str | bytes, kinds: dict[str, type[Message]]) -> Message:
         raise ProtocolError(
             f"unknown message type {show(kind)} (expected one of: {', '.join(kinds)})"
         )
-    checked, problems = check_fields(obj, cls.spec)
+    values, problems = check_fields(obj, fields_of(cls))
     if problems:
         raise ProtocolError(f"{kind}: {problems[0]}")
-    return cls(**checked)
+    return cls(**values)
 
 
 def encode(message: Message) -> str:
@@ -451,9 +408,10 @@ def encode(message: Message) -> str:
     the fields later versions added reads exactly as it did before them.
     """
     body = {"type": message.type}
+    table = fields_of(type(message))
     for f in fields(message):
         value = getattr(message, f.name)
-        if value is not None or message.spec[f.name][1]:
+        if value is not None or table[f.name][1]:
             body[f.name] = _plain(value)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -477,10 +435,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, Change):  # each kind has its own fields
-        if value.kind == "session":
-            return {"seq": value.seq, "kind": value.kind, "session": _plain(value.session)}
-        return {"seq": value.seq, "kind": value.kind, "code": value.code,
-                "deleted": value.deleted}
+        return {name: _plain(getattr(value, name)) for name in _change_fields(value.kind)}
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     return value

@@ -2,9 +2,10 @@
 
 :class:`ServerEnd` holds the protocol state of one device's websocket and
 nothing else. The server's endpoint authenticates the device (by its token,
-before this object exists), feeds it every frame with :meth:`~ServerEnd.receive`,
-tells it when the device's data changed with :meth:`~ServerEnd.changed`,
-carries out the :class:`Action` objects it returns (send a snapshot, send
+before this object exists), feeds it every frame with :meth:`~ServerEnd.receive`
+(with the time it arrived: the end reads no clock), tells it when the device's
+data changed with :meth:`~ServerEnd.changed`, carries out the
+:class:`ServerAction` objects it returns (send a snapshot, send
 changes, store scans, note a status) and answers them with
 :meth:`~ServerEnd.send_snapshot`, :meth:`~ServerEnd.send_changes` and
 :meth:`~ServerEnd.send_results`.
@@ -25,9 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sync.end import ProtocolEnd
 from sync.messages import (
-    ACCEPTED,
-    DUPLICATE,
     MAX_ITEMS_PER_MESSAGE,
     MAX_PENDING_BATCHES,
     PROTOCOL_VERSION,
@@ -36,9 +36,9 @@ from sync.messages import (
     Changes,
     Flooding,
     Hello,
-    Message,
     ProtocolError,
     Scan,
+    ScanOutcome,
     ScanResult,
     ScanResults,
     Scans,
@@ -46,7 +46,6 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
-    encode,
     parse_device_message,
 )
 
@@ -83,24 +82,24 @@ class ClockAnchor:
     server_time: datetime
 
 
-class Action:
+class ServerAction:
     """Something the endpoint must do, in the order given."""
 
 
 @dataclass(frozen=True, slots=True)
-class SendSnapshot(Action):
+class SendSnapshot(ServerAction):
     """Read the device's whole cache and call :meth:`ServerEnd.send_snapshot`."""
 
 
 @dataclass(frozen=True, slots=True)
-class SendChanges(Action):
+class SendChanges(ServerAction):
     """Read the changes after *since* and call :meth:`ServerEnd.send_changes`."""
 
     since: int
 
 
 @dataclass(frozen=True, slots=True)
-class StoreScans(Action):
+class StoreScans(ServerAction):
     """Store *scans* and call :meth:`ServerEnd.send_results` with their results (see
     :func:`judge_scans`) followed by *refused*: the batch's scans that broke a rule of
     their own, refused without being stored."""
@@ -111,7 +110,7 @@ class StoreScans(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class NoteStatus(Action):
+class NoteStatus(ServerAction):
     """Record the device's status. Only the latest waiting one is kept: a device that
     sends statuses faster than they are written costs one write, not one each."""
 
@@ -128,10 +127,11 @@ def needs_snapshot(hello: Hello, view: ServerView) -> bool:
     )
 
 
-class ServerEnd:
+class ServerEnd(ProtocolEnd[ServerAction]):
     """Protocol state of one device's connection, seen from the server."""
 
     def __init__(self, view: ServerView) -> None:
+        super().__init__()
         self.view = view
         self.state = ServerState.AWAIT_HELLO
         self.hello: Hello | None = None
@@ -139,17 +139,20 @@ class ServerEnd:
         self.sent_cursor = 0
         self._fetching = False
         self._dirty = False
-        self._outgoing: list[str] = []
-        self._actions: list[Action] = []
         self._pending_batches: dict[int, frozenset[str]] = {}
 
     # -- input -----------------------------------------------------------------
 
-    def receive(self, data: str | bytes) -> None:
-        """Take one frame from the device; raise :class:`ProtocolError` if it breaks a rule."""
+    def receive(self, data: str | bytes, now: datetime) -> None:
+        """Take one frame from the device, received at *now* (aware: it carries its UTC
+        offset); raise :class:`ProtocolError` if it breaks a rule.
+
+        *now* is the server's time of a hello: sent back in the welcome, and the
+        time the device's clocks are anchored to (:class:`ClockAnchor`).
+        """
         message = parse_device_message(data)
         if isinstance(message, Hello):
-            self._hello(message)
+            self._hello(message, now)
         elif self.state is ServerState.AWAIT_HELLO:
             raise ProtocolError(f"{message.type} before hello")
         elif isinstance(message, Scans):
@@ -158,7 +161,7 @@ class ServerEnd:
             self._actions = [a for a in self._actions if not isinstance(a, NoteStatus)]
             self._actions.append(NoteStatus(message))
 
-    def _hello(self, hello: Hello) -> None:
+    def _hello(self, hello: Hello, now: datetime) -> None:
         if self.state is not ServerState.AWAIT_HELLO:
             raise ProtocolError("second hello on one connection")
         if hello.v != PROTOCOL_VERSION:
@@ -171,7 +174,6 @@ class ServerEnd:
         self.hello = hello
         self.state = ServerState.SYNCING
         resync = needs_snapshot(hello, self.view)
-        now = datetime.now().astimezone()
         if hello.boot_id is not None and hello.monotonic_ns is not None:
             self.anchor = ClockAnchor(hello.boot_id, hello.monotonic_ns, now)
         self._send(Welcome(device_id=self.view.device_id, session_id=self.view.session_id,
@@ -258,26 +260,10 @@ class ServerEnd:
 
     # -- output ----------------------------------------------------------------
 
-    def data_to_send(self) -> list[str]:
-        out, self._outgoing = self._outgoing, []
-        return out
-
-    def actions(self) -> list[Action]:
-        out, self._actions = self._actions, []
-        return out
-
     @property
     def backlog(self) -> int:
         """Actions queued and not yet taken by :meth:`actions`."""
         return len(self._actions)
-
-    @property
-    def batches_pending(self) -> int:
-        """Scan batches received and not yet answered."""
-        return len(self._pending_batches)
-
-    def _send(self, message: Message) -> None:
-        self._outgoing.append(encode(message))
 
 
 def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
@@ -294,7 +280,7 @@ def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
     for scan in scans:
         owner = owners.get(scan.scan_id)
         if owner == device_id:
-            results.append(ScanResult(scan.scan_id, DUPLICATE))
+            results.append(ScanResult(scan.scan_id, ScanOutcome.DUPLICATE))
         elif owner is not None:
             results.append(ScanResult.refused(scan.scan_id,
                                               "scan id already stored from another device"))
@@ -304,5 +290,5 @@ def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
                 f"scan is for session {scan.session_id!r} but device {device_id!r} is "
                 f"assigned to {session_id!r}"))
         else:
-            results.append(ScanResult(scan.scan_id, ACCEPTED))
+            results.append(ScanResult(scan.scan_id, ScanOutcome.ACCEPTED))
     return results

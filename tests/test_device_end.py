@@ -16,15 +16,13 @@ from sync.device_end import (
     Welcomed,
 )
 from sync.messages import (
-    ACCEPTED,
-    DUPLICATE,
     PROTOCOL_VERSION,
-    REFUSED,
     Change,
     Changes,
     Hello,
     ProtocolError,
     Scan,
+    ScanOutcome,
     ScanResult,
     ScanResults,
     Scans,
@@ -72,7 +70,7 @@ def registrant(seq: int, code: str = "ATT-0001", deleted: bool = False) -> Chang
 
 def results(batch: int, *items: tuple[str, str]) -> str:
     return encode(ScanResults(batch=batch, results=[
-        ScanResult(scan_id, result, "why" if result == REFUSED else None)
+        ScanResult(scan_id, result, "why" if result == ScanOutcome.REFUSED else None)
         for scan_id, result in items
     ]))
 
@@ -181,7 +179,7 @@ def test_a_resync_welcome_may_name_another_epoch(end: Any) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [snapshot(), changes(10, 12, [attendee(11)]), results(1, ("a", ACCEPTED))],
+    [snapshot(), changes(10, 12, [attendee(11)]), results(1, ("a", ScanOutcome.ACCEPTED))],
     ids=["snapshot", "changes", "scan_results"],
 )
 def test_messages_before_the_welcome_are_refused(message: str) -> None:
@@ -454,16 +452,16 @@ def test_batches_are_numbered_and_tracked_while_in_flight() -> None:
     assert end.batches_in_flight == 2
     assert end.scans_in_flight == {"a", "b", "c"}
 
-    end.receive(results(1, ("b", DUPLICATE), ("a", ACCEPTED)))
-    assert end.actions() == [RecordResults(1, [ScanResult("b", DUPLICATE),
-                                               ScanResult("a", ACCEPTED)])]
+    end.receive(results(1, ("b", ScanOutcome.DUPLICATE), ("a", ScanOutcome.ACCEPTED)))
+    assert end.actions() == [RecordResults(1, [ScanResult("b", ScanOutcome.DUPLICATE),
+                                               ScanResult("a", ScanOutcome.ACCEPTED)])]
     assert end.batches_in_flight == 1
     assert end.scans_in_flight == {"c"}
     assert end.send_scans([scan("d")]) == 3
 
-    end.receive(results(2, ("c", REFUSED)))
+    end.receive(results(2, ("c", ScanOutcome.REFUSED)))
     [action] = end.actions()
-    assert action == RecordResults(2, [ScanResult("c", REFUSED, "why")])
+    assert action == RecordResults(2, [ScanResult("c", ScanOutcome.REFUSED, "why")])
     assert end.scans_in_flight == {"d"}
 
 
@@ -471,23 +469,23 @@ def test_results_for_a_batch_not_in_flight_are_refused() -> None:
     end = welcomed()
     end.send_scans([scan("a")])
     with pytest.raises(ProtocolError, match="scan results for batch 7, which is not in flight"):
-        end.receive(results(7, ("a", ACCEPTED)))
+        end.receive(results(7, ("a", ScanOutcome.ACCEPTED)))
     assert end.batches_in_flight == 1
-    end.receive(results(1, ("a", ACCEPTED)))
+    end.receive(results(1, ("a", ScanOutcome.ACCEPTED)))
     end.actions()
     with pytest.raises(ProtocolError, match="batch 1, which is not in flight"):
-        end.receive(results(1, ("a", ACCEPTED)))  # answered twice
+        end.receive(results(1, ("a", ScanOutcome.ACCEPTED)))  # answered twice
     assert end.actions() == []
 
 
 @pytest.mark.parametrize(
     "answer",
     [
-        [("a", ACCEPTED)],
-        [("a", ACCEPTED), ("b", ACCEPTED), ("c", ACCEPTED)],
-        [("a", ACCEPTED), ("x", ACCEPTED)],
-        [("a", ACCEPTED), ("a", ACCEPTED)],
-        [("a", ACCEPTED), ("a", DUPLICATE), ("b", ACCEPTED)],
+        [("a", ScanOutcome.ACCEPTED)],
+        [("a", ScanOutcome.ACCEPTED), ("b", ScanOutcome.ACCEPTED), ("c", ScanOutcome.ACCEPTED)],
+        [("a", ScanOutcome.ACCEPTED), ("x", ScanOutcome.ACCEPTED)],
+        [("a", ScanOutcome.ACCEPTED), ("a", ScanOutcome.ACCEPTED)],
+        [("a", ScanOutcome.ACCEPTED), ("a", ScanOutcome.DUPLICATE), ("b", ScanOutcome.ACCEPTED)],
         [],
     ],
     ids=["missing", "extra", "other-id", "duplicate-id", "duplicate-plus-all", "empty"],
@@ -540,7 +538,7 @@ def test_frames_and_actions_are_each_returned_once_in_order() -> None:
     frames = [parse_device_message(f) for f in end.data_to_send()]
     assert [f.type for f in frames] == ["scans", "status"]
     assert end.data_to_send() == []
-    end.receive(results(1, ("a", ACCEPTED)))
+    end.receive(results(1, ("a", ScanOutcome.ACCEPTED)))
     assert [type(a) for a in end.actions()] == [RecordResults]
     assert end.actions() == []
 

@@ -8,8 +8,10 @@ import pytest
 
 from core.rules import Reason
 from server.audit import disagreement
-from sync.messages import ACCEPTED, DUPLICATE, REFUSED, Scan, ScanResult
+from sync.messages import Scan, ScanOutcome, ScanResult
 from sync.server_end import judge_scans
+
+ACCEPTED, DUPLICATE, REFUSED = ScanOutcome
 
 DEVICE = "door-1"
 T0 = "2026-11-28T10:00:00+01:00"

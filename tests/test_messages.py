@@ -14,15 +14,13 @@ from hypothesis import strategies as st
 
 from core.codes import MAX_RECORDED_CODE, printable
 from core.rules import Reason
+from core.shapes import fields_of
 from sync.messages import (
-    ACCEPTED,
     DEVICE_MESSAGES,
-    DUPLICATE,
     MAX_DEVICE_MESSAGE,
     MAX_ITEMS_PER_MESSAGE,
     MAX_SCANS_PER_BATCH,
     PROTOCOL_VERSION,
-    REFUSED,
     SERVER_MESSAGES,
     BadScan,
     Change,
@@ -31,6 +29,7 @@ from sync.messages import (
     Message,
     ProtocolError,
     Scan,
+    ScanOutcome,
     ScanResult,
     ScanResults,
     Scans,
@@ -90,7 +89,7 @@ CHANGES = Changes(epoch="E1", since=42, cursor=50, changes=[
     Change(seq=44, kind="registrant", code="ATT-0003", deleted=True),
 ])
 SCANS = Scans(batch=1, scans=[make_scan()])
-RESULTS = ScanResults(batch=1, results=[ScanResult("scan-1", ACCEPTED)])
+RESULTS = ScanResults(batch=1, results=[ScanResult("scan-1", ScanOutcome.ACCEPTED)])
 STATUS = Status(software="checkin 0.1.0", cursor=50, scans_waiting=3, scans_quarantined=0,
                 last_frame_at=T0)
 
@@ -127,9 +126,9 @@ SERVER_SAMPLES: list[Message] = [
     ]),
     RESULTS,
     ScanResults(batch=7, results=[
-        ScanResult("a", ACCEPTED),
-        ScanResult("b", DUPLICATE),
-        ScanResult("c", REFUSED, "scan id already stored from another device"),
+        ScanResult("a", ScanOutcome.ACCEPTED),
+        ScanResult("b", ScanOutcome.DUPLICATE),
+        ScanResult("c", ScanOutcome.REFUSED, "scan id already stored from another device"),
     ]),
     ScanResults(batch=8, results=[]),
 ]
@@ -193,9 +192,9 @@ def test_non_ascii_text_survives_a_round_trip() -> None:
 
 
 def test_scan_result_stored_property() -> None:
-    assert ScanResult("a", ACCEPTED).stored
-    assert ScanResult("a", DUPLICATE).stored
-    assert not ScanResult("a", REFUSED, "why").stored
+    assert ScanResult("a", ScanOutcome.ACCEPTED).stored
+    assert ScanResult("a", ScanOutcome.DUPLICATE).stored
+    assert not ScanResult("a", ScanOutcome.REFUSED, "why").stored
 
 
 # -- frames that are not messages ----------------------------------------------
@@ -523,7 +522,7 @@ def test_a_scan_result_without_reason_is_accepted() -> None:
     parsed = parse_server_message(frame(body(RESULTS, results=[{"scan_id": "a",
                                                                 "result": "duplicate"}])))
     assert isinstance(parsed, ScanResults)
-    assert parsed.results == [ScanResult("a", DUPLICATE, None)]
+    assert parsed.results == [ScanResult("a", ScanOutcome.DUPLICATE, None)]
 
 
 def test_the_first_problem_is_reported_when_there_are_several() -> None:
@@ -553,7 +552,7 @@ def test_a_batch_may_hold_at_most_max_scans() -> None:
 
 
 def test_scan_results_may_hold_at_most_max_scans() -> None:
-    results = [ScanResult(f"s{i}", ACCEPTED) for i in range(MAX_SCANS_PER_BATCH + 1)]
+    results = [ScanResult(f"s{i}", ScanOutcome.ACCEPTED) for i in range(MAX_SCANS_PER_BATCH + 1)]
     parsed = parse_server_message(encode(ScanResults(batch=1, results=results[:-1])))
     assert isinstance(parsed, ScanResults)
     assert len(parsed.results) == MAX_SCANS_PER_BATCH
@@ -665,9 +664,9 @@ def test_arbitrary_bytes_are_refused_as_binary_frames(data: bytes) -> None:
             parse(data)
 
 
-_KEYS = sorted({key for cls in (*DEVICE_MESSAGES.values(), *SERVER_MESSAGES.values())
-                for key in cls.spec} | {"kind", "seq", "code", "deleted", "session", "scan_id",
-                                        "result", "reason", "name", "validate_registrants"})
+_KEYS = sorted({key for cls in (*DEVICE_MESSAGES.values(), *SERVER_MESSAGES.values(),
+                                Change, Scan, ScanResult, SessionInfo)
+                for key in fields_of(cls)})
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**64), 2**64)
     | st.floats(allow_nan=False, allow_infinity=False)
@@ -723,7 +722,7 @@ _SERVER_MESSAGES = st.one_of(
     st.builds(Changes, epoch=_IDS, since=_SEQS, cursor=_SEQS,
               changes=st.lists(_CHANGES, max_size=5)),
     st.builds(ScanResults, batch=_SEQS, results=st.lists(st.builds(
-        ScanResult, _IDS, st.sampled_from([ACCEPTED, DUPLICATE, REFUSED]),
+        ScanResult, _IDS, st.sampled_from(ScanOutcome),
         st.none() | st.text(max_size=500)), max_size=5)),
 )
 

@@ -45,12 +45,12 @@ from sync.device_end import CacheState, DeviceEnd, RecordResults, Welcomed
 from sync.device_schema import MIGRATIONS as DEVICE_MIGRATIONS
 from sync.device_store import STORE_FILE
 from sync.messages import (
-    ACCEPTED,
     CLOSE_POLICY,
     MAX_PENDING_BATCHES,
     Flooding,
     Hello,
     Scan,
+    ScanOutcome,
     ScanResult,
     Scans,
     SessionInfo,
@@ -73,6 +73,8 @@ from tests.conftest import fill_store
 from tests.system import Server, wait_for
 
 T0 = "2026-11-28T10:00:00+00:00"
+#: When the tests' frames reach the server end (it reads no clock).
+NOW = datetime.fromisoformat(T0)
 
 
 def scan(scan_id: str | None = None, **overrides: Any) -> Scan:
@@ -86,7 +88,7 @@ def scan(scan_id: str | None = None, **overrides: Any) -> Scan:
 def live_end(session: str = "s1") -> ServerEnd:
     end = ServerEnd(ServerView("door-1", session, "E1", 10))
     end.receive(encode(Hello(device_id="door-1", software="t", session_id=session,
-                             epoch="E1", cursor=10)))
+                             epoch="E1", cursor=10)), NOW)
     assert end.actions() == [SendChanges(10)]
     end.send_changes(10, 10, [])
     end.data_to_send()
@@ -107,15 +109,16 @@ def test_a_bad_scan_is_refused_alone_and_the_rest_of_its_batch_is_stored() -> No
     good, bad, good2 = scan("good-1"), scan("bad-1", code="x" * 800), scan("good-2")
     device.send_scans([good, bad, good2])  # as an older door could have recorded it
     for frame in device.data_to_send():
-        server.receive(frame)  # no ProtocolError: the frame is fine, one scan is not
+        server.receive(frame, NOW)  # no ProtocolError: the frame is fine, one scan is not
     [action] = server.actions()
     assert isinstance(action, StoreScans)
     assert action.scans == [good, good2]
     [refused] = action.refused
     assert refused.scan_id == "bad-1" and refused.result == "refused"
     assert "code" in refused.reason and f"at most {MAX_RECORDED_CODE}" in refused.reason
-    server.send_results(action.batch, [ScanResult("good-1", ACCEPTED),
-                                       ScanResult("good-2", ACCEPTED), *action.refused])
+    server.send_results(action.batch, [ScanResult("good-1", ScanOutcome.ACCEPTED),
+                                       ScanResult("good-2", ScanOutcome.ACCEPTED),
+                                       *action.refused])
     for frame in server.data_to_send():
         device.receive(frame)
     [record] = device.actions()
@@ -195,7 +198,7 @@ class Chain:
         device.data_to_send()
         device.send_scans(waiting)
         [frame] = device.data_to_send()
-        server.receive(frame)  # must never raise: a frame the server refuses wedges the queue
+        server.receive(frame, NOW)  # must never raise: a refused frame wedges the queue
         [action] = server.actions()
         assert isinstance(action, StoreScans) and action.refused == []
         results = await self.server.store_scans(Device("door-1", "s1"), action.scans)
@@ -220,7 +223,7 @@ def test_whatever_a_badge_holds_reaches_the_server_through_the_whole_chain() -> 
                                       ("\U0001f600" * 700).encode()]))
             def check(raw: bytes) -> None:
                 results = chain.runner.run(chain.through(raw))
-                assert results and all(r.result == ACCEPTED for r in results), results
+                assert results and all(r.result == ScanOutcome.ACCEPTED for r in results), results
 
             check()
         finally:
@@ -238,7 +241,7 @@ def status(cursor: int) -> str:
 def test_statuses_waiting_to_be_written_coalesce_to_the_latest() -> None:
     end = live_end()
     for cursor in range(30_000):
-        end.receive(status(cursor))
+        end.receive(status(cursor), NOW)
     assert end.backlog == 1
     [action] = end.actions()
     assert isinstance(action, NoteStatus) and action.status.cursor == 29_999
@@ -247,14 +250,14 @@ def test_statuses_waiting_to_be_written_coalesce_to_the_latest() -> None:
 def test_more_unanswered_batches_than_the_cap_is_a_flood_closed_with_1008() -> None:
     end = live_end()
     for batch in range(1, MAX_PENDING_BATCHES + 1):
-        end.receive(encode(Scans(batch=batch, scans=[scan()])))
+        end.receive(encode(Scans(batch=batch, scans=[scan()])), NOW)
     with pytest.raises(Flooding, match=f"more than {MAX_PENDING_BATCHES} scan batches") as info:
-        end.receive(encode(Scans(batch=99, scans=[scan()])))
+        end.receive(encode(Scans(batch=99, scans=[scan()])), NOW)
     assert info.value.close_code == CLOSE_POLICY == 1008
     # answering one makes room for one more: the cap is on what waits, not a total
     action = end.actions()[0]
-    end.send_results(action.batch, [ScanResult(action.scans[0].scan_id, ACCEPTED)])
-    end.receive(encode(Scans(batch=100, scans=[scan()])))
+    end.send_results(action.batch, [ScanResult(action.scans[0].scan_id, ScanOutcome.ACCEPTED)])
+    end.receive(encode(Scans(batch=100, scans=[scan()])), NOW)
 
 
 @pytest.fixture(scope="module")
@@ -462,8 +465,8 @@ def test_the_hello_carries_the_devices_clocks_and_leaves_them_out_when_unknown()
     [frame] = end.data_to_send()
     assert json.loads(frame)["boot_id"] == "boot-1" and json.loads(frame)["monotonic_ns"] == 42
     server = ServerEnd(ServerView("door-1", "s1", "E1", 0))
-    server.receive(frame)
-    assert server.anchor is not None and server.anchor.monotonic_ns == 42
+    server.receive(frame, NOW)
+    assert server.anchor == ClockAnchor("boot-1", 42, NOW)  # the hello's time, as given
     assert server.actions() == [SendSnapshot()]
     [old_style] = DeviceEnd("door-1", "t", CacheState(None, None, 0)).data_to_send()
     assert "boot_id" not in json.loads(old_style)  # as hellos were before: old servers read it

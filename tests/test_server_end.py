@@ -21,16 +21,14 @@ from sync.device_end import (
     Welcomed,
 )
 from sync.messages import (
-    ACCEPTED,
-    DUPLICATE,
     MAX_ITEMS_PER_MESSAGE,
     PROTOCOL_VERSION,
-    REFUSED,
     Change,
     Changes,
     Hello,
     ProtocolError,
     Scan,
+    ScanOutcome,
     ScanResult,
     ScanResults,
     Scans,
@@ -56,6 +54,8 @@ from sync.server_end import (
 DEVICE = "door-1"
 SOFTWARE = "checkin 0.1.0"
 T0 = "2026-11-28T10:00:00+01:00"
+#: The time the tests' frames arrive at the server (the end reads no clock).
+NOW = datetime.fromisoformat("2026-11-28T09:30:00+01:00")
 KEYNOTE = SessionInfo("keynote-1", "Opening keynote", True)
 VIEW = ServerView(device_id=DEVICE, session_id="keynote-1", epoch="E1", cursor=100, horizon=20)
 
@@ -97,7 +97,7 @@ def frames(end: ServerEnd) -> list[Any]:
 def greeted(view: ServerView = VIEW, **overrides: Any) -> ServerEnd:
     """A server end that took a hello; its welcome and first action are left queued."""
     end = ServerEnd(view)
-    end.receive(hello(**overrides))
+    end.receive(hello(**overrides), NOW)
     return end
 
 
@@ -118,7 +118,7 @@ def pump(device: DeviceEnd, server: ServerEnd) -> int:
     while True:
         up = device.data_to_send()
         for frame in up:
-            server.receive(frame)
+            server.receive(frame, NOW)
         down = server.data_to_send()
         for frame in down:
             device.receive(frame)
@@ -165,7 +165,7 @@ def test_a_hello_for_another_device_is_refused() -> None:
     end = ServerEnd(VIEW)
     with pytest.raises(ProtocolError,
                        match="hello names device 'door-2' but the token is 'door-1''s"):
-        end.receive(hello(device_id="door-2"))
+        end.receive(hello(device_id="door-2"), NOW)
     assert end.state is ServerState.AWAIT_HELLO
     assert end.hello is None
     assert end.data_to_send() == []
@@ -176,7 +176,7 @@ def test_a_hello_in_another_protocol_version_is_refused() -> None:
     end = ServerEnd(VIEW)
     with pytest.raises(ProtocolError,
                        match=f"device speaks protocol 3, server {PROTOCOL_VERSION}"):
-        end.receive(hello(v=3))
+        end.receive(hello(v=3), NOW)
     assert end.state is ServerState.AWAIT_HELLO
     assert end.data_to_send() == []
 
@@ -186,7 +186,7 @@ def test_a_second_hello_is_refused() -> None:
     end.data_to_send()
     end.actions()
     with pytest.raises(ProtocolError, match="second hello on one connection"):
-        end.receive(hello())
+        end.receive(hello(), NOW)
     assert end.data_to_send() == []
     assert end.actions() == []
 
@@ -196,7 +196,7 @@ def test_messages_before_the_hello_are_refused(frame: str) -> None:
     end = ServerEnd(VIEW)
     kind = json.loads(frame)["type"]
     with pytest.raises(ProtocolError, match=f"^{kind} before hello$"):
-        end.receive(frame)
+        end.receive(frame, NOW)
     assert end.state is ServerState.AWAIT_HELLO
     assert end.actions() == []
 
@@ -204,9 +204,9 @@ def test_messages_before_the_hello_are_refused(frame: str) -> None:
 def test_frames_that_are_not_device_messages_are_refused() -> None:
     end = ServerEnd(VIEW)
     with pytest.raises(ProtocolError, match="binary frame"):
-        end.receive(hello().encode())
+        end.receive(hello().encode(), NOW)
     with pytest.raises(ProtocolError, match='unknown message type "welcome"'):
-        end.receive(encode(Welcome(DEVICE, None, "E1", 0, T0, True)))
+        end.receive(encode(Welcome(DEVICE, None, "E1", 0, T0, True)), NOW)
     assert end.state is ServerState.AWAIT_HELLO
 
 
@@ -218,7 +218,7 @@ def test_a_hello_in_sync_is_welcomed_and_asks_for_changes() -> None:
         DEVICE, "keynote-1", "E1", 100)
     assert welcome.resync is False
     assert welcome.v == PROTOCOL_VERSION
-    assert datetime.fromisoformat(welcome.server_time).tzinfo is not None
+    assert welcome.server_time == NOW.isoformat()  # the time given, not the clock's
     assert end.actions() == [SendChanges(since=60)]
     assert end.state is ServerState.SYNCING
     assert end.sent_cursor == 60
@@ -241,8 +241,8 @@ def test_a_hello_out_of_sync_is_welcomed_with_resync_and_asks_for_a_snapshot(
 
 def test_a_status_is_noted_and_scans_are_stored() -> None:
     end = live()
-    end.receive(encode(status(cursor=61)))
-    end.receive(scans(4, "a", "b"))
+    end.receive(encode(status(cursor=61)), NOW)
+    end.receive(scans(4, "a", "b"), NOW)
     assert end.actions() == [NoteStatus(status(cursor=61)),
                              StoreScans(4, [scan("a"), scan("b")])]
     assert end.data_to_send() == []  # answers come from the endpoint
@@ -251,7 +251,7 @@ def test_a_status_is_noted_and_scans_are_stored() -> None:
 def test_scans_may_arrive_while_the_first_fetch_is_under_way() -> None:
     end = greeted()
     end.actions()
-    end.receive(scans(1, "a"))
+    end.receive(scans(1, "a"), NOW)
     assert end.actions() == [StoreScans(1, [scan("a")])]
 
 
@@ -492,7 +492,7 @@ def test_a_change_before_the_hello_is_remembered() -> None:
     end = ServerEnd(VIEW)
     end.changed()
     assert end.actions() == []
-    end.receive(hello(cursor=60))
+    end.receive(hello(cursor=60), NOW)
     assert end.actions() == [SendChanges(60)]
     end.send_changes(60, 100, [])
     assert end.actions() == [SendChanges(100)]
@@ -501,7 +501,7 @@ def test_a_change_before_the_hello_is_remembered() -> None:
 def test_a_change_before_a_resync_hello_is_fetched_after_the_snapshot() -> None:
     end = ServerEnd(VIEW)
     end.changed()
-    end.receive(hello(epoch=None, cursor=0))
+    end.receive(hello(epoch=None, cursor=0), NOW)
     assert end.actions() == [SendSnapshot()]
     end.send_snapshot(100, KEYNOTE, ["A1"], [])
     assert end.actions() == [SendChanges(100)]
@@ -512,34 +512,35 @@ def test_a_change_before_a_resync_hello_is_fetched_after_the_snapshot() -> None:
 
 def test_a_batch_pushed_twice_before_its_results_is_refused() -> None:
     end = live()
-    end.receive(scans(1, "a"))
+    end.receive(scans(1, "a"), NOW)
     with pytest.raises(ProtocolError, match="batch 1 pushed twice before its results"):
-        end.receive(scans(1, "b"))
+        end.receive(scans(1, "b"), NOW)
     assert end.actions() == [StoreScans(1, [scan("a")])]
 
 
 def test_a_batch_number_may_be_reused_once_answered() -> None:
     end = live()
-    end.receive(scans(1, "a"))
-    end.send_results(1, [ScanResult("a", ACCEPTED)])
-    end.receive(scans(1, "b"))
+    end.receive(scans(1, "a"), NOW)
+    end.send_results(1, [ScanResult("a", ScanOutcome.ACCEPTED)])
+    end.receive(scans(1, "b"), NOW)
     assert end.actions() == [StoreScans(1, [scan("a")]), StoreScans(1, [scan("b")])]
 
 
 def test_a_batch_holding_a_scan_id_twice_is_refused() -> None:
     end = live()
     with pytest.raises(ProtocolError, match="batch 3 holds a scan id twice"):
-        end.receive(scans(3, "a", "b", "a"))
+        end.receive(scans(3, "a", "b", "a"), NOW)
     assert end.actions() == []
     with pytest.raises(ValueError, match="results for batch 3 do not match"):
-        end.send_results(3, [ScanResult("a", ACCEPTED), ScanResult("b", ACCEPTED)])
+        end.send_results(3, [ScanResult("a", ScanOutcome.ACCEPTED),
+                             ScanResult("b", ScanOutcome.ACCEPTED)])
 
 
 def test_results_are_sent_for_the_batch() -> None:
     end = live()
-    end.receive(scans(2, "a", "b", "c"))
-    answer = [ScanResult("c", ACCEPTED), ScanResult("a", DUPLICATE),
-              ScanResult("b", REFUSED, "scan id already stored from another device")]
+    end.receive(scans(2, "a", "b", "c"), NOW)
+    answer = [ScanResult("c", ScanOutcome.ACCEPTED), ScanResult("a", ScanOutcome.DUPLICATE),
+              ScanResult("b", ScanOutcome.REFUSED, "scan id already stored from another device")]
     end.send_results(2, answer)
     assert frames(end) == [ScanResults(2, answer)]
 
@@ -551,23 +552,23 @@ def test_results_are_sent_for_the_batch() -> None:
 )
 def test_results_must_match_the_batch(answer: list[str]) -> None:
     end = live()
-    end.receive(scans(2, "a", "b"))
+    end.receive(scans(2, "a", "b"), NOW)
     with pytest.raises(ValueError, match="results for batch 2 do not match its scans"):
-        end.send_results(2, [ScanResult(i, ACCEPTED) for i in answer])
+        end.send_results(2, [ScanResult(i, ScanOutcome.ACCEPTED) for i in answer])
     assert end.data_to_send() == []
 
 
 def test_results_for_a_batch_never_pushed_are_a_programming_error() -> None:
     end = live()
     with pytest.raises(ValueError, match="results for batch 9 do not match its scans"):
-        end.send_results(9, [ScanResult("a", ACCEPTED)])
+        end.send_results(9, [ScanResult("a", ScanOutcome.ACCEPTED)])
     assert end.data_to_send() == []
 
 
 def test_results_that_repeat_a_scan_id_are_refused_like_the_device_would() -> None:
     end = live()
-    end.receive(scans(2, "a", "b"))
-    answer = [ScanResult("a", ACCEPTED), ScanResult("a", ACCEPTED), ScanResult("b", ACCEPTED)]
+    end.receive(scans(2, "a", "b"), NOW)
+    answer = [ScanResult(i, ScanOutcome.ACCEPTED) for i in ("a", "a", "b")]
     with pytest.raises(ValueError, match="do not match"):
         end.send_results(2, answer)
     end.send_results(2, answer[1:])  # the batch is still pending: a correct answer goes out
@@ -620,14 +621,14 @@ def test_a_whole_conversation_from_an_empty_cache() -> None:
     assert isinstance(store, StoreScans)
     assert store.batch == batch
     answer = judge_scans(store.scans, DEVICE, "keynote-1", stored)
-    stored.update({r.scan_id: DEVICE for r in answer if r.result == ACCEPTED})
+    stored.update({r.scan_id: DEVICE for r in answer if r.result == ScanOutcome.ACCEPTED})
     server.send_results(store.batch, answer)
     pump(device, server)
     [record] = device.actions()
     assert isinstance(record, RecordResults)
     assert record.batch == batch
     assert {r.scan_id: r.result for r in record.results} == {
-        "s1": ACCEPTED, "s2": REFUSED, "old": REFUSED}
+        "s1": ScanOutcome.ACCEPTED, "s2": ScanOutcome.REFUSED, "old": ScanOutcome.REFUSED}
     assert device.batches_in_flight == 0
     assert stored["s1"] == DEVICE
 
@@ -638,7 +639,7 @@ def test_a_whole_conversation_from_an_empty_cache() -> None:
     server.send_results(store.batch, judge_scans(store.scans, DEVICE, "keynote-1", stored))
     pump(device, server)
     [record] = device.actions()
-    assert record.results == [ScanResult("s1", DUPLICATE)]
+    assert record.results == [ScanResult("s1", ScanOutcome.DUPLICATE)]
 
     # status carries the device's cursor
     device.send_status(scans_waiting=0, scans_quarantined=2, last_frame_at=T0)

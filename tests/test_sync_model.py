@@ -48,6 +48,7 @@ import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +82,13 @@ from sync.device_end import (
     Welcomed,
 )
 from sync.messages import (
-    ACCEPTED,
     CLOSE_REASSIGNED,
     CLOSE_UNAUTHORIZED,
-    DUPLICATE,
-    REFUSED,
     Change,
     Changes,
     ProtocolError,
     Scan,
+    ScanOutcome,
     ScanResult,
     SessionInfo,
     Snapshot,
@@ -111,6 +110,8 @@ DEVICE = "door-1"
 OTHER_DEVICE = "door-9"
 SOFTWARE = "checkin-model"
 T0 = "2026-11-28T10:00:00+01:00"
+#: When frames reach the server end (the model has no clock; nothing here depends on it).
+NOW = datetime.fromisoformat(T0)
 CODES = ("A1", "A2", "A3", "A4", "A5")
 SESSIONS = ("S1", "S2", "S3")
 NAMES = ("Keynote", "Workshop")
@@ -200,14 +201,14 @@ class ModelServer:
         for scan, result in zip(scans, results, strict=True):
             owner = owners.get(scan.scan_id)
             # The answer must tell the truth, or the device drops or re-pushes wrongly.
-            if result.result == ACCEPTED:
+            if result.result == ScanOutcome.ACCEPTED:
                 assert owner is None and scan.session_id in (None, session_id), (scan, result)
                 self.scans[scan.scan_id] = (device_id, scan)
                 self.inserted.append(scan.scan_id)
-            elif result.result == DUPLICATE:
+            elif result.result == ScanOutcome.DUPLICATE:
                 assert owner == device_id, (scan, result, owner)
             else:
-                assert result.result == REFUSED and result.reason, result
+                assert result.result == ScanOutcome.REFUSED and result.reason, result
                 assert owner not in (None, device_id) or (
                     owner is None and scan.session_id not in (None, session_id)), (scan, result)
         return results
@@ -369,10 +370,10 @@ class Link:
     to_server: list[str] = field(default_factory=list)
     to_device: list[str] = field(default_factory=list)
     #: The server end's actions not carried out yet (the endpoint's pump).
-    pending: list[sync.server_end.Action] = field(default_factory=list)
+    pending: list[sync.server_end.ServerAction] = field(default_factory=list)
     #: The action the pump is carrying out, with what it read (or stored) for it: the
     #: endpoint awaits the store between the two, and organizer changes land meanwhile.
-    reading: tuple[sync.server_end.Action, Any] | None = None
+    reading: tuple[sync.server_end.ServerAction, Any] | None = None
     #: Scans at or below this seq were pushed on this link (the daemon's pushed_seq).
     pushed_seq: int = 0
     #: A frame was dropped, duplicated or reordered (impossible over TCP).
@@ -448,7 +449,7 @@ class TcpSyncModel(RuleBasedStateMachine):
         link = self.link
         assert link is not None
         try:
-            link.server.receive(frame)
+            link.server.receive(frame, NOW)
         except ProtocolError as exc:
             self._protocol_error(link, exc)
             return
@@ -501,7 +502,7 @@ class TcpSyncModel(RuleBasedStateMachine):
             self._carry_out_on_device(action, link)
         self._flush()
 
-    def _carry_out_on_device(self, action: sync.device_end.Action, link: Link) -> None:
+    def _carry_out_on_device(self, action: sync.device_end.DeviceAction, link: Link) -> None:
         if isinstance(action, ApplySnapshot):
             self.door.apply_snapshot(action)
         elif isinstance(action, ApplyChanges):
@@ -998,7 +999,7 @@ async def sync_over_perfect_link(store: ServerStore, device: Device, door: Model
     while True:
         up = device_end.data_to_send()
         for frame in up:
-            server_end.receive(frame)
+            server_end.receive(frame, NOW)
         actions = server_end.actions()
         for action in actions:  # DeviceLink._carry_out
             if isinstance(action, SendSnapshot):
