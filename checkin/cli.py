@@ -14,9 +14,12 @@ from collections.abc import Sequence
 
 from core import __version__
 from device.config import DECODERS
+from server.schema import KEEP_DELETED_DAYS
 
 #: Exit status for a usage or config error, before anything has started.
 EXIT_CONFIG = 2
+#: Largest ``checkin server --keep-deleted-days`` (a century).
+MAX_KEEP_DELETED_DAYS = 36500
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--new-epoch", action="store_true",
                         help="after restoring the database from a backup: give it a new "
                              "epoch, so every door resyncs from a snapshot")
+    server.add_argument("--keep-deleted-days", type=_days, default=KEEP_DELETED_DAYS,
+                        metavar="N",
+                        help="keep each registrant's removal this many days for doors that "
+                             "have not synced it; a door offline longer gets a full "
+                             f"snapshot instead (default {KEEP_DELETED_DAYS})")
     server.add_argument("-v", "--verbose", action="store_true")
     server.set_defaults(handler=_server)
 
@@ -84,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
                            "happened (else it runs until Ctrl-C)")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _days(text: str) -> int:
+    """A whole number of days from 0 to :data:`MAX_KEEP_DELETED_DAYS` (argparse type)."""
+    try:
+        days = int(text)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= MAX_KEEP_DELETED_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of days from 0 to {MAX_KEEP_DELETED_DAYS}, not {text!r}")
+    return days
 
 
 def _load_config_or_exit(path: str):  # -> DeviceConfig, or exits 2
@@ -142,6 +162,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    from datetime import timedelta
     from pathlib import Path
 
     from server.app import run_server
@@ -150,7 +171,8 @@ def _server(args: argparse.Namespace) -> int:
         print("checkin server: --certfile and --keyfile go together", file=sys.stderr)
         return EXIT_CONFIG
     return run_server(Path(args.data), args.host, args.port, certfile=args.certfile,
-                      keyfile=args.keyfile, new_epoch=args.new_epoch)
+                      keyfile=args.keyfile, new_epoch=args.new_epoch,
+                      keep_deleted=timedelta(days=args.keep_deleted_days))
 
 
 def _sync(args: argparse.Namespace) -> int:

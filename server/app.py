@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,19 +23,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from core.clock import wall_now
 from core.database import StoreError
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub
+from server.schema import KEEP_DELETED_DAYS
 from server.store import ServerStore
 from server.tokens import admin_token
 from sync.messages import MAX_DEVICE_MESSAGE
 
 log = logging.getLogger("checkin.server")
 
+#: Seconds between two prunings of the removals older than that.
+PRUNE_EVERY = 3600.0
 
-def create_app(data_dir: Path, token: str) -> Starlette:
-    """The server's ASGI application, keeping its state in *data_dir*."""
+
+def create_app(data_dir: Path, token: str, *,
+               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS)) -> Starlette:
+    """The server's ASGI application, keeping its state in *data_dir* and registrants'
+    removals for *keep_deleted*."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -42,13 +50,33 @@ def create_app(data_dir: Path, token: str) -> Starlette:
         app.state.hub = Hub()
         app.state.admin_token = token
         log.info("server store %s (epoch %s)", app.state.store.path, app.state.store.epoch)
+        pruning = asyncio.create_task(prune_tombstones(app.state.store, keep_deleted))
         try:
             yield
         finally:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
             await app.state.store.close()
 
     return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint)], lifespan=lifespan,
                      exception_handlers={HTTPException: _http_error})
+
+
+async def prune_tombstones(store: ServerStore, keep: timedelta,
+                           every: float = PRUNE_EVERY) -> None:
+    """Forget registrants' removals older than *keep*, now and every *every* seconds,
+    until cancelled. Doors whose cursor is behind a forgotten removal get a snapshot
+    when they next sync."""
+    while True:
+        try:
+            pruned = await store.prune_tombstones_before(wall_now() - keep)
+        except StoreError as exc:  # e.g. the disk is full: the next round tries again
+            log.warning("cannot prune removed registrants: %s", exc)
+        else:
+            if pruned:
+                log.info("forgot %d registrant removal(s) older than %s", pruned, keep)
+        await asyncio.sleep(every)
 
 
 async def _renew_epoch(data_dir: Path) -> str:
@@ -123,7 +151,8 @@ def _timed_h11() -> type:
 
 
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
-               keyfile: str | None = None, new_epoch: bool = False) -> int:
+               keyfile: str | None = None, new_epoch: bool = False,
+               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS)) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
     import uvicorn
 
@@ -138,7 +167,8 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         return 1
     print(f"checkin server: admin token {source}", file=sys.stderr, flush=True)
     config = uvicorn.Config(
-        create_app(data_dir, token), host=host, port=port, ws="websockets-sansio",
+        create_app(data_dir, token, keep_deleted=keep_deleted), host=host, port=port,
+        ws="websockets-sansio",
         ws_max_size=MAX_DEVICE_MESSAGE, ws_ping_interval=10, ws_ping_timeout=10,
         ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=5, http=_timed_h11(), timeout_keep_alive=KEEP_ALIVE_TIMEOUT,

@@ -2,9 +2,11 @@
 
 Every row a device caches carries ``seq``, the server-wide sequence number of
 its last change; deletions stay as tombstones (``deleted = 1``) so a device's
-cursor can always be answered with "every row whose seq is above it". The
-epoch is made once, with the file: a server whose database was replaced has a
-new epoch, and every device resyncs from a snapshot.
+cursor can always be answered with "every row whose seq is above it". Registrant
+tombstones older than the server's retention are pruned; ``meta.horizon`` then
+says which cursors are too old to be answered that way (those devices get a
+snapshot). The epoch is made once, with the file: a server whose database was
+replaced has a new epoch, and every device resyncs from a snapshot.
 """
 
 from __future__ import annotations
@@ -78,7 +80,20 @@ MIGRATIONS: tuple[str, ...] = (
     -- How far off the device's clock was when it made a scan online, if it was off.
     ALTER TABLE scans ADD COLUMN clock_flag TEXT;
     """,
+    """
+    -- When a registrant was removed: its tombstone is pruned once it is older than the
+    -- server's retention (checkin server --keep-deleted-days). Removals made before
+    -- this column existed count from the upgrade.
+    ALTER TABLE registrants ADD COLUMN deleted_at TEXT;
+    UPDATE registrants SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+    WHERE deleted = 1;
+    """,
 )
 
 #: The server store's file name inside its data dir.
 SERVER_FILE = "server.sqlite3"
+
+#: Default days a registrant's removal (its tombstone) is kept for doors that have not
+#: synced it yet (``checkin server --keep-deleted-days``); a door offline for longer
+#: gets a snapshot.
+KEEP_DELETED_DAYS = 30

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,7 @@ class ServerStore:
             seq = await self._next_seqs(db, 1)
             await db.execute(
                 "INSERT INTO registrants (session_id, code, deleted, seq) VALUES (?, ?, 0, ?)"
-                " ON CONFLICT DO UPDATE SET deleted = 0, seq = excluded.seq",
+                " ON CONFLICT DO UPDATE SET deleted = 0, deleted_at = NULL, seq = excluded.seq",
                 (session_id, code, seq))
             return True
 
@@ -211,16 +212,26 @@ class ServerStore:
             if not await _is_registrant(db, session_id, code):
                 raise NotFound(f"{code!r} is not a registrant of session {session_id!r}")
             seq = await self._next_seqs(db, 1)
-            await db.execute("UPDATE registrants SET deleted = 1, seq = ? WHERE session_id = ?"
-                             " AND code = ?", (seq, session_id, code))
+            await db.execute("UPDATE registrants SET deleted = 1, deleted_at = ?, seq = ?"
+                             " WHERE session_id = ? AND code = ?",
+                             (wall_stamp(), seq, session_id, code))
 
     async def prune_tombstones(self, upto_seq: int) -> int:
-        """Forget deletions at or below *upto_seq*; devices behind it will get a snapshot."""
+        """Forget registrant removals at or below *upto_seq*; devices behind it will get a
+        snapshot. Return how many were forgotten."""
         async with self._write() as db:
-            cursor = await db.execute(
-                "DELETE FROM registrants WHERE deleted = 1 AND seq <= ?", (upto_seq,))
-            await db.execute("UPDATE meta SET horizon = max(horizon, ?)", (upto_seq,))
-            return cursor.rowcount
+            return await _prune(db, upto_seq)
+
+    async def prune_tombstones_before(self, cutoff: datetime) -> int:
+        """Forget registrant removals made before *cutoff* (an aware time), and any older
+        by seq; devices whose cursor is behind them will get a snapshot. Return how many
+        were forgotten."""
+        async with self._write() as db:
+            upto = await scalar(
+                db, "SELECT max(seq) FROM registrants WHERE deleted = 1"
+                    " AND julianday(deleted_at) < julianday(?)",  # julianday: any UTC offset
+                (cutoff.isoformat(timespec="milliseconds"),))
+            return 0 if upto is None else await _prune(db, upto)
 
     # -- devices ---------------------------------------------------------------------
 
@@ -448,6 +459,13 @@ async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> Ses
     if row is None:
         return None
     return SessionInfo(**dict(row) | {"validate_registrants": bool(row["validate_registrants"])})
+
+
+async def _prune(db: aiosqlite.Connection, upto_seq: int) -> int:
+    cursor = await db.execute(
+        "DELETE FROM registrants WHERE deleted = 1 AND seq <= ?", (upto_seq,))
+    await db.execute("UPDATE meta SET horizon = max(horizon, ?)", (upto_seq,))
+    return cursor.rowcount
 
 
 async def _meta(db: aiosqlite.Connection) -> sqlite3.Row:

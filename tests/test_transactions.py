@@ -23,11 +23,13 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.clock import wall_now
 from core.database import ReadTransaction, WriteTransaction, connect, run_to_end
 from server.schema import SERVER_FILE
 from server.store import Attendee, Device, ServerStore
@@ -90,7 +92,7 @@ class Counter:
 
 #: Columns that differ between two runs of the same operation.
 TIMES = {"received_at", "last_seen_at", "revoked_at", "created_at", "last_sync_at",
-         "updated_at"}
+         "updated_at", "deleted_at"}
 
 
 def dump(path: Path) -> dict[str, list[tuple]]:
@@ -216,6 +218,8 @@ async def server_template(tmp_path) -> Path:
     await store.put_session(SessionInfo("s1", "One", True))
     await store.upsert_attendees([Attendee(c, f"Name {c}") for c in ("A1", "B2", "C3")])
     await store.put_registrant("s1", "A1")
+    await store.put_registrant("s1", "C3")
+    await store.delete_registrant("s1", "C3")  # a tombstone to prune
     await store.put_device("door-1", "s1")
     await store.close()
     return tmp_path / "template" / SERVER_FILE
@@ -234,6 +238,8 @@ WRITES: dict[str, Callable[[ServerStore], Awaitable[Any]]] = {
     "store_scans": lambda s: s.store_scans(Device("door-1", "s1"),
                                            [scan("A1", i) for i in SCAN_IDS]),
     "prune_tombstones": lambda s: s.prune_tombstones(100),
+    "prune_tombstones_before": lambda s: s.prune_tombstones_before(
+        wall_now() + timedelta(days=1)),
 }
 READS: dict[str, Callable[[ServerStore], Awaitable[Any]]] = {
     "renew_epoch": lambda s: s.renew_epoch(),  # a write, but its result is random
