@@ -22,8 +22,8 @@ from core.database import StoreError, WriteTransaction, connect
 from core.rules import Decision, Facts, SessionRules
 from sync.device_schema import MIGRATIONS
 
-__all__ = ["FACTS_SQL", "STORE_FILE", "ScanRecord", "Store", "StoreError", "UploadState",
-           "write_cache"]
+__all__ = ["FACTS_SQL", "STORE_FILE", "UPSERT_SESSION", "ScanRecord", "SessionRow", "Store",
+           "StoreError", "UploadState", "write_cache"]
 
 #: The store's file name inside the device's data dir.
 STORE_FILE = "checkin.sqlite3"
@@ -121,23 +121,16 @@ class Store:
         """
         async with self._write_lock:
             try:
-                row = await self._db.execute_insert(
-                    "INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
-                    " monotonic_ns, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        scan.scan_id,
-                        scan.code,
-                        scan.session_id,
-                        scan.decision,
-                        scan.reason,
-                        scan.scanned_at,
-                        scan.monotonic_ns,
-                        scan.boot_id,
-                    ),
-                )
+                row = await self._db.execute_insert(_INSERT_SCAN, _scan_row(scan))
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write store {self.path}: {exc}") from exc
         return row[0]  # last_insert_rowid(): the scan's seq
+
+    async def record_scans(self, scans: Iterable[ScanRecord]) -> None:
+        """Commit several scans in one transaction (a backlog made elsewhere, for tools,
+        tests and benchmarks; the door records each scan with :meth:`record_scan`)."""
+        async with self.write():
+            await self._db.executemany(_INSERT_SCAN, [_scan_row(scan) for scan in scans])
 
     async def note_door(self, *, started_at: str | None = None, last_frame_at: str | None = None,
                         frames: int = 0) -> None:
@@ -212,6 +205,15 @@ async def write_cache(
         "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
         ((session["session_id"], c) for c in registrants),
     )
+
+
+_INSERT_SCAN = ("INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
+                " monotonic_ns, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _scan_row(scan: ScanRecord) -> tuple[Any, ...]:
+    return (scan.scan_id, scan.code, scan.session_id, scan.decision, scan.reason,
+            scan.scanned_at, scan.monotonic_ns, scan.boot_id)
 
 
 def _parse_time(value: str | None) -> datetime | None:
