@@ -88,10 +88,26 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE registrants SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
     WHERE deleted = 1;
     """,
+    """
+    -- An attendee's own schedule link (the seed's link in the confirmation email). Its
+    -- token is never stored: it is made again from the server's link secret (a file in
+    -- the data dir, not in this database) and the nonce; only its SHA-256 is kept, to
+    -- find the attendee by a token. Deleting the row revokes the link.
+    CREATE TABLE schedule_links (
+        code       TEXT PRIMARY KEY,
+        nonce      TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    -- The directory and the Registrants box list attendees by name, a page at a time.
+    CREATE INDEX attendees_name ON attendees (name, code);
+    """,
 )
 
 #: The server store's file name inside its data dir.
 SERVER_FILE = "server.sqlite3"
+#: The file in the data dir holding the secret that schedule-link tokens are made from.
+LINK_SECRET_FILE = "link-secret"
 
 #: Default days a registrant's removal (its tombstone) is kept for doors that have not
 #: synced it yet (``checkin server --keep-deleted-days``); a door offline for longer

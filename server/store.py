@@ -10,9 +10,14 @@ connection, which WAL lets proceed while a write is under way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ from core.database import (
 )
 from core.rules import Decision
 from server.audit import clock_flag, disagreement
-from server.schema import MIGRATIONS, SERVER_FILE
+from server.schema import LINK_SECRET_FILE, MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash
 from sync.messages import Change, Scan, ScanOutcome, ScanResult, SessionInfo
 from sync.server_end import ClockAnchor, ServerView, judge_scans
@@ -66,6 +71,7 @@ class ServerStore:
 
     def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path,
                  epoch: str) -> None:
+        self._link_secret: bytes | None = None  # read (or made) when a link is first needed
         self._db = db
         self._reader = reader
         self.path = path
@@ -200,11 +206,193 @@ class ServerStore:
             if await _is_registrant(db, session_id, code):
                 return False
             seq = await self._next_seqs(db, 1)
-            await db.execute(
-                "INSERT INTO registrants (session_id, code, deleted, seq) VALUES (?, ?, 0, ?)"
-                " ON CONFLICT DO UPDATE SET deleted = 0, deleted_at = NULL, seq = excluded.seq",
-                (session_id, code, seq))
+            await db.execute(_PUT_REGISTRANT, (session_id, code, seq))
             return True
+
+    async def put_registrants(self, session_id: str, codes: Iterable[str]) -> int:
+        """Add *codes* to the session's registrants in one transaction (a list imported at
+        once); return how many were new. Every code must be an attendee's."""
+        wanted = list(dict.fromkeys(codes))
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            registered = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                attendees = {r["code"] for r in await db.execute_fetchall(
+                    f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk)}
+                if missing := [c for c in chunk if c not in attendees]:
+                    raise NotFound(f"no attendee with code {missing[0]!r}: add the attendee "
+                                   "first (POST /api/attendees)")
+                registered.update(r["code"] for r in await db.execute_fetchall(
+                    "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
+                    f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
+            new = [c for c in wanted if c not in registered]
+            first = await self._next_seqs(db, len(new)) if new else 0
+            await db.executemany(_PUT_REGISTRANT, [(session_id, c, first + i)
+                                                   for i, c in enumerate(new)])
+        return len(new)
+
+    async def remove_registrants(self, session_id: str, codes: list[str] | None = None) -> int:
+        """Remove *codes* (``None``: every registrant) from the session's registrants in one
+        transaction ("Delete All"); return how many were removed. Codes that are not
+        registrants are passed over."""
+        async with self._write() as db:
+            await self._live_session(db, session_id)
+            if codes is None:
+                gone = [r["code"] for r in await db.execute_fetchall(
+                    "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
+                    (session_id,))]
+            else:
+                wanted, gone = list(dict.fromkeys(codes)), []
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start:start + _CHUNK]
+                    gone += [r["code"] for r in await db.execute_fetchall(
+                        "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
+                        f" AND code IN ({_marks(chunk)})", [session_id, *chunk])]
+            if not gone:
+                return 0
+            first, stamp = await self._next_seqs(db, len(gone)), wall_stamp()
+            # Each removal gets a seq of its own: a door's cursor may stop between any two.
+            await db.executemany(
+                "UPDATE registrants SET deleted = 1, deleted_at = ?, seq = ?"
+                " WHERE session_id = ? AND code = ?",
+                [(stamp, first + i, session_id, code) for i, code in enumerate(gone)])
+        return len(gone)
+
+    async def search_attendees(self, query: str = "", *, limit: int = 50,
+                               offset: int = 0) -> tuple[int, list[Attendee]]:
+        """(how many attendees match *query*, one page of them by name then code). The
+        query matches anywhere in the code, the name or the email, ignoring ASCII case."""
+        condition, params = _matching(query, "")
+        where = f"WHERE {condition}" if condition else ""
+        async with self._read() as db:
+            total = await scalar(db, f"SELECT count(*) FROM attendees {where}", params)
+            rows = await db.execute_fetchall(
+                f"SELECT code, name, email FROM attendees {where}"
+                " ORDER BY name, code LIMIT ? OFFSET ?", [*params, limit, max(offset, 0)])
+        return total, [Attendee(**r) for r in rows]
+
+    async def registrants_page(self, session_id: str, query: str = "", *, limit: int = 50,
+                               offset: int = 0) -> tuple[int, list[Attendee]]:
+        """(how many of the session's registrants match *query*, one page of them by name
+        then code): the Registrants box, which stays fast at 50,000."""
+        condition, params = _matching(query, "a.")
+        joined = ("FROM registrants AS r JOIN attendees AS a ON a.code = r.code"
+                  " WHERE r.session_id = ? AND r.deleted = 0"
+                  + (f" AND {condition}" if condition else ""))
+        async with self._read() as db:
+            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?"
+                                    " AND deleted = 0", (session_id,)):
+                raise NotFound(f"no session {session_id!r}")
+            total = await scalar(db, f"SELECT count(*) {joined}", [session_id, *params])
+            rows = await db.execute_fetchall(
+                f"SELECT a.code, a.name, a.email {joined} ORDER BY a.name, a.code"
+                " LIMIT ? OFFSET ?", [session_id, *params, limit, max(offset, 0)])
+        return total, [Attendee(**r) for r in rows]
+
+    async def attendees_by(self, column: str, values: list[str]) -> dict[str, str]:
+        """{value: attendee code} for the attendees whose *column* ("code" or "email")
+        is one of *values*; an email held by several attendees maps to none of them
+        (``""``), since it cannot say which one is meant."""
+        if column not in ("code", "email"):
+            raise ValueError(f"no attendee column {column!r}")
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(values))
+        async with self._read() as db:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start:start + _CHUNK]
+                for r in await db.execute_fetchall(
+                        f"SELECT code, {column} AS value FROM attendees"
+                        f" WHERE {column} IN ({_marks(chunk)})", chunk):
+                    found[r["value"]] = "" if r["value"] in found else r["code"]
+        return found
+
+    async def registered_among(self, session_id: str, codes: list[str]) -> set[str]:
+        """Which of *codes* are already the session's registrants."""
+        registered: set[str] = set()
+        wanted = list(dict.fromkeys(codes))
+        async with self._read() as db:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start:start + _CHUNK]
+                registered.update(r["code"] for r in await db.execute_fetchall(
+                    "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
+                    f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
+        return registered
+
+    async def session_exists(self, session_id: str) -> bool:
+        async with self._read() as db:
+            return bool(await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?"
+                                         " AND deleted = 0", (session_id,)))
+
+    async def session_overview(self) -> list[dict[str, Any]]:
+        """Every live session, soonest first (those without a time last), with how many
+        registrants it has and how many distinct attendees were admitted."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT session_id, name, starts_at, ends_at, validate_registrants,"
+                " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
+                "  AND r.deleted = 0) AS registered,"
+                " (SELECT count(DISTINCT code) FROM scans AS c WHERE c.session_id = s.session_id"
+                "  AND c.decision = ?) AS admitted"
+                " FROM sessions AS s WHERE deleted = 0"
+                " ORDER BY starts_at IS NULL, starts_at, name, session_id",
+                (Decision.ADMITTED,))
+        return [dict(r) | {"validate_registrants": bool(r["validate_registrants"])}
+                for r in rows]
+
+    # -- schedule links --------------------------------------------------------------
+
+    async def schedule_link(self, code: str) -> str:
+        """The attendee's schedule-link token, made if they have none. Only its hash is
+        stored; the token is made again, whenever asked, from the link secret (a file
+        beside the database, not in it) and the link's nonce."""
+        secret = await self._secret()
+        async with self._write() as db:
+            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+                raise NotFound(f"no attendee with code {code!r}")
+            nonce = await scalar(db, "SELECT nonce FROM schedule_links WHERE code = ?", (code,))
+            if nonce is not None:
+                return _link_token(secret, code, nonce)
+            nonce = secrets.token_hex(16)
+            token = _link_token(secret, code, nonce)
+            await db.execute("INSERT INTO schedule_links (code, nonce, token_hash, created_at)"
+                             " VALUES (?, ?, ?, ?)", (code, nonce, token_hash(token), wall_stamp()))
+            return token
+
+    async def revoke_schedule_link(self, code: str) -> None:
+        """Revoke the attendee's schedule link: its token stops working, and the next
+        :meth:`schedule_link` makes a new one."""
+        async with self._write() as db:
+            await db.execute("DELETE FROM schedule_links WHERE code = ?", (code,))
+
+    async def attendee_by_schedule_token(self, token: str) -> Attendee | None:
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT a.code, a.name, a.email FROM schedule_links AS l"
+                " JOIN attendees AS a ON a.code = l.code WHERE l.token_hash = ?",
+                (token_hash(token),))
+        row = next(iter(rows), None)
+        return Attendee(**row) if row else None
+
+    async def attendee_schedule(self, code: str) -> list[dict[str, Any]]:
+        """Every live session, soonest first, each with whether *code* is a registrant."""
+        async with self._read() as db:
+            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+                raise NotFound(f"no attendee with code {code!r}")
+            rows = await db.execute_fetchall(
+                "SELECT session_id, name, starts_at, ends_at, validate_registrants,"
+                " EXISTS (SELECT 1 FROM registrants AS r WHERE r.session_id = s.session_id"
+                "  AND r.code = ? AND r.deleted = 0) AS registered"
+                " FROM sessions AS s WHERE deleted = 0"
+                " ORDER BY starts_at IS NULL, starts_at, name, session_id", (code,))
+        return [dict(r) | {"validate_registrants": bool(r["validate_registrants"]),
+                           "registered": bool(r["registered"])} for r in rows]
+
+    async def _secret(self) -> bytes:
+        if self._link_secret is None:
+            self._link_secret = await asyncio.to_thread(
+                _read_or_make_secret, self.path.parent / LINK_SECRET_FILE)
+        return self._link_secret
 
     async def delete_registrant(self, session_id: str, code: str) -> None:
         async with self._write() as db:
@@ -483,6 +671,48 @@ async def _is_registrant(db: aiosqlite.Connection, session_id: str, code: str) -
     return bool(await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
                                  " AND deleted = 0", (session_id, code)))
 
+
+#: Most values in one ``IN (...)`` list (SQLite allows 32,766 parameters; smaller
+#: statements keep each step short).
+_CHUNK = 500
+
+
+def _matching(query: str, prefix: str) -> tuple[str, list[str]]:
+    """A condition matching *query* anywhere in an attendee's code, name or email
+    (``%`` and ``_`` in it match themselves), and its parameters; ``""`` for no query."""
+    query = query.strip()
+    if not query:
+        return "", []
+    pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    clause = " OR ".join(f"{prefix}{column} LIKE ? ESCAPE '\\'"
+                         for column in ("code", "name", "email"))
+    return f"({clause})", [pattern] * 3
+
+
+def _link_token(secret: bytes, code: str, nonce: str) -> str:
+    digest = hmac.new(secret, f"{code}\0{nonce}".encode("utf-8", "surrogatepass"),
+                      hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _read_or_make_secret(path: Path) -> bytes:
+    """The link secret in *path*, made (readable by its owner only) if there is none."""
+    try:
+        secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (FileNotFoundError, ValueError):
+        secret = b""
+    if len(secret) < 32:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret.hex() + "\n")
+    return secret
+
+
+#: A registrant added (or a removed one back), with its seq.
+_PUT_REGISTRANT = (
+    "INSERT INTO registrants (session_id, code, deleted, seq) VALUES (?, ?, 0, ?)"
+    " ON CONFLICT DO UPDATE SET deleted = 0, deleted_at = NULL, seq = excluded.seq")
 
 #: What one row can make SQLite raise: its own errors, and text Python cannot encode.
 _ROW_ERRORS = (sqlite3.Error, UnicodeError, ValueError, OverflowError)
