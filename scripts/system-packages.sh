@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the few system packages checkin needs that pip cannot: the venv module
-# (Debian and Ubuntu ship it separately) and ZBar (for the pyzbar decoder).
+# (Debian and Ubuntu ship it separately), ZBar (for the pyzbar decoder) and Debian's
+# chromium, the real browser the organizer pages' tests drive through Playwright
+# (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md).
 # Run by `make` before it creates .venv; asks for sudo only if something is missing.
 set -euo pipefail
 
@@ -9,6 +11,8 @@ missing=()
 "$python" -c 'import ensurepip, venv' 2>/dev/null \
     || missing+=("python3-venv")
 ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing+=(libzbar0)
+# The tests look for it where Debian puts it (or at $CHECKIN_CHROMIUM).
+[ -x "${CHECKIN_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
