@@ -29,6 +29,7 @@ from core.shapes import (
     text,
     utc_timestamp,
 )
+from server import imports
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
 from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
@@ -68,6 +69,8 @@ def admin(handler: Handler) -> Handler:
             return error(404, str(exc))
         except Conflict as exc:
             return error(409, str(exc))
+        except imports.ImportError_ as exc:
+            return error(exc.status, exc.message)
         except StoreError as exc:
             log.error("%s", exc)
             return error(503, "server storage error; try again later")
@@ -90,6 +93,54 @@ async def _json_body(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+#: Content types a CSV file may be sent as (browsers on Windows say Excel's for .csv).
+CSV_TYPES = frozenset({"text/csv", "application/csv", "text/plain", "text/x-csv",
+                       "text/tab-separated-values", "application/vnd.ms-excel"})
+
+
+async def _csv_body(request: Request) -> bytes:
+    """The body of a CSV upload: a CSV content type, at most :data:`MAX_BODY` bytes."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind not in CSV_TYPES:
+        raise imports.ImportError_(415, f"send the CSV file as the body with 'Content-Type: "
+                                        f"text/csv' (got {show(kind or 'none')})")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise imports.ImportError_(413, f"file larger than {MAX_BODY} bytes: split it")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise imports.ImportError_(413, f"file larger than {MAX_BODY} bytes: split it")
+    except ClientDisconnect:
+        raise BadRequest("client went away mid-body") from None
+    return bytes(body)
+
+
+def _query(request: Request, key: str, required: bool = True) -> str | None:
+    value = request.query_params.get(key)
+    if value is None or not value.strip():
+        if required:
+            raise BadRequest(f"query parameter {key} is missing: name the file's column "
+                             f"(its header) as ?{key}=...")
+        return None
+    return value
+
+
+def _dry_run(request: Request) -> bool:
+    value = request.query_params.get("dry_run", "false").strip().lower()
+    if value not in ("true", "false", "1", "0", ""):
+        raise BadRequest(f"dry_run {show(value)}: expected true or false")
+    return value in ("true", "1")
+
+
+def _import_answer(result: imports.ImportResult) -> JSONResponse:
+    # How the file was read goes in headers: the body is exactly the contract's.
+    return JSONResponse(result.body(), status_code=result.status,
+                        headers={"X-CSV-Encoding": result.encoding,
+                                 "X-CSV-Delimiter": result.delimiter})
 
 
 def _path_id(request: Request, key: str, check: Check = identifier) -> str:
@@ -195,6 +246,45 @@ async def post_attendees(request: Request) -> Response:
 
 
 @admin
+async def import_attendees(request: Request) -> Response:
+    code, name = _query(request, "code"), _query(request, "name")
+    email, dry_run = _query(request, "email", required=False), _dry_run(request)
+    data = await _csv_body(request)
+    assert code is not None and name is not None
+    result = await imports.import_attendees(_store(request), data, code=code, name=name,
+                                            email=email, dry_run=dry_run)
+    if result.written and result.added:  # a name or email change is not the doors' business
+        request.app.state.hub.changed(None)
+    return _import_answer(result)
+
+
+@admin
+async def import_registrants(request: Request) -> Response:
+    session_id = _path_id(request, "session_id")
+    column, match = _query(request, "column"), request.query_params.get("match", "code")
+    if match not in ("code", "email"):
+        raise BadRequest(f"match {show(match)}: expected code or email (what the column "
+                         "holds)")
+    dry_run = _dry_run(request)
+    data = await _csv_body(request)
+    assert column is not None
+    result = await imports.import_registrants(_store(request), session_id, data,
+                                              column=column, match=match, dry_run=dry_run)
+    if result.written and result.added:
+        request.app.state.hub.changed(session_id)
+    return _import_answer(result)
+
+
+@admin
+async def delete_registrants(request: Request) -> Response:
+    session_id = _path_id(request, "session_id")
+    removed = await _store(request).remove_registrants(session_id)
+    if removed:
+        request.app.state.hub.changed(session_id)
+    return JSONResponse({"removed": removed})
+
+
+@admin
 async def put_registrant(request: Request) -> Response:
     session_id, code = _path_id(request, "session_id"), _path_code(request)
     created = await _store(request).put_registrant(session_id, code)
@@ -252,10 +342,15 @@ ROUTES = [
     Route("/api/sessions/{session_id}", put_session, methods=["PUT"]),
     Route("/api/sessions/{session_id}", delete_session, methods=["DELETE"]),
     Route("/api/sessions/{session_id}/attendance", attendance, methods=["GET"]),
+    # Before the routes by code: "import" is a code too, for PUT and DELETE.
+    Route("/api/sessions/{session_id}/registrants/import", import_registrants,
+          methods=["POST"]),
+    Route("/api/sessions/{session_id}/registrants", delete_registrants, methods=["DELETE"]),
     Route("/api/sessions/{session_id}/registrants/{code:path}", put_registrant, methods=["PUT"]),
     Route("/api/sessions/{session_id}/registrants/{code:path}", delete_registrant,
           methods=["DELETE"]),
     Route("/api/attendees", post_attendees, methods=["POST"]),
+    Route("/api/attendees/import", import_attendees, methods=["POST"]),
     Route("/api/devices", list_devices, methods=["GET"]),
     Route("/api/devices/{device_id}", put_device, methods=["PUT"]),
     Route("/api/devices/{device_id}", delete_device, methods=["DELETE"]),

@@ -290,21 +290,27 @@ class ServerStore:
                 " LIMIT ? OFFSET ?", [session_id, *params, limit, max(offset, 0)])
         return total, [Attendee(**r) for r in rows]
 
-    async def attendees_by(self, column: str, values: list[str]) -> dict[str, str]:
-        """{value: attendee code} for the attendees whose *column* ("code" or "email")
-        is one of *values*; an email held by several attendees maps to none of them
-        (``""``), since it cannot say which one is meant."""
-        if column not in ("code", "email"):
-            raise ValueError(f"no attendee column {column!r}")
-        found: dict[str, str] = {}
-        wanted = list(dict.fromkeys(values))
+    async def existing_codes(self, codes: list[str]) -> set[str]:
+        """Which of *codes* are attendees' codes."""
+        found: set[str] = set()
+        wanted = list(dict.fromkeys(codes))
         async with self._read() as db:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start:start + _CHUNK]
-                for r in await db.execute_fetchall(
-                        f"SELECT code, {column} AS value FROM attendees"
-                        f" WHERE {column} IN ({_marks(chunk)})", chunk):
-                    found[r["value"]] = "" if r["value"] in found else r["code"]
+                found.update(r["code"] for r in await db.execute_fetchall(
+                    f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk))
+        return found
+
+    async def codes_by_email(self) -> dict[str, str]:
+        """{email folded to lower case: attendee code} for every attendee with an email;
+        an email several attendees share maps to ``""``: it cannot say which one is meant.
+        (One pass over the table: emails are not indexed, and an import asks for many.)"""
+        found: dict[str, str] = {}
+        async with self._read() as db:
+            for r in await db.execute_fetchall(
+                    "SELECT code, email FROM attendees WHERE email IS NOT NULL"):
+                key = r["email"].strip().casefold()
+                found[key] = "" if key in found else r["code"]
         return found
 
     async def registered_among(self, session_id: str, codes: list[str]) -> set[str]:
