@@ -31,6 +31,8 @@ from server.hub import Hub
 from server.schema import KEEP_DELETED_DAYS
 from server.store import ServerStore
 from server.tokens import admin_token
+from server.web.pages import ROUTES as WEB_ROUTES
+from server.web.pages import Web, WebError, is_page
 from sync.messages import MAX_DEVICE_MESSAGE
 
 log = logging.getLogger("checkin.server")
@@ -49,6 +51,8 @@ def create_app(data_dir: Path, token: str, *,
         app.state.store = await ServerStore.open(data_dir)
         app.state.hub = Hub()
         app.state.admin_token = token
+        # The organizers' pages: the cookie secret and the uploads folder in the data dir.
+        app.state.web = await asyncio.to_thread(Web, data_dir, token)
         log.info("server store %s (epoch %s)", app.state.store.path, app.state.store.epoch)
         pruning = asyncio.create_task(prune_tombstones(app.state.store, keep_deleted))
         try:
@@ -59,8 +63,8 @@ def create_app(data_dir: Path, token: str, *,
                 await pruning
             await app.state.store.close()
 
-    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint)], lifespan=lifespan,
-                     exception_handlers={HTTPException: _http_error})
+    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint), *WEB_ROUTES],
+                     lifespan=lifespan, exception_handlers={HTTPException: _http_error})
 
 
 async def prune_tombstones(store: ServerStore, keep: timedelta,
@@ -88,8 +92,14 @@ async def _renew_epoch(data_dir: Path) -> str:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Routing errors (404, 405) in the API's own JSON shape."""
+    """Routing errors (404, 405) in the API's own JSON shape, or as a page for the web
+    interface's paths."""
     assert isinstance(exc, HTTPException)
+    if is_page(request.url.path) and hasattr(request.app.state, "web"):
+        message = {404: f"there is no page {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+                       exc.status_code, str(exc.detail))
+        return request.app.state.web.error_page(request, WebError(exc.status_code, message))
     if exc.status_code == 404:
         return error(404, f"no such route: {request.method} {request.url.path}")
     if exc.status_code == 405:
