@@ -8,16 +8,21 @@ import csv
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
 
 from server.csv_import import _UTF8_MULTIBYTE as UTF8_MULTIBYTE
 from server.csv_import import MAX_ROWS
+from server.schema import SERVER_FILE
+from sync.device_end import ApplyChanges, ApplySnapshot
 from tests.system import Server, read_only_query
+from tests.test_sync_endpoint import Client
 
 CSV = {"Content-Type": "text/csv"}
 
@@ -47,14 +52,18 @@ def post(server: Server, path: str, data: bytes | str, **params: Any) -> httpx.R
                                       for k, v in params.items()})
 
 
+def store_file(server: Server) -> Path:
+    return server.data_dir / SERVER_FILE
+
+
 def registrants(server: Server, sid: str) -> set[str]:
     return {code for (code,) in read_only_query(
-        server.store_file, "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
+        store_file(server), "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
         (sid,))}
 
 
 def attendee(server: Server, code: str) -> tuple[str, str | None] | None:
-    rows = read_only_query(server.store_file, "SELECT name, email FROM attendees WHERE code = ?",
+    rows = read_only_query(store_file(server), "SELECT name, email FROM attendees WHERE code = ?",
                            (code,))
     return rows[0] if rows else None
 
@@ -298,3 +307,32 @@ def test_generated_files_round_trip(server, file) -> None:
     assert answer.json() == {"rows": len(half), "added": 0, "already": len(half),
                              "problems": [], "written": True}
     assert registrants(server, sid) == {c for c, _, _ in rows}
+
+
+async def test_imports_and_delete_all_reach_a_connected_door_at_once(server) -> None:
+    everyone = people(server, 5)
+    sid = new_session(server)
+    device_id = new_id("door")
+    token = server.provision(device_id, sid)
+    async with connect(server.sync_url,
+                       additional_headers={"Authorization": f"Bearer {token}"}) as websocket:
+        door = Client(websocket, device_id)
+        await door.until(ApplySnapshot)
+
+        async def changes(expected: set[tuple[str, str, bool]]) -> None:
+            seen: set[tuple[str, str, bool]] = set()
+            while not expected <= seen:  # one or more messages: bounded by until's timeout
+                action = await door.until(ApplyChanges)
+                seen |= {(c.kind, c.code, c.deleted) for c in action.changes}
+
+        prefix = new_id("N")
+        answer = post(server, "/api/attendees/import", f"code,name\n{prefix},New\n",
+                      code="code", name="name")
+        assert answer.json()["added"] == 1
+        await changes({("attendee", prefix, False)})
+        file = "code\n" + "".join(f"{c}\n" for c, _, _ in everyone)
+        assert post(server, f"/api/sessions/{sid}/registrants/import", file,
+                    column="code").json()["added"] == 5
+        await changes({("registrant", c, False) for c, _, _ in everyone})
+        assert server.api("DELETE", f"/api/sessions/{sid}/registrants") == {"removed": 5}
+        await changes({("registrant", c, True) for c, _, _ in everyone})
