@@ -5,6 +5,7 @@ attendee's schedule link. (The real-browser walkthrough is tests/test_browser.py
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -148,6 +149,30 @@ def test_sign_in_sets_a_signed_http_only_strict_cookie_and_sign_out_ends_it(
     assert page.client.get("/doors").status_code == 303
 
 
+def test_the_cookie_is_secure_over_tls(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file, key_file = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    server = Server(tmp_path / "server", tls=(str(cert_file), str(key_file)),
+                    verify=verify).start()
+    try:
+        client = httpx.Client(base_url=server.url, verify=verify)
+        form = client.get("/signin")
+        assert "secure" in [p.strip().lower() for p in form.headers["set-cookie"].split(";")]
+        csrf = re.search(r'name="csrf" value="([^"]*)"', form.text).group(1)
+        signed_in = client.post("/signin", data={"csrf": csrf, "token": ADMIN})
+        flags = [p.strip().lower() for p in signed_in.headers["set-cookie"].split(";")]
+        assert {"secure", "httponly", "samesite=strict"} <= set(flags)
+        assert client.get("/sessions").status_code == 200
+    finally:
+        server.stop()
+
+
 def test_the_sign_in_only_redirects_within_the_server(server: Server) -> None:
     page = Page(server)
     page.get("/signin")
@@ -280,6 +305,8 @@ def test_registrants_are_added_by_search_removed_by_ticking_and_paged(
     assert first.text.count('name="code" value="BOX-') == 50 and "Page 1 of 3" in first.text
     last = page.get("/sessions/box", page="3")
     assert last.text.count('name="code" value="BOX-') == 20
+    past = page.get("/sessions/box", page="7")  # past the end: the last page
+    assert past.text.count('name="code" value="BOX-') == 20 and "Page 3 of 3" in past.text
     filtered = page.get("/sessions/box", q="Person 11")
     assert filtered.text.count('name="code" value="BOX-') == 10
     # Delete All, from the box.
@@ -391,7 +418,7 @@ def test_attacker_controlled_text_is_escaped_on_every_page(server: Server, page:
     link = page.post("/attendees/schedule-link", {"code": "XSS-1"}, expect=200)
     url = re.search(r'id="schedule-link" href="([^"]+)"', link.text).group(1)
     upload = _upload(page, "/sessions/xss/import", f"code,{XSS}\nXSS-1,{XSS}\n".encode())
-    pages = [page.get("/sessions"), page.get("/sessions/xss"),
+    pages = [page.get("/sessions"), page.get("/sessions/xss"), page.get("/sessions/xss/import"),
              page.get("/sessions/xss", find="XSS"), page.get("/sessions/xss", q=XSS),
              page.get("/sessions/xss/delete", expect=409), page.get("/attendees"),
              page.get("/attendees", q=XSS), page.get("/doors"), link,
@@ -519,3 +546,26 @@ def test_changes_made_on_the_pages_reach_a_connected_door(server: Server, page: 
         wait_for(lambda: "4001" in door.log(), what="the revoked door's link closed")
     finally:
         door.stop_sync()
+
+
+def test_hostile_form_values_get_pages_naming_the_field(server: Server, page: Page) -> None:
+    page.get("/attendees")
+    long = page.post("/attendees", {"code": "H-1", "name": "n" * 201}, expect=400)
+    assert "name" in long.text and "at most 200 characters" in long.text
+    control = page.post("/attendees", {"code": "H\x01", "name": "x"}, expect=400)
+    assert "code" in control.text and "attendee code" in control.text
+    huge = page.post("/attendees", {"code": "H-2", "name": "x", "pad": "p" * (2 << 20)},
+                     expect=413)
+    assert "larger than 1 MiB" in huge.text
+    page.get("/sessions", page="not-a-number")
+    page.get("/attendees", q="%_\\'\"; DROP TABLE attendees; --")
+    two = page.post("/attendees/import", files=[("file", ("a.csv", b"a\n", "text/csv")),
+                                                ("file", ("b.csv", b"b\n", "text/csv"))],
+                    expect=400)
+    assert "Traceback" not in two.text
+    page.get("/attendees/import")
+    empty = page.post("/attendees/import", files={"file": ("e.csv", b"", "text/csv")},
+                      expect=400)
+    assert "file" in empty.text
+    page.get("/attendees/import/not-an-upload-id-at-all", expect=404)
+    page.get("/attendees/import/../../etc/passwd", expect=404)

@@ -10,6 +10,7 @@ door is reassigned or revoked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -258,6 +259,16 @@ def _page_number(request: Request, key: str = "page") -> int:
         return 1
 
 
+async def _paged(fetch: Callable[[int], Awaitable[tuple[int, list[Attendee]]]],
+                 page: int) -> tuple[int, list[Attendee]]:
+    """One page of a list; past its end (rows removed meanwhile, an old link), the last."""
+    total, rows = await fetch((page - 1) * PAGE_SIZE)
+    last = max(1, math.ceil(total / PAGE_SIZE))
+    if not rows and page > last:
+        total, rows = await fetch((last - 1) * PAGE_SIZE)
+    return total, rows
+
+
 def _pages(total: int, page: int) -> dict[str, int]:
     last = max(1, math.ceil(total / PAGE_SIZE))
     return {"page": min(page, last), "last": last, "total": total}
@@ -416,8 +427,9 @@ async def session_page(request: Request) -> Response:
     session_id = session["session_id"]
     query = request.query_params.get("q", "")
     page = _page_number(request)
-    total, registrants = await _store(request).registrants_page(
-        session_id, query, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    total, registrants = await _paged(
+        lambda offset: _store(request).registrants_page(session_id, query, limit=PAGE_SIZE,
+                                                        offset=offset), page)
     find = request.query_params.get("find", "")
     found: list[Attendee] = []
     found_total = 0
@@ -504,8 +516,9 @@ async def remove_registrants(request: Request) -> Response:
 async def attendees_page(request: Request) -> Response:
     query = request.query_params.get("q", "")
     page = _page_number(request)
-    total, attendees = await _store(request).search_attendees(
-        query, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    total, attendees = await _paged(
+        lambda offset: _store(request).search_attendees(query, limit=PAGE_SIZE, offset=offset),
+        page)
     return _web(request).render(request, "attendees.html", query=query, attendees=attendees,
                                 paging=_pages(total, page))
 
@@ -581,7 +594,9 @@ async def import_upload(request: Request) -> Response:
     data = await upload.read()
     if not data:
         raise WebError(400, f"file {_show(upload.filename)}: the file is empty")
-    imports.preview(data, rows=PREVIEW_ROWS)  # not a CSV at all: say so now, keep nothing
+    # Not a CSV at all: say so now and keep nothing. (Reading 50,000 rows is CPU work:
+    # in a thread, so the doors' links are served meanwhile.)
+    await asyncio.to_thread(imports.preview, data, PREVIEW_ROWS)
     web = _web(request)
     web.sweep_uploads()
     upload_id = secrets.token_urlsafe(18)
@@ -606,7 +621,7 @@ async def _wizard(request: Request, *, choices: dict[str, str] | None = None,
     upload_id = request.path_params["upload_id"]
     path = _web(request).upload_path(request.state.session, upload_id)
     data = _uploaded(path)
-    preview = imports.preview(data, rows=PREVIEW_ROWS)
+    preview = await asyncio.to_thread(imports.preview, data, PREVIEW_ROWS)
     header = list(preview.header)
     if choices is None:
         if session_id:
@@ -638,6 +653,7 @@ def _uploaded(path: Path) -> bytes:
 
 @organizer
 async def import_map_page(request: Request) -> Response:
+    _web(request).sweep_uploads()
     return await _wizard(request)
 
 
