@@ -191,7 +191,8 @@ def _decode_lines(data: bytes, codec: str, name: str) -> tuple[str, list[Problem
     """*data* decoded line by line, bytes invalid in *codec* replaced, each line holding
     some reported."""
     lines, problems = [], []
-    for number, raw in enumerate(io.BytesIO(data), start=1):  # split on LF only: see below
+    # bytes.splitlines breaks at CRLF, CR and LF alone, as the CSV reader counts lines.
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
         try:
             lines.append(raw.decode(codec))
         except UnicodeDecodeError as exc:
@@ -199,10 +200,6 @@ def _decode_lines(data: bytes, codec: str, name: str) -> tuple[str, list[Problem
             problems.append(Problem(number, f"bad encoding: byte 0x{raw[exc.start]:02x} "
                                             f"(byte {exc.start + 1} of the line) is not "
                                             f"valid {name} text; save the file as CSV UTF-8"))
-    # CR-only line ends (old Mac files) would put several lines in one here; the line
-    # numbers would then be off, so count CRs as the CSV reader will.
-    if b"\r" in data and b"\n" not in data:
-        problems = [Problem(1, p.message) for p in problems]
     return "".join(lines), problems
 
 
