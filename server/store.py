@@ -356,13 +356,21 @@ class ServerStore:
         async with self._write() as db:
             if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
                 raise NotFound(f"no attendee with code {code!r}")
-            nonce = await scalar(db, "SELECT nonce FROM schedule_links WHERE code = ?", (code,))
-            if nonce is not None:
-                return _link_token(secret, code, nonce)
+            rows = await db.execute_fetchall(
+                "SELECT nonce, token_hash FROM schedule_links WHERE code = ?", (code,))
+            if rows:
+                token = _link_token(secret, code, rows[0]["nonce"])
+                if token_hash(token) == rows[0]["token_hash"]:
+                    return token
+                # The link secret is not the one the link was made with (a data dir restored
+                # without it): that link cannot be made again, so it is replaced.
             nonce = secrets.token_hex(16)
             token = _link_token(secret, code, nonce)
-            await db.execute("INSERT INTO schedule_links (code, nonce, token_hash, created_at)"
-                             " VALUES (?, ?, ?, ?)", (code, nonce, token_hash(token), wall_stamp()))
+            await db.execute(
+                "INSERT INTO schedule_links (code, nonce, token_hash, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (code) DO UPDATE SET nonce = excluded.nonce,"
+                " token_hash = excluded.token_hash, created_at = excluded.created_at",
+                (code, nonce, token_hash(token), wall_stamp()))
             return token
 
     async def revoke_schedule_link(self, code: str) -> None:

@@ -111,6 +111,14 @@ async def test_schedule_links_are_stable_stored_hashed_and_revocable(tmp_path: P
             await store2.schedule_link("NOBODY")
     finally:
         await store2.close()
+    secret.unlink()  # a data dir restored without its link secret
+    store3 = await ServerStore.open(tmp_path)
+    try:
+        again = await store3.schedule_link("C007")
+        assert again != renewed and await store3.attendee_by_schedule_token(again)
+        assert await store3.attendee_by_schedule_token(renewed) is None
+    finally:
+        await store3.close()
 
 
 async def test_a_version_3_database_is_migrated(tmp_path: Path) -> None:
