@@ -120,8 +120,10 @@ class CsvFile:
                                       f"{show(name)} (columns "
                                       f"{', '.join(str(i + 1) for i in candidates)}): rename "
                                       "one so the choice is clear")
+        listed = ", ".join(show(h) for h in self.header[:20])
+        more = len(self.header) - 20
         raise CsvRefused(400, f"{what}: the file has no column {show(name)}; its columns are "
-                              + ", ".join(show(h) for h in self.header))
+                              + listed + (f" and {more} more" if more > 0 else ""))
 
 
 @dataclass(frozen=True, slots=True)
