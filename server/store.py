@@ -330,9 +330,10 @@ class ServerStore:
             return bool(await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?"
                                          " AND deleted = 0", (session_id,)))
 
-    async def session_overview(self) -> list[dict[str, Any]]:
-        """Every live session, soonest first (those without a time last), with how many
-        registrants it has and how many distinct attendees were admitted."""
+    async def session_overview(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Every live session (or only *session_id*: one session's page need not count
+        every other's registrants and scans), soonest first (those without a time last),
+        with how many registrants it has and how many distinct attendees were admitted."""
         async with self._read() as db:
             rows = await db.execute_fetchall(
                 "SELECT session_id, name, starts_at, ends_at, validate_registrants,"
@@ -340,9 +341,9 @@ class ServerStore:
                 "  AND r.deleted = 0) AS registered,"
                 " (SELECT count(DISTINCT code) FROM scans AS c WHERE c.session_id = s.session_id"
                 "  AND c.decision = ?) AS admitted"
-                " FROM sessions AS s WHERE deleted = 0"
+                " FROM sessions AS s WHERE deleted = 0 AND (? IS NULL OR session_id = ?)"
                 " ORDER BY starts_at IS NULL, starts_at, name, session_id",
-                (Decision.ADMITTED,))
+                (Decision.ADMITTED, session_id, session_id))
         return [dict(r) | {"validate_registrants": bool(r["validate_registrants"])}
                 for r in rows]
 

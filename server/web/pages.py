@@ -415,9 +415,9 @@ async def create_session(request: Request) -> Response:
 
 async def _session(request: Request) -> dict[str, Any]:
     session_id = request.path_params["session_id"]
-    for session in await _store(request).session_overview():
-        if session["session_id"] == session_id:
-            return session
+    found = await _store(request).session_overview(session_id)
+    if found:
+        return found[0]
     raise WebError(404, f"no session {_show(session_id)} (deleted?)")
 
 
