@@ -178,6 +178,9 @@ def _guarded(handler: Handler, *, signed_in: bool, csrf: bool) -> Handler:
             log.exception("web page %s %s failed", request.method, request.url.path)
             response = web.error_page(request, WebError(
                 500, "something went wrong on the server; it is logged", title="Server error"))
+        form = getattr(request.state, "form", None)
+        if form is not None:  # an upload may have spilled into a temporary file
+            await form.close()
         if session.dirty:
             web.signer.write(response, session, request)
         return response
