@@ -485,6 +485,7 @@ def test_the_schedule_link_adds_and_removes_sessions_until_revoked(server: Serve
     # The attendee is not signed in: the link alone lets them in.
     attendee = Page(server)
     schedule = attendee.get(path)
+    assert "set-cookie" not in schedule.headers  # the link is the credential, no session
     assert 'id="schedule-table"' in schedule.text and "Add to Schedule" in schedule.text
     attendee.post(path, {"session_id": "sched-a", "action": "add"})
     assert _registrants(server, "sched-a") == 1

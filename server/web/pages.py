@@ -138,7 +138,7 @@ def _redirect(url: str) -> RedirectResponse:
 # -- guards ------------------------------------------------------------------------------
 
 
-def _guarded(handler: Handler, *, signed_in: bool, csrf: bool) -> Handler:
+def _guarded(handler: Handler, *, signed_in: bool, csrf: bool, cookie: bool = True) -> Handler:
     """Load the session cookie; require sign-in and a CSRF token if asked; turn every
     error into a page; write the cookie back when it changed."""
 
@@ -181,7 +181,7 @@ def _guarded(handler: Handler, *, signed_in: bool, csrf: bool) -> Handler:
         form = getattr(request.state, "form", None)
         if form is not None:  # an upload may have spilled into a temporary file
             await form.close()
-        if session.dirty:
+        if session.dirty and cookie:
             web.signer.write(response, session, request)
         return response
 
@@ -195,8 +195,14 @@ def organizer(handler: Handler) -> Handler:
 
 
 def public(handler: Handler) -> Handler:
-    """A page anyone may see (sign-in, the schedule page): it checks its own forms."""
+    """A page anyone may see (sign-in): it checks its own forms."""
     return _guarded(handler, signed_in=False, csrf=False)
+
+
+def attendee(handler: Handler) -> Handler:
+    """The attendee's schedule page: the link is the credential, its forms carry a token
+    bound to the page, and it sets no cookie (the attendee has no session with us)."""
+    return _guarded(handler, signed_in=False, csrf=False, cookie=False)
 
 
 async def read_form(request: Request) -> FormData:
@@ -780,7 +786,7 @@ async def _schedule_attendee(request: Request) -> tuple[str, Attendee]:
     return token, attendee
 
 
-@public
+@attendee
 async def schedule_page(request: Request) -> Response:
     token, attendee = await _schedule_attendee(request)
     sessions = await _store(request).attendee_schedule(attendee.code)
@@ -789,7 +795,7 @@ async def schedule_page(request: Request) -> Response:
         page_csrf=_web(request).signer.page_token("schedule", token))
 
 
-@public
+@attendee
 async def schedule_change(request: Request) -> Response:
     token, attendee = await _schedule_attendee(request)
     if not same(await _field(request, "csrf"),
