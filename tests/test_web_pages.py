@@ -570,3 +570,20 @@ def test_hostile_form_values_get_pages_naming_the_field(server: Server, page: Pa
     assert "file" in empty.text
     page.get("/attendees/import/not-an-upload-id-at-all", expect=404)
     page.get("/attendees/import/../../etc/passwd", expect=404)
+
+
+def test_the_cookie_secret_is_made_once_kept_private_or_taken_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.web.auth import SECRET_ENV, SECRET_FILE, load_secret
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    first = load_secret(tmp_path)
+    assert len(first) == 32 and load_secret(tmp_path) == first
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    (tmp_path / SECRET_FILE).write_text("")  # truncated by a crash: a new, good one
+    renewed = load_secret(tmp_path)
+    assert len(renewed) == 32 and renewed != first
+    (tmp_path / SECRET_FILE).write_text("not hex at all")
+    assert len(load_secret(tmp_path)) == 32
+    monkeypatch.setenv(SECRET_ENV, "from-the-environment")
+    assert load_secret(tmp_path) == b"from-the-environment"

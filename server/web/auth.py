@@ -45,10 +45,13 @@ def load_secret(data_dir: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        secret = bytes.fromhex(path.read_text(encoding="ascii").strip() or "00")
+        try:
+            secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except ValueError:  # not hex: not a file we wrote
+            secret = b""
         if len(secret) >= 32:
             return secret
-        path.unlink()  # empty or truncated (a crash mid-write): make a good one
+        path.unlink()  # empty, truncated (a crash mid-write) or garbled: make a good one
         return load_secret(data_dir)
     secret = secrets.token_bytes(32)
     with os.fdopen(fd, "w", encoding="ascii") as file:
