@@ -375,6 +375,13 @@ def test_registrants_import_shows_problems_by_line_then_imports_a_good_file(
     page.get(good.headers["location"], expect=404)
 
 
+def test_the_wizard_shows_a_ragged_files_problems_before_any_column_is_chosen(
+        page: Page) -> None:
+    upload = _upload(page, "/attendees/import", b"code,name\nR-1,Ada\nR-2,Grace,extra\n")
+    wizard = page.follow(upload)
+    assert 'id="file-problems"' in wizard.text and "line 3:" in wizard.text
+
+
 def test_attendees_import_wizard(server: Server, page: Page) -> None:
     upload = _upload(page, "/attendees/import",
                      b"Badge,Full name,Mail\nCSV-1,Alan Turing,alan@example.org\n"
