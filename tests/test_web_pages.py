@@ -108,6 +108,9 @@ def test_every_page_but_sign_in_redirects_there_when_signed_out(server: Server,
 
 
 def test_posts_need_sign_in_too(server: Server) -> None:
+    response = httpx.post(server.url + "/sessions/s1/registrants/add", data={"name": "x"})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/signin?next=%2Fsessions"
     response = httpx.post(server.url + "/sessions", data={"name": "x"})
     assert response.status_code == 303 and response.headers["location"].startswith("/signin")
     assert not any(s["name"] == "x" for s in api(server, "GET", "/api/sessions"))
@@ -147,6 +150,9 @@ def test_sign_in_sets_a_signed_http_only_strict_cookie_and_sign_out_ends_it(
     assert forged.get("/doors").status_code == 303
     page.post("/signout")
     assert page.client.get("/doors").status_code == 303
+    # A copy of the cookie from before signing out signs nobody in.
+    copy = httpx.Client(base_url=server.url, cookies={"checkin_web": value})
+    assert copy.get("/doors").status_code == 303
 
 
 def test_the_cookie_is_secure_over_tls(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,17 @@ class Signer:
         self._secret = secret
         self._serializer = URLSafeTimedSerializer(secret, salt="checkin.web.session")
         self._admin = hashlib.sha256(b"checkin.web.admin\0" + admin_token.encode()).hexdigest()[:24]
+        #: Session ids signed out, with when: a copy of the cookie taken before signing
+        #: out no longer signs anyone in. Kept in memory (a restart forgets them; the
+        #: cookie still expires after SESSION_SECONDS).
+        self._ended: dict[str, float] = {}
+
+    def end(self, session: WebSession) -> None:
+        """Sign *session* out for good, here and in any copy of its cookie."""
+        now = time.monotonic()
+        self._ended = {sid: at for sid, at in self._ended.items()
+                       if now - at < SESSION_SECONDS}
+        self._ended[session.sid] = now
 
     def session(self, request: Request) -> WebSession:
         """The request's session, or a fresh anonymous one (to be written back)."""
@@ -108,7 +120,8 @@ class Signer:
             if isinstance(data, dict) and isinstance(data.get("sid"), str) and isinstance(
                     data.get("csrf"), str):
                 return WebSession(sid=data["sid"], csrf=data["csrf"],
-                                  signed_in=data.get("adm") == self._admin,
+                                  signed_in=data.get("adm") == self._admin
+                                  and data["sid"] not in self._ended,
                                   flash=str(data.get("flash", "")))
         return WebSession(dirty=True)
 

@@ -148,9 +148,11 @@ def _guarded(handler: Handler, *, signed_in: bool, csrf: bool, cookie: bool = Tr
         request.state.session = session
         try:
             if signed_in and not session.signed_in:
-                response: Response = _redirect(
-                    "/signin?" + urlencode({"next": request.url.path + (
-                        "?" + request.url.query if request.url.query else "")}))
+                # Back to the page after signing in; a form's target is no page (a GET
+                # there is a 405), and its fields are gone anyway: the sessions then.
+                target = request.url.path + ("?" + request.url.query if request.url.query
+                                             else "") if request.method == "GET" else "/sessions"
+                response: Response = _redirect("/signin?" + urlencode({"next": target}))
             else:
                 if csrf and request.method == "POST":
                     form = await read_form(request)
@@ -358,6 +360,7 @@ async def signin(request: Request) -> Response:
 
 @organizer
 async def signout(request: Request) -> Response:
+    _web(request).signer.end(request.state.session)
     request.state.session.renew(signed_in=False)
     return _redirect("/signin")
 
