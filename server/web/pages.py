@@ -55,6 +55,8 @@ UPLOAD_SECONDS = 3600
 SHOWN_PROBLEMS = 1000
 #: Rows of the file shown in the wizard.
 PREVIEW_ROWS = 5
+#: Seconds each wrong admin token at the sign-in page waits, one after another.
+WRONG_TOKEN_DELAY = 0.25
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -76,6 +78,7 @@ class Web:
 
     def __init__(self, data_dir: Path, admin_token: str) -> None:
         self.admin_token = admin_token
+        self.wrong_guesses = asyncio.Lock()
         self.signer = Signer(load_secret(data_dir), admin_token)
         self.uploads = data_dir / "uploads"
         self.uploads.mkdir(mode=0o700, exist_ok=True)
@@ -352,6 +355,10 @@ async def signin(request: Request) -> Response:
     token = form.get("token")
     target = _safe_next(str(form.get("next") or "/sessions"))
     if not isinstance(token, str) or not same_token(token.strip(), _web(request).admin_token):
+        # Wrong guesses wait their turn, one at a time: at most a few a second from all
+        # browsers together, while the right token is never kept waiting.
+        async with _web(request).wrong_guesses:
+            await asyncio.sleep(WRONG_TOKEN_DELAY)
         return _web(request).render(request, "signin.html", 401, next=target,
                                     error="token: that is not this server's admin token")
     session.renew(signed_in=True)
