@@ -294,7 +294,7 @@ def _pages(total: int, page: int) -> dict[str, int]:
 def _when(starts_at: str | None, ends_at: str | None = None) -> str:
     """A session's window for people: ``2026-11-28 09:00-10:30 UTC``."""
     if not starts_at and not ends_at:
-        return "any time"
+        return "no time set"
     start = datetime.fromisoformat(starts_at) if starts_at else None
     end = datetime.fromisoformat(ends_at) if ends_at else None
     if start and end:
