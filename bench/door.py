@@ -20,8 +20,6 @@ import io
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +28,15 @@ import numpy as np
 
 from bench.report import Row, percentile
 from checkin.badges import Look, render_badge, write_badge
+from checkin.harness import ROOT, Device, door_config
 from core.rules import SessionRules
 from device.config import GpioConfig, ScannerConfig, parse_config
 from device.door import Door
 from device.indicators.signals import Indicators
 from device.scanner.decoders import make_decoder
-from sync.device_store import FACTS_SQL, STORE_FILE, Store
+from sync.device_store import FACTS_SQL, Store
 
 SESSION = SessionRules("bench", validate_registrants=True)
-REPO = Path(__file__).resolve().parent.parent
 
 
 def codes(n: int) -> list[str]:
@@ -52,13 +50,9 @@ async def _filled_store(folder: Path, n: int) -> Store:
     return store
 
 
-def _config(data_dir: Path, source: str = "images:/dev/null") -> object:
-    return parse_config({
-        "device": {"id": "bench", "data_dir": str(data_dir)},
-        "camera": {"source": source},
-        "scanner": {"debounce_seconds": 0},
-        "gpio": {"pin_factory": "mock", "green": 17, "red": 27, "buzzer": 22},
-    }, data_dir / "door.toml")
+def _config(data_dir: Path) -> object:
+    return parse_config(door_config("bench", data_dir=data_dir, scanner={"debounce_seconds": 0}),
+                        data_dir / "door.toml")
 
 
 def _fsync_seconds(folder: Path, rounds: int) -> float:
@@ -82,7 +76,7 @@ async def frame_to_signal(quick: bool) -> list[Row]:
     frames = [np.asarray(render_badge(c, Look(angle=i * 9 % 60), seed=i))
               for i, c in enumerate(codes(n))]
     decoder = make_decoder(ScannerConfig().decoder)  # the door's default
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         folder = Path(tmp)
         store = await _filled_store(folder, 1000)
         await store.close()
@@ -120,7 +114,7 @@ async def lookups(quick: bool) -> list[Row]:
     rounds = 500 if quick else 5000
     rows = []
     for n in sizes:
-        with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
             store = await _filled_store(Path(tmp), n)
             probe = [f"ATT-{i:07d}" for i in np.random.default_rng(n).integers(0, 2 * n, rounds)]
             times = []
@@ -129,7 +123,7 @@ async def lookups(quick: bool) -> list[Row]:
                 await store.facts(code)
                 times.append(time.perf_counter() - started)
             await store.close()
-            query = _query_times(Path(tmp) / STORE_FILE, probe)
+            query = _query_times(store.path, probe)
         in_memory = set(codes(n))
         peer = []
         for code in probe:
@@ -161,40 +155,23 @@ def _query_times(path: Path, probe: list[str]) -> list[float]:
 
 def _door_peak_rss(n: int) -> float:
     """Peak RSS (MB) of a real `checkin door` run over a few frames with n registrants."""
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
-        folder = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        device = Device(Path(tmp), "bench", camera={"fps": 30})
 
         async def fill() -> None:
-            await (await _filled_store(folder / "data", n)).close()
+            await (await _filled_store(device.data_dir, n)).close()
 
         asyncio.run(fill())
         for i in range(5):
-            write_badge(folder / f"{i}.png", f"ATT-{i * 7:07d}", seed=i)
-        (folder / "door.toml").write_text(
-            f'[device]\nid = "bench"\ndata_dir = "{folder / "data"}"\n'
-            f'[camera]\nsource = "images:{folder}"\nfps = 30\n'
-            '[gpio]\npin_factory = "mock"\ngreen = 17\nred = 27\nbuzzer = 22\n')
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "checkin.cli", "door", "--config", str(folder / "door.toml"),
-             "--exit-when-done"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            device.show(f"ATT-{i * 7:07d}", seed=i)
+        door = device.start_door("--exit-when-done", pipe=False)
         peak_kb = 0
-        while proc.poll() is None:
-            peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+        while door.poll() is None:
+            peak_kb = max(peak_kb, door.peak_rss_kb())
             time.sleep(0.01)
-        if proc.returncode != 0:
-            raise RuntimeError(f"door exited {proc.returncode} in the memory benchmark")
+        if door.returncode != 0:
+            raise RuntimeError(f"door exited {door.returncode} in the memory benchmark")
         return peak_kb / 1024
-
-
-def _high_water_kb(pid: int) -> int:
-    """The kernel's peak RSS of *pid* (VmHWM). getrusage's ru_maxrss is no use here: it keeps
-    the forked parent's size across exec."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
-    return int(line.split()[1])
 
 
 def memory(quick: bool) -> list[Row]:
@@ -205,7 +182,6 @@ def memory(quick: bool) -> list[Row]:
 
 def _door_stream(folder: Path, images: int) -> None:
     """A camera's view as a door sees it: mostly nobody, now and then a phone."""
-    folder.mkdir()
     blank = render_badge(None, seed=0)
     for i in range(images):
         path = folder / f"{i:05d}.png"
@@ -215,33 +191,21 @@ def _door_stream(folder: Path, images: int) -> None:
             blank.save(path)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _door_rate(folder: Path, fps: float, images: int) -> tuple[float, float]:
     """(frames per second, share of one core) of a real door between its first and last
     decision, its camera an images: folder of *images* frames shown at *fps*."""
-    stream = folder / f"stream-{fps:g}"
-    _door_stream(stream, images)
-    config = folder / f"door-{fps:g}.toml"
-    config.write_text(
-        f'[device]\nid = "bench"\ndata_dir = "{folder / "data"}"\n'
-        f'[camera]\nsource = "images:{stream}"\nfps = {fps}\nframes_per_image = 1\n'
-        '[scanner]\ndebounce_seconds = 0\n'
-        '[gpio]\npin_factory = "mock"\ngreen = 17\nred = 27\nbuzzer = 22\n')
-    proc = subprocess.Popen([sys.executable, "-m", "checkin.cli", "door", "--config",
-                             str(config), "--exit-when-done"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
+    device = Device(folder / f"door-{fps:g}", "bench", data_dir=folder / "data",
+                    camera={"fps": fps, "frames_per_image": 1}, scanner={"debounce_seconds": 0})
+    _door_stream(device.frames, images)
+    door = device.start_door("--exit-when-done")
+    assert door.stdout is not None
     marks = []  # (wall, cpu, image index) at each decision
-    for line in proc.stdout:
+    for line in door.stdout:
         index = int(json.loads(line)["code"].removeprefix("ATT-"))
         with contextlib.suppress(OSError):
-            marks.append((time.perf_counter(), _cpu_seconds(proc.pid), index))
-    if proc.wait() != 0 or len(marks) < 3:
-        raise RuntimeError(f"door exited {proc.returncode} in the frame-rate benchmark")
+            marks.append((time.perf_counter(), door.cpu_seconds(), index))
+    if door.wait() != 0 or len(marks) < 3:
+        raise RuntimeError(f"door exited {door.returncode} in the frame-rate benchmark")
     (wall0, cpu0, first), (wall1, cpu1, last) = marks[0], marks[-1]
     return (last - first) / (wall1 - wall0), (cpu1 - cpu0) / (wall1 - wall0)
 
@@ -249,7 +213,7 @@ def _door_rate(folder: Path, fps: float, images: int) -> tuple[float, float]:
 def throughput(quick: bool) -> list[Row]:
     """The door's frame rate with the fastest camera the config allows, and its CPU share
     at 10 fps (the default) and 30 fps."""
-    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         folder = Path(tmp)
 
         async def fill() -> None:

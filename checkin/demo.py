@@ -16,28 +16,23 @@ happened; otherwise the system keeps running until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
-import secrets
-import signal
-import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from checkin.badges import Look, render_badge
+from checkin.badges import Look
+from checkin.harness import PINS, Device, Process, Server, WaitFailed, stop_all, until
 from checkin.linkproxy import LinkProxy
 from checkin.status import link_state
 from core.clock import wall_now
 from device.indicators.mirror import read_pins
 from sync.store import DeviceStatus, SyncStore
 
-PINS = {"green": 17, "red": 27, "buzzer": 22}
 ATTENDEES = {
     "ATT-0001": "Ada Lovelace", "ATT-0002": "Alan Turing", "ATT-0003": "Grace Hopper",
     "ATT-0004": "Edsger Dijkstra", "ATT-0005": "Barbara Liskov", "ATT-0006": "Ken Thompson",
@@ -50,6 +45,8 @@ SESSIONS = {
 LATE = "ATT-0005"
 #: What the server must count at the end: (registered, admitted, rejected, scans).
 EXPECTED_COUNTS = {"workshop": (3, 3, 4, 9), "keynote": (4, 2, 1, 4)}
+#: Waiting for something to happen: checked every 0.1 s.
+_until = functools.partial(until, interval=0.1)
 
 
 @dataclass(frozen=True)
@@ -106,44 +103,39 @@ class Console:
         return f"\033[{codes[color]}m{text}\033[0m" if self.color else text
 
 
-@dataclass
-class Door:
-    """One door of the demo: its files, processes and what it has shown."""
+class Door(Device):
+    """One door of the demo: its files and processes (the harness's), its link to the
+    server, and what it decided."""
 
-    name: str
-    session: str
-    root: Path
-    proxy: LinkProxy
-    decisions: asyncio.Queue = field(default_factory=asyncio.Queue)
-    made: list[dict[str, Any]] = field(default_factory=list)
-    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
-    shown: int = 0
+    def __init__(self, name: str, session: str, root: Path, proxy: LinkProxy) -> None:
+        super().__init__(
+            root, f"door-{name}", server_url=f"ws://127.0.0.1:{proxy.port}/sync",
+            comment=f'Door "{name}" of the demo: a real config file, as a technician writes it.',
+            camera={"fps": 10, "frames_per_image": 4}, scanner={"debounce_seconds": 1.0},
+            door={"heartbeat_seconds": 1}, gpio={"mirror_file": "pins"},
+            server={"retry_min_seconds": 0.2, "retry_max_seconds": 1.0, "status_seconds": 1})
+        self.name = name
+        self.session = session
+        self.proxy = proxy
+        self.decisions: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.made: list[dict[str, Any]] = []
 
-    @property
-    def frames(self) -> Path:
-        return self.root / "frames"
-
-    def show(self, payload: str | bytes, copies: int = 1) -> None:
-        """Drop a badge into the camera's folder (renamed into place: never half-read)."""
+    def hold_up(self, payload: str | bytes, copies: int = 1) -> None:
+        """A phone in front of the camera, tilted a little, for *copies* frames' worth."""
         for _ in range(copies):
-            self.shown += 1
-            final = self.frames / f"{self.shown:05d}.png"
-            part = final.with_suffix(".part")
-            look = Look(angle=(self.shown * 13) % 30 - 15)
-            render_badge(payload, look, seed=self.shown).save(part, format="PNG")
-            part.rename(final)
+            self.show(payload, Look(angle=((self.shown + 1) * 13) % 30 - 15))
 
 
 class Demo:
     def __init__(self, root: Path, console: Console) -> None:
         self.root = root
         self.console = console
-        self.token = secrets.token_urlsafe(16)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api = httpx.AsyncClient(base_url=self.url, timeout=30,
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        self.server: asyncio.subprocess.Process | None = None
+        # In a session of its own, as every process here: Ctrl-C reaches the demo, which
+        # stops them in order.
+        self.server = Server(root / "server", own_session=True)
+        self.token = self.server.admin_token
+        self.url = self.server.url
+        self.api = self.server.async_client(timeout=30)
         self.doors: dict[str, Door] = {}
         self.tasks: list[asyncio.Task] = []
         self.stores: dict[str, SyncStore] = {}
@@ -151,10 +143,7 @@ class Demo:
     # -- the system --------------------------------------------------------------
 
     async def start(self) -> None:
-        env = _env(CHECKIN_ADMIN_TOKEN=self.token)
-        self.server = await _spawn(["server", "--data", str(self.root / "server"), "--port",
-                                    str(self.port)], self.root / "server.log", env)
-        await _until(self._healthy, 30, "the server to start")
+        await asyncio.to_thread(self.server.start)
         await self._load_event()
         for name, session in (("workshop", "workshop"), ("keynote", "keynote")):
             self.doors[name] = await self._provision(name, session)
@@ -162,12 +151,6 @@ class Demo:
     async def start_doors(self) -> None:
         for door in self.doors.values():
             await self._start_door(door)
-
-    async def _healthy(self) -> bool:
-        try:
-            return (await self.api.get("/api/health")).status_code == 200
-        except httpx.TransportError:
-            return False
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         answer = await self.api.request(method, path, json=body)
@@ -185,56 +168,39 @@ class Demo:
                 await self._call("PUT", f"/api/sessions/{session}/registrants/{code}")
 
     async def _provision(self, name: str, session: str) -> Door:
-        root = self.root / f"door-{name}"
-        (root / "frames").mkdir(parents=True)
-        proxy = LinkProxy("127.0.0.1", self.port)
+        proxy = LinkProxy("127.0.0.1", self.server.port)
         await proxy.start()
-        token = (await self._call("PUT", f"/api/devices/door-{name}",
+        door = Door(name, session, self.root / f"door-{name}", proxy)
+        token = (await self._call("PUT", f"/api/devices/{door.device_id}",
                                   {"session_id": session}))["token"]
-        (root / "device.token").write_text(token + "\n")
-        (root / "door.toml").write_text(_door_config(name, proxy.port))
-        return Door(name, session, root, proxy)
+        door.token_file.write_text(token + "\n")
+        return door
 
     async def _start_door(self, door: Door) -> None:
-        config = str(door.root / "door.toml")
-        door.processes.append(await _spawn(["sync", "--config", config],
-                                           door.root / "sync.log", _env()))
-        process = await _spawn(["door", "--config", config], door.root / "door.log", _env(),
-                               stdout=asyncio.subprocess.PIPE)
-        door.processes.append(process)
+        door.start_sync(own_session=True)
+        process = door.start_door(own_session=True)
         self.tasks.append(asyncio.create_task(self._read_decisions(door, process)))
-        store_file = door.root / "data" / "checkin.sqlite3"
-        await _until(lambda: _exists(store_file), 30, f"door {door.name} to make its store")
-        self.stores[door.name] = await SyncStore.open(door.root / "data")
+        await _until(door.store_file.exists, 30, f"door {door.name} to make its store")
+        self.stores[door.name] = await SyncStore.open(door.data_dir)
         self.tasks += [asyncio.create_task(self._watch_pins(door)),
                        asyncio.create_task(self._watch_link(door))]
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        processes = [p for d in self.doors.values() for p in reversed(d.processes)]
-        for process in [*processes, self.server]:
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process in [*processes, self.server]:
-            if process is None:
-                continue
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        processes = [p for d in self.doors.values() for p in (d.door_process, d.sync)]
+        await asyncio.to_thread(stop_all, [*processes, self.server.process], 15)
         for door in self.doors.values():
             await door.proxy.close()
         for store in self.stores.values():
             await store.close()
         await self.api.aclose()
+        self.server.client.close()
 
     # -- what the terminal shows ----------------------------------------------------
 
-    async def _read_decisions(self, door: Door, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
+    async def _read_decisions(self, door: Door, process: Process) -> None:
+        async for raw in process.lines():
             scan = json.loads(raw)
             door.made.append(scan)
             admitted = scan["decision"] == "admitted"
@@ -247,7 +213,7 @@ class Demo:
 
     async def _watch_pins(self, door: Door) -> None:
         last = None
-        mirror = door.root / "pins"
+        mirror = door.root / "pins"  # [gpio] mirror_file
         while True:
             pins = read_pins(mirror)
             state = tuple(pins[PINS[k]] for k in ("green", "red", "buzzer"))
@@ -319,7 +285,7 @@ class Demo:
     async def play(self, door: Door, script: list[Show]) -> None:
         for step in script:
             self.console.line(door.name, self.console.paint(f"camera: {step.caption}", "bold"))
-            door.show(step.payload, copies=2 if step.held else 1)
+            door.hold_up(step.payload, copies=2 if step.held else 1)
             try:
                 scan = await asyncio.wait_for(door.decisions.get(), 20)
             except TimeoutError:
@@ -378,73 +344,6 @@ class Demo:
               "including those made offline.")
 
 
-def _door_config(name: str, proxy_port: int) -> str:
-    return f"""# Door "{name}" of the demo: a real config file, as a technician writes it.
-[device]
-id = "door-{name}"
-data_dir = "data"
-
-[camera]
-source = "images:frames"
-fps = 10
-frames_per_image = 4
-
-[scanner]
-debounce_seconds = 1.0
-
-[door]
-heartbeat_seconds = 1
-
-[gpio]
-pin_factory = "mock"
-green = {PINS["green"]}
-red = {PINS["red"]}
-buzzer = {PINS["buzzer"]}
-mirror_file = "pins"
-
-[server]
-url = "ws://127.0.0.1:{proxy_port}/sync"
-token_file = "device.token"
-retry_min_seconds = 0.2
-retry_max_seconds = 1.0
-status_seconds = 1
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                      env.get("PYTHONPATH")]))
-    return env | extra
-
-
-async def _spawn(args: list[str], log: Path, env: dict[str, str],
-                 stdout: int = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
-    with log.open("ab") as err:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "checkin.cli", *args, stdout=stdout, stderr=err, env=env,
-            start_new_session=True)  # Ctrl-C reaches the demo, which stops them in order
-
-
-async def _exists(path: Path) -> bool:
-    return path.exists()
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def _main(once: bool) -> int:
     console = Console()
     with tempfile.TemporaryDirectory(prefix="checkin-demo-") as tmp:
@@ -469,7 +368,7 @@ async def _main(once: bool) -> int:
                   "(docs/api.md). Ctrl-C stops everything.")
             await asyncio.Event().wait()
             return 0
-        except DemoFailed as exc:
+        except (DemoFailed, WaitFailed) as exc:
             print(f"\ndemo FAILED: {exc}\n(logs were in {tmp})", file=sys.stderr)
             _show_logs(Path(tmp))
             return 1

@@ -3,41 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
+from checkin.harness import CHECKIN, door_config, process_env, toml
 from core.rules import SessionRules
 from sync.device_store import Store
+from tests.system import Device, Server
 
 REPO = Path(__file__).resolve().parent.parent
 #: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).
 CORPUS = REPO / "tests" / "corpus" / "zxing-cpp-samples"
-CHECKIN = [sys.executable, "-m", "checkin.cli"]
+__all__ = ["CHECKIN", "CORPUS", "REPO", "config_text", "fill_store", "read_scans"]
 
 
-def config_text(data_dir: Path, source: str, *, extra: str = "", gpio: str = "") -> str:
-    return f"""
-[device]
-id = "door-test"
-data_dir = "{data_dir}"
-
-[camera]
-source = "{source}"
-fps = 20
-frames_per_image = 2
-
-[gpio]
-pin_factory = "mock"
-green = 17
-red = 27
-buzzer = 22
-{gpio}
-{extra}
-"""
+def config_text(data_dir: Path, source: str, *, extra: str = "") -> str:
+    """A door's config file (the harness's, with a quick camera), *extra* TOML after it."""
+    return toml(door_config("door-test", data_dir=data_dir, source=source,
+                            camera={"fps": 20, "frames_per_image": 2})) + extra
 
 
 @pytest.fixture
@@ -77,7 +63,22 @@ def read_scans(data_dir: Path) -> list[dict]:
 
 @pytest.fixture
 def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return process_env()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A ``checkin server`` of the test's own, killed after it."""
+    server = Server(tmp_path / "server").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def devices() -> Iterator[list[Device]]:
+    """The test's devices (it appends them): their sync daemons are killed after it."""
+    started: list[Device] = []
+    yield started
+    for device in started:
+        if device.sync is not None:
+            device.sync.stop(signal.SIGKILL)

@@ -1,46 +1,26 @@
-"""A harness for end-to-end tests: real ``checkin server``, ``sync`` and ``door`` processes.
-
-Every process is a subprocess of the test on 127.0.0.1, with its own data dir
-under the test's tmp_path; :class:`System` stops whatever is still running.
-"""
+"""End-to-end tests' view of the harness (checkin/harness.py): real ``checkin server``,
+``sync`` and ``door`` processes on 127.0.0.1, each with its own files under the test's
+tmp_path, the admin token the tests use, and read-only looks into the stores."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import pytest
 
-from checkin.badges import Look, write_badge
-from tests.conftest import CHECKIN, REPO
+from checkin import harness
+from checkin.badges import Look
+from checkin.harness import decisions, free_port, wait_for
+
+__all__ = ["ADMIN", "Device", "Server", "free_port", "private_ca", "process_env",
+           "read_only_query", "wait_for"]
 
 ADMIN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll *predicate* until it returns something truthy (a timeout, not a speed limit)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def read_only_query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -49,148 +29,73 @@ def read_only_query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return db.execute(sql, params).fetchall()
 
 
+def private_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it issued for 127.0.0.1, as files in *folder*:
+    ``(ca.pem, cert.pem, key.pem)``. Skips the test where trustme is not installed."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file, key_file = (folder / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return ca_file, cert_file, key_file
+
+
 def process_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(REPO)
-    env["CHECKIN_ADMIN_TOKEN"] = ADMIN
-    return env
+    return harness.process_env(CHECKIN_ADMIN_TOKEN=ADMIN)
 
 
-class Server:
-    """A ``checkin server`` subprocess and an admin client for its API."""
+class Server(harness.Server):
+    """A ``checkin server`` subprocess with the tests' admin token."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, tls: tuple[str, str] | None
-                 = None, verify: Any = True) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.tls = tls
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.sync_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/sync"
-        self.log = data_dir.parent / f"server-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-        self.client = httpx.Client(base_url=self.url, verify=verify, timeout=30,
-                                   headers={"Authorization": f"Bearer {ADMIN}"})
+    def __init__(self, data_dir: Path, port: int | None = None, *,
+                 tls: tuple[str, str] | None = None, verify: Any = True) -> None:
+        super().__init__(data_dir, port, admin_token=ADMIN, tls=tls, verify=verify)
 
-    def start(self, *extra: str) -> Server:
-        command = [*CHECKIN, "server", "--data", str(self.data_dir), "--port", str(self.port),
-                   *extra]
-        if self.tls:
-            command += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
-        self.process = subprocess.Popen(command, env=process_env(), stdout=subprocess.DEVNULL,
-                                        stderr=self.log.open("a"))
-        wait_for(self._healthy, what=f"server on port {self.port}")
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, self.log.read_text()
-        try:
-            return self.client.get("/api/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=20)
-
-    def api(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-        answer = self.client.request(method, path, json=body)
-        if expect is not None:
-            assert answer.status_code == expect, (answer.status_code, answer.text)
-        return answer.json() if answer.content else None
-
-    def provision(self, device_id: str, session_id: str) -> str:
-        """Create a device for *session_id*; return its token."""
-        return self.api("PUT", f"/api/devices/{device_id}", {"session_id": session_id},
-                        expect=201)["token"]
-
-    def attendance(self, session_id: str) -> dict[str, Any]:
-        return self.api("GET", f"/api/sessions/{session_id}/attendance", expect=200)
+    def environment(self) -> dict[str, str]:
+        return process_env()  # this module's, looked up at each start: a test may patch it
 
 
-class Device:
-    """One door's files (config, token, data dir, badge frames) and its processes."""
+class Device(harness.Device):
+    """One door's files and processes, syncing with *sync_url* quickly (*server*: more
+    ``[server]`` keys)."""
 
-    def __init__(self, root: Path, device_id: str, sync_url: str, *, extra: str = "",
-                 auth_retry: float = 0.5) -> None:
-        self.root = root
-        self.device_id = device_id
-        self.data_dir = root / "data"
-        self.frames = root / "frames"
-        self.token_file = root / "device.token"
-        self.config = root / "door.toml"
-        self.sync_log = root / "sync.log"
-        self.sync: subprocess.Popen | None = None
-        root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(f"""
-[device]
-id = "{device_id}"
-data_dir = "data"
-
-[camera]
-source = "images:frames"
-fps = 40
-frames_per_image = 2
-
-[scanner]
-debounce_seconds = 0.1
-
-[gpio]
-pin_factory = "mock"
-green = 17
-red = 27
-buzzer = 22
-
-[server]
-url = "{sync_url}"
-token_file = "device.token"
-retry_min_seconds = 0.1
-retry_max_seconds = 0.5
-status_seconds = 1
-auth_retry_seconds = {auth_retry}
-{extra}
-""")
+    def __init__(self, root: Path, device_id: str, sync_url: str, *, auth_retry: float = 0.5,
+                 **server: Any) -> None:
+        super().__init__(root, device_id, server_url=sync_url,
+                         camera={"fps": 40, "frames_per_image": 2},
+                         scanner={"debounce_seconds": 0.1},
+                         server={"retry_min_seconds": 0.1, "retry_max_seconds": 0.5,
+                                 "status_seconds": 1, "auth_retry_seconds": auth_retry,
+                                 **server})
 
     def start_sync(self) -> Device:
-        self.sync = subprocess.Popen([*CHECKIN, "sync", "--config", str(self.config), "-v"],
-                                     env=process_env(), stdout=subprocess.DEVNULL,
-                                     stderr=self.sync_log.open("a"))
+        super().start_sync("-v", env=process_env())
         return self
 
     def stop_sync(self) -> int:
         assert self.sync is not None
-        if self.sync.poll() is None:
-            self.sync.terminate()
-        return self.sync.wait(timeout=20)
+        return self.sync.stop()
 
-    def door(self, *payloads: str | bytes | None) -> list[dict[str, Any]]:
-        """Show *payloads* to a fresh ``checkin door`` run; return its decisions."""
-        if self.frames.exists():
-            for old in self.frames.iterdir():
-                old.unlink()
-        self.frames.mkdir(exist_ok=True)
+    def door(self, *payloads: str | bytes | None,
+             look: Callable[[str | bytes | None], Look] = lambda payload: Look(),
+             timeout: float = 120) -> list[dict[str, Any]]:
+        """Show *payloads* to a fresh ``checkin door`` run (each badge drawn with
+        *look*); return its decisions."""
+        self.clear_frames()
         for index, payload in enumerate(payloads):
-            write_badge(self.frames / f"{index:03d}.png", payload, Look(), seed=index)
-        done = subprocess.run([*CHECKIN, "door", "--config", str(self.config),
-                               "--exit-when-done"], capture_output=True, text=True,
-                              env=process_env(), timeout=120)
+            self.show(payload, look(payload), seed=index)
+        done = self.run_door(env=process_env(), timeout=timeout)
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines()]
+        return decisions(done.stdout)
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        path = self.data_dir / "checkin.sqlite3"
-        if not path.exists():
+        if not self.store_file.exists():
             return []
         try:
-            return read_only_query(path, sql, params)
+            return read_only_query(self.store_file, sql, params)
         except sqlite3.OperationalError:  # not migrated yet
             return []
 
@@ -205,8 +110,8 @@ auth_retry_seconds = {auth_retry}
         return dict(self.query("SELECT scan_id, upload_state FROM scans"))
 
     def status(self) -> dict[str, Any]:
-        done = subprocess.run([*CHECKIN, "status", "--config", str(self.config), "--json"],
-                              capture_output=True, text=True, env=process_env(), timeout=60)
+        done = harness.run("status", "--config", str(self.config), "--json", env=process_env(),
+                           timeout=60)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

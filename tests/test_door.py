@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from checkin.badges import Look, write_badge
+from checkin.harness import decisions, run
 from core.rules import SessionRules
 from device.config import DECODERS
 from tests.conftest import CHECKIN, fill_store, read_scans
@@ -34,11 +35,9 @@ def frames(folder: Path, *payloads: str | bytes | None) -> Path:
 
 
 def run_door(config: Path, env: dict, **kwargs) -> tuple[int, list[dict], str]:
-    done = subprocess.run([*CHECKIN, "door", "--config", str(config), "--exit-when-done"],
-                          capture_output=True, text=True, env=env, timeout=120, **kwargs)
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    done = run("door", "--config", str(config), "--exit-when-done", env=env, **kwargs)
     assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, lines, done.stderr
+    return done.returncode, decisions(done.stdout), done.stderr
 
 
 def test_the_door_decides_records_and_prints_every_outcome(tmp_path, make_config,

@@ -606,7 +606,7 @@ def test_a_tiny_fps_does_not_crash_the_door(tmp_path: Path, subprocess_env) -> N
 def test_an_images_path_with_a_nul_is_reported_not_crashed(tmp_path: Path,
                                                            subprocess_env) -> None:
     path = tmp_path / "door.toml"
-    path.write_text(config_text(tmp_path / "data", "images:frames\\u0000"))
+    path.write_text(config_text(tmp_path / "data", "images:frames\x00"))
     done = run_checkin("door", path, subprocess_env)
     assert done.returncode == 2  # refused by the config check, before anything starts
     assert "Traceback" not in done.stderr and "[camera] source" in done.stderr

@@ -16,19 +16,15 @@ Timeouts here are limits on waiting, never assertions on speed.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 import segno
 
-from checkin.badges import Look, write_badge
-from tests.conftest import CHECKIN
-from tests.system import Device, Server, process_env, read_only_query, wait_for
+from checkin.badges import Look
+from tests.system import Device, Server, read_only_query, wait_for
 
 #: Frames are 640x480 and a badge's QR code must fit on them with its quiet zone.
 FRAME_ROOM = 440
@@ -73,42 +69,6 @@ def fitting_look(payload: str | bytes) -> Look:
     return Look(module_px=max(1, min(6, FRAME_ROOM // side)))
 
 
-class BadgeDevice(Device):
-    """A :class:`Device` whose badges all fit the frame (see :func:`fitting_look`)."""
-
-    def door(self, *payloads: str | bytes | None) -> list[dict[str, Any]]:
-        if self.frames.exists():
-            for old in self.frames.iterdir():
-                old.unlink()
-        self.frames.mkdir(exist_ok=True)
-        for index, payload in enumerate(payloads):
-            look = Look() if payload is None else fitting_look(payload)
-            write_badge(self.frames / f"{index:03d}.png", payload, look, seed=index)
-        done = subprocess.run([*CHECKIN, "door", "--config", str(self.config),
-                               "--exit-when-done"], capture_output=True, text=True,
-                              env=process_env(), timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert "Traceback" not in done.stderr, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    server = Server(tmp_path / "server").start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def devices():
-    started: list[Device] = []
-    yield started
-    for device in started:
-        if device.sync is not None and device.sync.poll() is None:
-            device.sync.kill()
-            device.sync.wait()
-
-
 REGISTRANTS = [f"REG-{i:02d}" for i in range(1, len(HOSTILE) + 2)]
 LATE = ["LATE-1", "LATE-2"]
 
@@ -121,6 +81,14 @@ def event(server: Server) -> None:
                expect=200)
     for code in [*REGISTRANTS, *LATE]:
         server.api("PUT", f"/api/sessions/s1/registrants/{code}", expect=201)
+
+
+class BadgeDevice(Device):
+    """A :class:`Device` whose badges all fit the frame (see :func:`fitting_look`)."""
+
+    def door(self, *payloads: str | bytes | None, **_: Any) -> list[dict[str, Any]]:
+        return super().door(*payloads, look=lambda p: Look() if p is None else fitting_look(p),
+                            timeout=300)
 
 
 def badge_device(tmp_path: Path, server: Server, devices: list) -> BadgeDevice:
@@ -167,7 +135,7 @@ def check_decisions(decisions: list[dict[str, Any]]) -> None:
 
 
 def server_scans(server: Server) -> list[tuple]:
-    return read_only_query(server.data_dir / "server.sqlite3",
+    return read_only_query(server.store_file,
                            "SELECT scan_id, device_id, code, decision, reason, scanned_at "
                            "FROM scans")
 

@@ -86,7 +86,7 @@ def test_devices_get_a_token_once_and_it_is_stored_hashed(server) -> None:
     assert len(token) >= 40
     again = server.api("PUT", f"/api/devices/{did}", {"session_id": sid}, expect=200)
     assert "token" not in again
-    with sqlite3.connect(server.data_dir / "server.sqlite3") as db:
+    with sqlite3.connect(server.store_file) as db:
         dump = "\n".join(db.iterdump())
     assert token not in dump
     devices = {d["device_id"]: d for d in server.api("GET", "/api/devices", expect=200)}

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from server.schema import SERVER_FILE
 from server.store import Attendee, Conflict, Device, NotFound, ServerStore
 from sync.messages import Hello, Scan, SessionInfo
 from sync.server_end import ServerView, needs_snapshot
@@ -133,7 +134,7 @@ async def test_device_tokens_are_stored_hashed_and_revocable(store, tmp_path) ->
     assert token and previous is None
     assert await store.device_by_token(token) == Device("door-1", "s1")
     assert await store.device_by_token(token + "x") is None
-    with sqlite3.connect(tmp_path / "server.sqlite3") as db:
+    with sqlite3.connect(tmp_path / SERVER_FILE) as db:
         assert token not in "\n".join(db.iterdump())
     await store.put_session(SessionInfo("s2", "Two", False))
     assert await store.put_device("door-1", "s2") == (None, "s1")

@@ -8,26 +8,7 @@ import shutil
 import ssl
 from pathlib import Path
 
-import pytest
-
-from tests.system import Device, Server, wait_for
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    server = Server(tmp_path / "server").start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def devices():
-    started: list[Device] = []
-    yield started
-    for device in started:
-        if device.sync is not None and device.sync.poll() is None:
-            device.sync.kill()
-            device.sync.wait()
+from tests.system import Device, Server, private_ca, wait_for
 
 
 def event(server: Server, *, registrants: tuple[str, ...] = ("A1",)) -> None:
@@ -40,8 +21,8 @@ def event(server: Server, *, registrants: tuple[str, ...] = ("A1",)) -> None:
 
 
 def door_device(tmp_path: Path, server: Server, devices: list, name: str = "door-1",
-                session: str = "s1", extra: str = "") -> Device:
-    device = Device(tmp_path / name, name, server.sync_url, extra=extra)
+                session: str = "s1", **keys: str) -> Device:
+    device = Device(tmp_path / name, name, server.sync_url, **keys)
     device.token_file.write_text(server.provision(name, session) + "\n")
     devices.append(device)
     return device.start_sync()
@@ -196,19 +177,13 @@ def test_a_reassigned_device_resyncs_and_its_old_sessions_scans_are_quarantined(
 
 
 def test_sync_over_tls_with_a_private_ca(tmp_path, devices) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca_file, cert_file, key_file = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    ca_file, cert_file, key_file = private_ca(tmp_path)
     server = Server(tmp_path / "server", tls=(str(cert_file), str(key_file)),
                     verify=ssl.create_default_context(cafile=str(ca_file))).start()
     try:
         event(server)
         trusting = door_device(tmp_path, server, devices, "door-1",
-                               extra=f'ca_file = "{ca_file}"')
+                               ca_file=str(ca_file))
         doubting = door_device(tmp_path, server, devices, "door-2")
         wait_for(lambda: trusting.registrants() == {"A1"}, what="sync over wss")
         wait_for(lambda: "TLS with" in doubting.log()

@@ -11,7 +11,7 @@ import pytest
 
 from core.rules import Decision
 from sync.device_end import ApplyChanges, ApplySnapshot
-from sync.device_store import ScanRecord, UploadState
+from sync.device_store import STORE_FILE, ScanRecord, UploadState
 from sync.messages import Change, ScanResult, SessionInfo
 from sync.store import SyncStore
 from tests.conftest import CHECKIN
@@ -62,7 +62,7 @@ async def test_changes_apply_in_order_with_their_cursor(store) -> None:
 
 async def test_a_failed_apply_leaves_cache_and_cursor_as_they_were(store, tmp_path) -> None:
     await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1"], ["A1"]))
-    with sqlite3.connect(tmp_path / "checkin.sqlite3") as db:  # sabotage one statement
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:  # sabotage one statement
         db.execute("CREATE TRIGGER no_b2 BEFORE INSERT ON attendees WHEN NEW.code = 'B2'"
                    " BEGIN SELECT RAISE(ABORT, 'sabotaged'); END")
     with pytest.raises(Exception, match="sabotaged"):

@@ -1,0 +1,403 @@
+"""Real ``checkin`` processes on this machine, for the demo, the tests, the chaos run and
+the benchmarks: a free port, a ``checkin server`` with an admin client for its API, a
+door's folder (config file, device token, data dir, camera folder) with its ``checkin
+sync`` and ``checkin door`` processes, waiting until something is so, and the logs.
+
+One flavour of process: a :class:`Process` is a :class:`subprocess.Popen`, which outlives
+any event loop. Code on an event loop waits for one in a thread
+(``await asyncio.to_thread(server.start)``), and reads a door's decisions as they come
+with :meth:`Process.lines`.
+
+A door's config file is written in one place: :func:`door_config` (the sections every
+door needs, with the caller's on top) and :func:`toml` (their text). A new config key
+that every door needs goes into :func:`door_config`, and nowhere else here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from checkin.badges import Look, render_badge
+from server.schema import SERVER_FILE
+from sync.device_store import STORE_FILE
+
+#: The folder that holds the ``checkin`` package (the repository, in a checkout).
+ROOT = Path(__file__).resolve().parent.parent
+#: A ``checkin`` command line: this Python, running :mod:`checkin.cli`.
+CHECKIN = (sys.executable, "-m", "checkin.cli")
+#: The (mock) GPIO pins of every door started here.
+PINS = {"green": 17, "red": 27, "buzzer": 22}
+
+#: The values a config file here holds.
+Value = str | int | float | bool | Path
+#: A config file: its sections, each its keys and values.
+Sections = dict[str, dict[str, Value]]
+
+
+class WaitFailed(AssertionError):
+    """What was waited for did not happen: not in time, or its process exited first."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``checkin`` subprocess: this one, with this checkout first on
+    ``PYTHONPATH``, no ``NOTIFY_SOCKET`` (none of them is a systemd service here), and
+    *extra*."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env | extra
+
+
+# -- config files --------------------------------------------------------------------
+
+
+def door_config(device_id: str, *, data_dir: str | Path = "data",
+                source: str = "images:frames", **sections: Mapping[str, Value]) -> Sections:
+    """A door's config: what every door needs (its id and data dir, a camera, mock GPIO
+    pins), with *sections* on top key by key. Relative paths are the config file's
+    folder's; a ``[server]`` section makes it a config for the sync daemon too."""
+    config: Sections = {"device": {"id": device_id, "data_dir": str(data_dir)},
+                        "camera": {"source": source},
+                        "gpio": {"pin_factory": "mock", **PINS}}
+    for name, keys in sections.items():
+        config.setdefault(name, {}).update(keys)
+    return config
+
+
+def toml(sections: Mapping[str, Mapping[str, Value]], comment: str = "") -> str:
+    """The text of a TOML file of *sections* (of strings, paths, numbers and booleans)."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    for name, keys in sections.items():
+        lines += [""] if lines else []
+        lines += [f"[{_key(name)}]", *(f"{_key(k)} = {_value(v)}" for k, v in keys.items())]
+    return "\n".join(lines) + "\n"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _key(key: str) -> str:
+    if not _BARE_KEY.fullmatch(key):
+        raise ValueError(f"not a bare TOML key: {key!r}")
+    return key
+
+
+def _value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # TOML spells inf, nan and 1e+20 as Python does
+    if isinstance(value, str | Path):
+        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f"
+                                                 else c) for c in str(value)) + '"'
+    raise TypeError(f"no TOML value for {value!r}")
+
+
+# -- waiting -------------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", *,
+             interval: float = 0.05, process: Process | None = None) -> Any:
+    """Call *check* until it returns something true, and return that (a limit on waiting,
+    never an assertion on speed); fail if *process* exits first."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        _still_waiting(what, timeout, deadline, process)
+        time.sleep(interval)
+    return value
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", *,
+                interval: float = 0.05, process: Process | None = None) -> Any:
+    """:func:`wait_for` on an event loop: *check* may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        _still_waiting(what, timeout, deadline, process)
+        await asyncio.sleep(interval)
+
+
+def _still_waiting(what: str, timeout: float, deadline: float, process: Process | None) -> None:
+    if process is not None and process.poll() is not None:
+        raise WaitFailed(f"waiting for {what}: {process} exited {process.returncode}\n"
+                         f"{process.tail()}")
+    if time.monotonic() > deadline:
+        raise WaitFailed(f"timed out waiting for {what} ({timeout:g} s)"
+                         + (f"\n{process.tail()}" if process is not None else ""))
+
+
+# -- processes -----------------------------------------------------------------------
+
+
+class Process(subprocess.Popen):
+    """A ``checkin`` command in a subprocess. What it writes goes to *log* (appended: a
+    process started again adds to it); with *pipe*, its stdout comes through a pipe
+    instead. With *own_session* it does not get the terminal's Ctrl-C."""
+
+    def __init__(self, args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None,
+                 pipe: bool = False, own_session: bool = False, **popen: Any) -> None:
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as sink:
+            super().__init__([*CHECKIN, *args], env=process_env() if env is None else env,
+                             stdout=subprocess.PIPE if pipe else sink, stderr=sink,
+                             start_new_session=own_session, **popen)
+
+    def __repr__(self) -> str:
+        return f"checkin {self.args[len(CHECKIN)]} (pid {self.pid})"
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send *signum* if it still runs and wait for its end (killing it after *timeout*);
+        return its exit status."""
+        if self.poll() is None:
+            self.send_signal(signum)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        """The last *lines* of its log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The lines it writes to its stdout pipe, as they come, without blocking the loop."""
+        assert self.stdout is not None, "started without pipe=True"
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self.stdout)
+        try:
+            async for line in reader:
+                yield line
+        finally:
+            transport.close()
+
+    def peak_rss_kb(self) -> int:
+        """The kernel's peak resident size of the process (VmHWM), 0 once it has ended.
+
+        Not getrusage's ``ru_maxrss``, which keeps the forked parent's size across exec."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0
+        line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+        return int(line.split()[1])
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user and system, all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0,
+        **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run a ``checkin`` command to its end; its stdout and stderr captured as text."""
+    return subprocess.run([*CHECKIN, *args], capture_output=True, text=True, timeout=timeout,
+                          env=process_env() if env is None else env, **popen)
+
+
+def decisions(stdout: str | bytes) -> list[dict[str, Any]]:
+    """A door's decisions from what it printed: one JSON object a line."""
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def stop_all(processes: Iterable[Process | None], timeout: float = 20.0) -> None:
+    """SIGTERM each process at once, then wait for each (killing it after *timeout*)."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        process.stop(timeout=timeout)
+
+
+class Server:
+    """A ``checkin server`` on a port of 127.0.0.1 (a free one unless given), its data in
+    *data_dir*, its log beside it; and an admin client for its API."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *,
+                 admin_token: str | None = None, tls: tuple[str, str] | None = None,
+                 verify: Any = True, timeout: float = 30.0, own_session: bool = False) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.admin_token = admin_token or secrets.token_urlsafe(16)
+        self.tls = tls
+        self.own_session = own_session
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.sync_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/sync"
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.store_file = data_dir / SERVER_FILE
+        self.process: Process | None = None
+        self.headers = {"Authorization": f"Bearer {self.admin_token}"}
+        self._verify = verify
+        self.client = httpx.Client(base_url=self.url, verify=verify, timeout=timeout,
+                                   headers=self.headers)
+
+    def environment(self) -> dict[str, str]:
+        return process_env(CHECKIN_ADMIN_TOKEN=self.admin_token)
+
+    def start(self, *extra: str, timeout: float = 30.0) -> Self:
+        """Start it (again: the same data dir and port) and wait until it answers."""
+        command = ["server", "--data", str(self.data_dir), "--port", str(self.port), *extra]
+        if self.tls:
+            command += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
+        self.process = Process(command, self.log, env=self.environment(),
+                               own_session=self.own_session)
+        wait_for(self.healthy, timeout, f"checkin server on port {self.port}",
+                 process=self.process)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return self.client.get("/api/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.client.close()
+
+    def api(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
+        """Call the organizer API as the admin; the answer's JSON (``None`` if empty).
+        Fails unless the status is *expect* (any 2xx if not given)."""
+        answer = self.client.request(method, path, json=body)
+        expected = answer.is_success if expect is None else answer.status_code == expect
+        if not expected:
+            raise AssertionError(f"{method} {path}: HTTP {answer.status_code} {answer.text}")
+        return answer.json() if answer.content else None
+
+    def async_client(self, timeout: float = 30.0) -> httpx.AsyncClient:
+        """An admin client for the API on an event loop."""
+        return httpx.AsyncClient(base_url=self.url, verify=self._verify, timeout=timeout,
+                                 headers=self.headers)
+
+    def provision(self, device_id: str, session_id: str) -> str:
+        """Create a device for *session_id*; return its token."""
+        return self.api("PUT", f"/api/devices/{device_id}", {"session_id": session_id},
+                        expect=201)["token"]
+
+    def attendance(self, session_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/api/sessions/{session_id}/attendance", expect=200)
+
+
+class Device:
+    """One door's folder: its config file, device token, data dir (the store its door and
+    its sync daemon share), the camera's ``images:`` folder and their logs; and its two
+    processes, ``checkin sync`` and ``checkin door``.
+
+    *sections* go into the config (:func:`door_config`); with *server_url*, a ``[server]``
+    section with the URL and the token file is added under the caller's keys.
+    """
+
+    def __init__(self, root: Path, device_id: str, *, server_url: str | None = None,
+                 comment: str = "", data_dir: str | Path = "data",
+                 **sections: Mapping[str, Value]) -> None:
+        self.root = root
+        self.device_id = device_id
+        self.config = root / "door.toml"
+        self.token_file = root / "device.token"
+        self.data_dir = root / data_dir
+        self.store_file = self.data_dir / STORE_FILE
+        self.frames = root / "frames"
+        self.sync_log = root / "sync.log"
+        self.door_log = root / "door.log"
+        self.sync: Process | None = None
+        self.door_process: Process | None = None
+        self.shown = 0
+        if server_url is not None:
+            sections["server"] = {"url": server_url, "token_file": self.token_file.name,
+                                  **sections.get("server", {})}
+        self.frames.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(toml(door_config(device_id, data_dir=data_dir, **sections),
+                                    comment))
+
+    def start_sync(self, *args: str, **process: Any) -> Process:
+        """Start ``checkin sync`` (*process*: :class:`Process`'s options)."""
+        self.sync = Process(["sync", "--config", str(self.config), *args], self.sync_log,
+                            **process)
+        return self.sync
+
+    def start_door(self, *args: str, pipe: bool = True, **process: Any) -> Process:
+        """Start ``checkin door``; its decisions come through :meth:`Process.lines`."""
+        self.door_process = Process(["door", "--config", str(self.config), *args],
+                                    self.door_log, pipe=pipe, **process)
+        return self.door_process
+
+    def run_door(self, *, env: Mapping[str, str] | None = None, timeout: float = 120.0,
+                 **popen: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``checkin door --exit-when-done`` to its end: a decision for every badge
+        in its camera's folder (:func:`decisions` reads them from its stdout)."""
+        return run("door", "--config", str(self.config), "--exit-when-done", env=env,
+                   timeout=timeout, **popen)
+
+    def show(self, payload: str | bytes | None, look: Look | None = None,
+             seed: int | None = None) -> Path:
+        """Put a badge (``None``: nobody) in front of the camera: the next image in its
+        folder, renamed into place so that it is never read half-written."""
+        self.shown += 1
+        final = self.frame(self.shown)
+        part = final.with_suffix(".part")
+        render_badge(payload, look or Look(), seed=self.shown if seed is None else seed).save(
+            part, format="PNG")
+        part.rename(final)
+        return final
+
+    def frame(self, number: int) -> Path:
+        """The image of the *number*-th badge shown."""
+        return self.frames / f"{number:06d}.png"
+
+    def clear_frames(self) -> None:
+        """Take every badge away from the camera."""
+        for old in self.frames.iterdir():
+            old.unlink()
+        self.shown = 0
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the door, then the sync daemon."""
+        stop_all([self.door_process], timeout)
+        stop_all([self.sync], timeout)
