@@ -399,5 +399,6 @@ class Device:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the door, then the sync daemon."""
-        stop_all([self.door_process], timeout)
-        stop_all([self.sync], timeout)
+        for process in (self.door_process, self.sync):
+            if process is not None:
+                process.stop(timeout=timeout)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.system import ADMIN, Device, Server, wait_for
+from tests.system import ADMIN, Device, Server, private_ca, wait_for
 
 XSS = "<script>alert(1)</script>"
 PAGES_NEEDING_SIGN_IN = ["/", "/sessions", "/sessions/new", "/sessions/s1", "/sessions/s1/delete",
@@ -156,13 +156,7 @@ def test_sign_in_sets_a_signed_http_only_strict_cookie_and_sign_out_ends_it(
 
 
 def test_the_cookie_is_secure_over_tls(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca_file, cert_file, key_file = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    ca_file, cert_file, key_file = private_ca(tmp_path)
     verify = ssl.create_default_context(cafile=str(ca_file))
     server = Server(tmp_path / "server", tls=(str(cert_file), str(key_file)),
                     verify=verify).start()
