@@ -71,7 +71,8 @@ def preview(data: bytes, rows: int = 5) -> CsvPreview:
 async def import_attendees(store: ServerStore, data: bytes, *, code: str, name: str,
                            email: str | None, dry_run: bool) -> ImportResult:
     """Import the attendees of *data* (columns headed *code*, *name* and, if given,
-    *email*): new codes are added, known ones get the file's name and email."""
+    *email*): new codes are added, known ones get the file's name and its email, if it
+    has one for them (a blank email keeps theirs)."""
     plan = await asyncio.to_thread(plan_attendees, data, code=code, name=name, email=email)
     codes = [a.code for a in plan.attendees]
     known = await store.existing_codes(codes)
@@ -81,7 +82,7 @@ async def import_attendees(store: ServerStore, data: bytes, *, code: str, name: 
     if plan.problems or dry_run:
         return result
     created, updated = await store.upsert_attendees(
-        [Attendee(a.code, a.name, a.email) for a in plan.attendees])
+        [Attendee(a.code, a.name, a.email) for a in plan.attendees], keep_emails=True)
     result.added, result.already, result.written = created, updated, True
     return result
 

@@ -174,8 +174,11 @@ class ServerStore:
 
     # -- attendees and registrants -------------------------------------------------
 
-    async def upsert_attendees(self, attendees: list[Attendee]) -> tuple[int, int]:
-        """Insert new attendees and update the others; return (created, updated)."""
+    async def upsert_attendees(self, attendees: list[Attendee], *,
+                               keep_emails: bool = False) -> tuple[int, int]:
+        """Insert new attendees and update the others; return (created, updated).
+        *keep_emails*: an attendee given without an email keeps the one they have (a CSV
+        file with no email, or a blank one, is not a request to erase it)."""
         latest = {a.code: a for a in attendees}  # the last of repeated codes wins
         async with self._write() as db:
             existing = set()
@@ -192,7 +195,8 @@ class ServerStore:
                 [(a.code, a.name, a.email, first + i) for i, a in enumerate(new)])
             # A name or email change is not the doors' business: no new seq.
             await db.executemany(
-                "UPDATE attendees SET name = ?, email = ? WHERE code = ?",
+                "UPDATE attendees SET name = ?, email = COALESCE(?, email) WHERE code = ?"
+                if keep_emails else "UPDATE attendees SET name = ?, email = ? WHERE code = ?",
                 [(a.name, a.email, a.code) for a in latest.values() if a.code in existing])
         return len(new), len(latest) - len(new)
 

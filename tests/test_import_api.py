@@ -49,7 +49,7 @@ def post(server: Server, path: str, data: bytes | str, **params: Any) -> httpx.R
     body = data.encode() if isinstance(data, str) else data
     return server.client.post(path, content=body, headers=CSV,
                               params={k: str(v).lower() if isinstance(v, bool) else v
-                                      for k, v in params.items()})
+                                      for k, v in params.items() if v is not None})
 
 
 def store_file(server: Server) -> Path:
@@ -96,6 +96,12 @@ def test_attendees_import_with_chosen_columns_then_update(server) -> None:
     assert again.json() == {"rows": 2, "added": 1, "already": 1, "problems": [],
                             "written": True}
     assert attendee(server, f"{prefix}2") == ("Alan Turing", None)
+    # A file without emails, or with a blank one, does not erase an attendee's email.
+    for file in (f"Badge,Full name\n{prefix}1,Ada King\n",
+                 f"Badge,Full name,E-mail\n{prefix}1,Ada King,\n"):
+        post(server, "/api/attendees/import", file, code="Badge", name="Full name",
+             email="E-mail" if "E-mail" in file else None)
+        assert attendee(server, f"{prefix}1") == ("Ada King", "ada@example.org")
 
 
 def test_registrants_import_by_code_and_by_email(server) -> None:
