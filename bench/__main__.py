@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import decoding, door, sync
+from bench import decoding, door, imports, sync
 from bench.report import show, write
 
-SUITES = {"decoding": decoding.run, "door": door.run, "sync": sync.run}
+SUITES = {"decoding": decoding.run, "door": door.run, "sync": sync.run, "imports": imports.run}
 
 
 def main() -> int:
