@@ -4,10 +4,10 @@ Python client.
 Playwright's own browser builds cannot be downloaded here (nor on the machines that run
 the tests offline), so the system chromium is launched by path: scripts/system-packages.sh
 installs it, ``$CHECKIN_CHROMIUM`` points elsewhere. Each test gets a new browser context
-(its own cookies and storage) on the test's own ``checkin server`` (the ``server`` fixture
-of tests/conftest.py); the browser itself is shared by the module's tests, started with a
-fresh profile of its own (Playwright's ``launch`` makes a throwaway user-data-dir and
-deletes it at ``close``).
+(its own cookies and storage) on the test's own ``checkin server`` (tests.system.Server,
+started empty by tests/test_browser.py); the browser itself is shared by the module's
+tests, started with a fresh profile of its own (Playwright's ``launch`` passes chromium a
+throwaway ``--user-data-dir`` under /tmp and deletes it at ``close``).
 
 ``CHECKIN_SCREENSHOTS=1 pytest tests/test_browser.py`` also writes each page the
 walkthrough visits to docs/screenshots/ (docs/organizers.md shows them); a normal run
