@@ -94,12 +94,17 @@ class Visit:
     dialogs: list[str] = field(default_factory=list)
 
     def shoot(self, name: str) -> None:
-        """Save the page as docs/screenshots/*name*.png, when ``CHECKIN_SCREENSHOTS`` is
-        set (the files are committed; a normal run must not rewrite them)."""
-        if not os.environ.get("CHECKIN_SCREENSHOTS"):
-            return
+        """A page of the walkthrough: check that it fits a phone's width, and save it as
+        docs/screenshots/*name*.png when ``CHECKIN_SCREENSHOTS`` is set (the files are
+        committed; a normal run must not rewrite them)."""
         if not re.fullmatch(r"[0-9a-z-]+", name):
             raise ValueError(f"screenshot name {name!r}: lower-case letters, digits, dashes")
+        # Wide tables scroll inside their box; the page itself must not scroll sideways
+        # (an organizer with a phone in one hand would lose the buttons off the edge).
+        wide = self.page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= VIEWPORT["width"], f"{name}: the page is {wide} px wide on a phone"
+        if not os.environ.get("CHECKIN_SCREENSHOTS"):
+            return
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True,
                              animations="disabled")

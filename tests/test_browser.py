@@ -375,3 +375,27 @@ def test_a_hostile_name_is_only_text(chromium: Browser, browsing: Visit) -> None
     expect(page.locator("h1")).to_contain_text(HOSTILE)
     expect(page.locator("#schedule-table")).to_contain_text(HOSTILE)
     assert browsing.dialogs == []
+
+
+def test_delete_page_removes_the_registrants_in_one_click(browsing: Visit) -> None:
+    """The refusal offers the way out: "Remove all N registrants" there, and the same
+    page then offers the delete."""
+    page = browsing.page
+    sign_in(browsing)
+    page.click("#main-nav >> text=Attendees")
+    for code, name in (("ATT-0001", "Ada Lovelace"), ("ATT-0002", "Alan Turing")):
+        page.fill("#attendee-code", code)
+        page.fill("#attendee-name", name)
+        page.click("#attendee-save")
+        expect(page.locator("#flash")).to_contain_text(f"{code} added")
+    session_id = create_session(browsing, "Moved online", validate=False)
+    add_by_search(browsing, "ATT-000", ["Ada Lovelace", "Alan Turing"])
+    page.click("#delete-session-link")
+    expect(page.locator("#remaining-registrants")).to_have_text("2")
+    page.click("#delete-all-button")
+    expect(page.locator("#flash")).to_contain_text("2 registrant(s) removed")
+    expect(page.locator("#delete-ready")).to_be_visible()
+    page.click("#delete-session-button")
+    expect(page.locator("#flash")).to_contain_text("Session “Moved online” deleted")
+    page.goto(f"/sessions/{session_id}")
+    expect(page.locator("#error-message")).to_contain_text("no session")
