@@ -1,0 +1,48 @@
+"""The process harness's own pieces: the config writer, and waiting."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from checkin.harness import Process, WaitFailed, door_config, toml, wait_for
+from device.config import load_config
+
+
+def test_the_toml_writer_round_trips_every_value_a_config_holds() -> None:
+    sections = {"strings": {"plain": "door-1", "quotes": 'say "hi"', "backslash": "C:\\x\\y",
+                            "controls": "a\x00b\tc\nd\x1be\x7f", "unicode": "日本 😀"},
+                "numbers": {"int": 17, "negative": -1, "float": 0.05, "big": 1e20},
+                "flags": {"yes": True, "no": False}, "paths": {"path": Path("/srv/data")}}
+    parsed = tomllib.loads(toml(sections, comment="two\nlines"))
+    assert parsed == {**sections, "paths": {"path": "/srv/data"}}
+
+
+def test_the_toml_writer_refuses_what_it_cannot_write() -> None:
+    with pytest.raises(ValueError, match="bare TOML key"):
+        toml({"a section": {}})
+    with pytest.raises(TypeError):
+        toml({"s": {"k": [1, 2]}})  # type: ignore[dict-item]
+
+
+def test_a_door_config_is_valid_and_takes_the_callers_keys(tmp_path: Path) -> None:
+    sections = door_config("door-9", camera={"fps": 30}, gpio={"mirror_file": "pins"},
+                           server={"url": "ws://127.0.0.1:9/sync", "token_file": "t"})
+    assert sections["camera"] == {"source": "images:frames", "fps": 30}
+    path = tmp_path / "door.toml"
+    path.write_text(toml(sections))
+    config = load_config(path)
+    assert (config.device_id, config.data_dir, config.camera.fps) == ("door-9", tmp_path / "data",
+                                                                    30)
+    assert config.server is not None and config.server.url == "ws://127.0.0.1:9/sync"
+
+
+def test_waiting_fails_in_time_or_when_the_process_exits(tmp_path: Path) -> None:
+    with pytest.raises(WaitFailed, match=r"timed out waiting for nothing \(0.1 s\)"):
+        wait_for(lambda: False, 0.1, "nothing", interval=0.01)
+    process = Process(["no-such-command"], tmp_path / "cli.log")
+    with pytest.raises(WaitFailed, match="exited 2") as failed:
+        wait_for(lambda: False, 30, "a command that does not exist", process=process)
+    assert "invalid choice" in str(failed.value)  # the log's tail says why
