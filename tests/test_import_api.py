@@ -219,12 +219,22 @@ def test_whole_file_refusals(server) -> None:
     big = "code\n" + "A\n" * (MAX_ROWS + 1)
     too_many = post(server, path, big, column="code", match="code")
     assert too_many.status_code == 413 and "50,000" in too_many.json()["error"]
+    huge = post(server, path, b"code\n" + b"A" * (32 << 20), column="code")
+    assert huge.status_code == 413 and "bytes" in huge.json()["error"]
     assert post(server, "/api/sessions/nope/registrants/import", "code\nA\n",
                 column="code").status_code == 404
     no_token = httpx.post(server.url + path, content=b"code\nA\n", headers=CSV,
                           params={"column": "code"})
     assert no_token.status_code == 401
     assert registrants(server, sid) == set()
+
+
+def test_a_file_of_only_a_header_imports_nothing(server) -> None:
+    sid = new_session(server)
+    answer = post(server, f"/api/sessions/{sid}/registrants/import", "code,name\r\n\r\n",
+                  column="code")
+    assert answer.status_code == 200 and answer.json() == {
+        "rows": 0, "added": 0, "already": 0, "problems": [], "written": True}
 
 
 def test_delete_all_registrants_then_the_session(server) -> None:
