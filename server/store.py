@@ -299,14 +299,8 @@ class ServerStore:
 
     async def existing_codes(self, codes: list[str]) -> set[str]:
         """Which of *codes* are attendees' codes."""
-        found: set[str] = set()
-        wanted = list(dict.fromkeys(codes))
         async with self._read() as db:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start:start + _CHUNK]
-                found.update(r["code"] for r in await db.execute_fetchall(
-                    f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk))
-        return found
+            return await _codes_among(db, "SELECT code FROM attendees WHERE", [], codes)
 
     async def codes_by_email(self) -> dict[str, str]:
         """{email folded to lower case: attendee code} for every attendee with an email;
@@ -322,15 +316,10 @@ class ServerStore:
 
     async def registered_among(self, session_id: str, codes: list[str]) -> set[str]:
         """Which of *codes* are already the session's registrants."""
-        registered: set[str] = set()
-        wanted = list(dict.fromkeys(codes))
         async with self._read() as db:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start:start + _CHUNK]
-                registered.update(r["code"] for r in await db.execute_fetchall(
-                    "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
-                    f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
-        return registered
+            return await _codes_among(
+                db, "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0 AND",
+                [session_id], codes)
 
     async def session_exists(self, session_id: str) -> bool:
         async with self._read() as db:
@@ -752,6 +741,19 @@ async def _savepoint(db: aiosqlite.Connection) -> AsyncIterator[None]:
         await db.execute("RELEASE batch")
         raise
     await db.execute("RELEASE batch")
+
+
+async def _codes_among(db: aiosqlite.Connection, select: str, params: list[Any],
+                       codes: Iterable[str]) -> set[str]:
+    """The codes among *codes* that ``select ... code IN (...)`` finds, asked in chunks
+    (SQLite caps the parameters of one statement)."""
+    found: set[str] = set()
+    wanted = list(dict.fromkeys(codes))
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        found.update(r["code"] for r in await db.execute_fetchall(
+            f"{select} code IN ({_marks(chunk)})", [*params, *chunk]))
+    return found
 
 
 def _marks(values: Iterable[Any]) -> str:
