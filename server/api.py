@@ -30,6 +30,7 @@ from core.shapes import (
     utc_timestamp,
 )
 from server import imports
+from server.live import CHANGED, session_topic
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
 from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
@@ -76,6 +77,17 @@ def admin(handler: Handler) -> Handler:
             return error(503, "server storage error; try again later")
 
     return guarded
+
+
+def publish(request: Request, *topics: str) -> None:
+    """Tell the organizers' live pages (if the app has them) that *topics* changed."""
+    live = getattr(request.app.state, "live", None)
+    if live is not None:
+        live.publish(*topics)
+
+
+def _session_changed(request: Request, session_id: str) -> None:
+    publish(request, session_topic(session_id), "sessions")
 
 
 async def _json_body(request: Request) -> Any:
@@ -217,6 +229,7 @@ async def put_session(request: Request) -> Response:
     _check_window(session.starts_at, session.ends_at)
     created = await _store(request).put_session(session)
     request.app.state.hub.changed(session_id)
+    _session_changed(request, session_id)
     return JSONResponse({"session_id": session_id, **fields, "created": created},
                         status_code=201 if created else 200)
 
@@ -226,6 +239,7 @@ async def delete_session(request: Request) -> Response:
     session_id = _path_id(request, "session_id")
     await _store(request).delete_session(session_id)
     request.app.state.hub.changed(session_id)
+    _session_changed(request, session_id)
     return Response(status_code=204)
 
 
@@ -242,6 +256,8 @@ async def post_attendees(request: Request) -> Response:
     created, updated = await _store(request).upsert_attendees(attendees)
     if created:
         request.app.state.hub.changed(None)
+    if created or updated:  # names in every session's lists
+        publish(request, CHANGED)
     return JSONResponse({"created": created, "updated": updated})
 
 
@@ -255,6 +271,8 @@ async def import_attendees(request: Request) -> Response:
                                             email=email, dry_run=dry_run)
     if result.written and result.added:  # a name or email change is not the doors' business
         request.app.state.hub.changed(None)
+    if result.written:
+        publish(request, CHANGED)
     return _import_answer(result)
 
 
@@ -272,6 +290,7 @@ async def import_registrants(request: Request) -> Response:
                                               column=column, match=match, dry_run=dry_run)
     if result.written and result.added:
         request.app.state.hub.changed(session_id)
+        _session_changed(request, session_id)
     return _import_answer(result)
 
 
@@ -281,6 +300,7 @@ async def delete_registrants(request: Request) -> Response:
     removed = await _store(request).remove_registrants(session_id)
     if removed:
         request.app.state.hub.changed(session_id)
+        _session_changed(request, session_id)
     return JSONResponse({"removed": removed})
 
 
@@ -290,6 +310,7 @@ async def put_registrant(request: Request) -> Response:
     created = await _store(request).put_registrant(session_id, code)
     if created:
         request.app.state.hub.changed(session_id)
+        _session_changed(request, session_id)
     return JSONResponse({"session_id": session_id, "code": code, "created": created},
                         status_code=201 if created else 200)
 
@@ -299,6 +320,7 @@ async def delete_registrant(request: Request) -> Response:
     session_id, code = _path_id(request, "session_id"), _path_code(request)
     await _store(request).delete_registrant(session_id, code)
     request.app.state.hub.changed(session_id)
+    _session_changed(request, session_id)
     return Response(status_code=204)
 
 
@@ -307,6 +329,8 @@ async def put_device(request: Request) -> Response:
     device_id = _path_id(request, "device_id")
     session_id = _checked(await _json_body(request), _DEVICE_FIELDS, "device")["session_id"]
     token, previous = await _store(request).put_device(device_id, session_id)
+    publish(request, "doors", session_topic(session_id),
+            *([session_topic(previous)] if previous and previous != session_id else []))
     if token is not None:
         return JSONResponse({"device_id": device_id, "session_id": session_id, "token": token},
                             status_code=201)
@@ -321,6 +345,7 @@ async def delete_device(request: Request) -> Response:
     device_id = _path_id(request, "device_id")
     await _store(request).revoke_device(device_id)
     await request.app.state.hub.disconnect(device_id, CLOSE_UNAUTHORIZED, "device token revoked")
+    publish(request, "doors")
     return Response(status_code=204)
 
 

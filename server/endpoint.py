@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict
+from datetime import datetime
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.clock import wall_now
 from core.database import StoreError
 from server.hub import Hub
+from server.live import Live, session_topic
 from server.store import Device, ServerStore
 from server.tokens import bearer
 from sync.messages import (
@@ -29,6 +32,8 @@ from sync.messages import (
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     ProtocolError,
+    ScanOutcome,
+    Status,
     close_reason,
 )
 from sync.server_end import (
@@ -73,6 +78,7 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         await _serve(link, token)
     finally:
         hub.detach(link)
+        link.publish_door()  # disconnected (or replaced): the doors' pages say so
 
 
 async def _serve(link: DeviceLink, token: str) -> None:
@@ -88,6 +94,7 @@ async def _serve(link: DeviceLink, token: str) -> None:
             await link.close(code, reason)
             return
         await store.note_status(device.device_id, None)  # last seen: now
+        link.publish_door()
     except StoreError as exc:
         log.error("device %s: %s", device.device_id, exc)
         await link.close(CLOSE_INTERNAL_ERROR, "server storage error; retry later")
@@ -118,6 +125,8 @@ class DeviceLink:
         self.device_id = device.device_id
         self.session_id = device.session_id
         self.store = store
+        #: The organizers' live pages (None until the app has them).
+        self.live: Live | None = getattr(websocket.app.state, "live", None)
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._working = 0
@@ -214,8 +223,22 @@ class DeviceLink:
             stored = (await self.store.store_scans(self.device, action.scans, self.end.anchor)
                       if action.scans else [])
             self.end.send_results(action.batch, stored + action.refused)
+            accepted = {r.scan_id for r in stored if r.result == ScanOutcome.ACCEPTED}
+            self._publish(*{session_topic(s.session_id) for s in action.scans
+                            if s.scan_id in accepted and s.session_id is not None},
+                          "sessions")
         elif isinstance(action, NoteStatus):
-            await self.store.note_status(self.device_id, asdict(action.status))
+            await self.store.note_status(self.device_id, status_record(action.status,
+                                                                       wall_now()))
+            self.publish_door()
+
+    def _publish(self, *topics: str) -> None:
+        if self.live is not None:
+            self.live.publish(*topics)
+
+    def publish_door(self) -> None:
+        """This door's state changed (connected, disconnected, a status)."""
+        self._publish("doors", *([session_topic(self.session_id)] if self.session_id else []))
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True
@@ -229,6 +252,19 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
         return
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await websocket.close(code, close_reason(reason))
+
+
+def status_record(status: Status, received: datetime) -> dict[str, Any]:
+    """What the server keeps of a device's *status* received at *received*: its fields,
+    and ``clock_offset_s`` (the device's clock minus the server's, in seconds, from the
+    status's ``sent_at``; ``None`` when the device did not say)."""
+    record = asdict(status)
+    offset = None
+    if status.sent_at is not None:
+        with contextlib.suppress(ValueError, OverflowError):
+            offset = round((datetime.fromisoformat(status.sent_at) - received).total_seconds(),
+                           3)
+    return record | {"clock_offset_s": offset}
 
 
 def _peer(websocket: WebSocket) -> str:

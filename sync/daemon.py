@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from core import __version__
-from core.clock import boot_id, monotonic_ns, wall_now
+from core.clock import boot_id, monotonic_ns, wall_now, wall_stamp
 from core.database import StoreError
 from sync.backoff import Backoff
 from sync.config import DaemonConfig, ServerConfig, insecure_url_warning
@@ -253,7 +253,9 @@ class SyncDaemon:
             status = await self.store.status()
             link.end.send_status(scans_waiting=status.scans_waiting,
                                  scans_quarantined=status.scans_quarantined,
-                                 last_frame_at=status.last_frame_at)
+                                 last_frame_at=status.last_frame_at,
+                                 sent_at=wall_stamp(),
+                                 status_seconds=self.server.status_seconds)
             await link.flush()
             await self.store.note_link(connected=True)  # also: "this daemon is alive"
             await asyncio.sleep(self.server.status_seconds)

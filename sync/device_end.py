@@ -234,8 +234,10 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
         return frozenset().union(*self._in_flight.values())
 
     def send_status(self, *, scans_waiting: int, scans_quarantined: int,
-                    last_frame_at: str | None) -> None:
+                    last_frame_at: str | None, sent_at: str | None = None,
+                    status_seconds: float | None = None) -> None:
         if self.state is DeviceState.AWAIT_WELCOME:
             return  # status is only meaningful once the server knows us
         self._send(Status(software=self.software, cursor=self.cursor, scans_waiting=scans_waiting,
-                          scans_quarantined=scans_quarantined, last_frame_at=last_frame_at))
+                          scans_quarantined=scans_quarantined, last_frame_at=last_frame_at,
+                          sent_at=sent_at, status_seconds=status_seconds))

@@ -27,6 +27,7 @@ from core.shapes import (
     integer,
     list_of,
     member,
+    number,
     optional,
     show,
     text,
@@ -362,6 +363,14 @@ class Status(Message):
     scans_waiting: int = field(metadata=checked(_SEQ))
     scans_quarantined: int = field(metadata=checked(_SEQ))
     last_frame_at: str | None = field(metadata=checked(optional(timestamp)))
+    #: The device's wall time as it sent this status: the server tells the organizers how
+    #: far off the door's clock is (left out by devices that predate it).
+    sent_at: str | None = field(default=None, metadata=checked(optional(timestamp)))
+    #: Seconds between two statuses (``[server] status_seconds``): a door silent for longer
+    #: than twice that is shown as silent.
+    status_seconds: float | None = field(default=None,
+                                         metadata=checked(optional(number(0, 86400,
+                                                                          open_low=True))))
 
 
 DEVICE_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Hello, Scans, Status)}
