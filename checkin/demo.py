@@ -167,6 +167,12 @@ class Demo:
             for code in registrants:
                 await self._call("PUT", f"/api/sessions/{session}/registrants/{code}")
 
+    async def signin_link(self) -> str:
+        """A one-time link that signs a browser in to the dashboard (the server makes it
+        for the admin token; opening it does not spend it, its form does)."""
+        answer = await self._call("POST", "/signin/once?next=/live")
+        return str(answer["url"])
+
     async def _provision(self, name: str, session: str) -> Door:
         proxy = LinkProxy("127.0.0.1", self.server.port)
         await proxy.start()
@@ -354,6 +360,8 @@ async def _main(once: bool) -> int:
         try:
             await demo.start()
             print(f"  server   {demo.url}  (organizer API; admin token {demo.token})")
+            print(f"  live     {demo.url}/live  (the organizers' dashboard: sessions, doors)")
+            print(f"  sign in  {await demo.signin_link()}  (opens the dashboard; works once)")
             for door in demo.doors.values():
                 title, validate, _ = SESSIONS[door.session]
                 print(f"  {door.name:<8} door-{door.name}, session {door.session!r} "

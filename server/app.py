@@ -28,9 +28,11 @@ from core.database import StoreError
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub
+from server.live import Live
 from server.schema import KEEP_DELETED_DAYS
 from server.store import ServerStore
 from server.tokens import admin_token
+from server.web.dashboard import ROUTES as LIVE_ROUTES
 from server.web.pages import ROUTES as WEB_ROUTES
 from server.web.pages import Web, WebError, is_page
 from sync.messages import MAX_DEVICE_MESSAGE
@@ -50,6 +52,8 @@ def create_app(data_dir: Path, token: str, *,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.store = await ServerStore.open(data_dir)
         app.state.hub = Hub()
+        # What changed, for the organizers' live pages (server-sent events).
+        app.state.live = Live()
         app.state.admin_token = token
         # The organizers' pages: the cookie secret and the uploads folder in the data dir.
         app.state.web = await asyncio.to_thread(Web, data_dir, token)
@@ -58,12 +62,14 @@ def create_app(data_dir: Path, token: str, *,
         try:
             yield
         finally:
+            app.state.live.close()
             pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruning
             await app.state.store.close()
 
-    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint), *WEB_ROUTES],
+    return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint), *LIVE_ROUTES,
+                             *WEB_ROUTES],
                      lifespan=lifespan, exception_handlers={HTTPException: _http_error})
 
 
@@ -160,12 +166,33 @@ def _timed_h11() -> type:
     return TimedH11Protocol
 
 
+def _ending_streams() -> type:
+    """uvicorn's server that, when it starts to stop, first ends the live pages' event
+    streams: they never finish by themselves, and would hold the stop for the whole
+    graceful timeout."""
+    import uvicorn
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+            super().__init__(config)
+            self.app = app
+
+        async def shutdown(self, sockets: list | None = None) -> None:
+            live = getattr(self.app.state, "live", None)
+            if live is not None:
+                live.close()
+            await super().shutdown(sockets)
+
+    return Server
+
+
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
                keyfile: str | None = None, new_epoch: bool = False,
                keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS)) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
     import uvicorn
 
+    _Server = _ending_streams()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         token, source = admin_token(data_dir)
@@ -176,15 +203,16 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         print(f"checkin server: cannot use data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
     print(f"checkin server: admin token {source}", file=sys.stderr, flush=True)
+    app = create_app(data_dir, token, keep_deleted=keep_deleted)
     config = uvicorn.Config(
-        create_app(data_dir, token, keep_deleted=keep_deleted), host=host, port=port,
+        app, host=host, port=port,
         ws="websockets-sansio",
         ws_max_size=MAX_DEVICE_MESSAGE, ws_ping_interval=10, ws_ping_timeout=10,
         ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=5, http=_timed_h11(), timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
         limit_concurrency=MAX_CONCURRENCY,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app)
     # uvicorn re-raises the signal that stopped it once it has shut down, under
     # the handlers it found: make those no-ops so a clean stop exits 0.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -5,7 +5,7 @@ Every page but sign-in, the schedule page and the stylesheet needs a signed-in
 organizer (:func:`organizer`), and every POST a CSRF token. Every error is a page naming
 what was wrong (:class:`WebError`), never a traceback. Changes reach the doors as through
 the API: ``hub.changed`` after registrants or sessions change, ``hub.disconnect`` when a
-door is reassigned or revoked.
+door is reassigned or revoked; and the live pages hear of every change (``live.publish``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from core.database import StoreError
 from core.shapes import identifier, text, utc_timestamp
 from server import imports
+from server.live import CHANGED, session_topic
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import same_token
 from server.web.auth import Signer, WebSession, load_secret, same
@@ -132,6 +133,21 @@ def _web(request: Request) -> Web:
 
 def _store(request: Request) -> ServerStore:
     return request.app.state.store
+
+
+def _changed(request: Request, session_id: str | None) -> None:
+    """Registrants, attendees or sessions changed: tell the doors (of *session_id*, or every
+    door for ``None``) and the live pages."""
+    request.app.state.hub.changed(session_id)
+    live = getattr(request.app.state, "live", None)
+    if live is not None:
+        live.publish(*((session_topic(session_id), "sessions") if session_id else (CHANGED,)))
+
+
+def _publish_doors(request: Request, *session_ids: str | None) -> None:
+    live = getattr(request.app.state, "live", None)
+    if live is not None:
+        live.publish("doors", *(session_topic(s) for s in session_ids if s))
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -427,7 +443,7 @@ async def create_session(request: Request) -> Response:
         raise WebError(409, f"session id {_show(session_id)}: a session with this id exists; "
                             "choose another id or edit that session")
     await _store(request).put_session(info)
-    request.app.state.hub.changed(session_id)
+    _changed(request, session_id)
     request.state.session.say(f"Session “{info.name}” created.")
     return _redirect(f"/sessions/{session_id}")
 
@@ -468,7 +484,7 @@ async def edit_session(request: Request) -> Response:
     session_id = (await _session(request))["session_id"]
     info = await _session_form(request, session_id)
     await _store(request).put_session(info)
-    request.app.state.hub.changed(session_id)  # e.g. Validate Registrants: doors at once
+    _changed(request, session_id)  # e.g. Validate Registrants: doors at once
     request.state.session.say("Session saved.")
     return _redirect(f"/sessions/{session_id}")
 
@@ -486,7 +502,7 @@ async def delete_session(request: Request) -> Response:
     if session["registered"]:  # the seed's rule: registrants go first
         return _web(request).render(request, "session_delete.html", 409, session=session)
     await _store(request).delete_session(session["session_id"])
-    request.app.state.hub.changed(session["session_id"])
+    _changed(request, session["session_id"])
     request.state.session.say(f"Session “{session['name']}” deleted.")
     return _redirect("/sessions")
 
@@ -504,7 +520,7 @@ async def add_registrants(request: Request) -> Response:
         raise WebError(400, "code: tick at least one attendee to add")
     added = await _store(request).put_registrants(session_id, codes)
     if added:
-        request.app.state.hub.changed(session_id)
+        _changed(request, session_id)
     request.state.session.say(f"{added} registrant(s) added"
                               + (f", {len(codes) - added} already registered." if
                                  len(codes) > added else "."))
@@ -521,7 +537,7 @@ async def remove_registrants(request: Request) -> Response:
         raise WebError(400, "code: tick at least one registrant to remove (or use Delete All)")
     removed = await _store(request).remove_registrants(session_id, codes)
     if removed:
-        request.app.state.hub.changed(session_id)
+        _changed(request, session_id)
     request.state.session.say(f"{removed} registrant(s) removed.")
     if await _field(request, "then") == "delete":
         return _redirect(f"/sessions/{session_id}/delete")
@@ -553,7 +569,7 @@ async def add_attendee(request: Request) -> Response:
         raise WebError(400, f"email {_show(email)}: expected an address with an @")
     created, _ = await _store(request).upsert_attendees([Attendee(code, name, email)])
     if created:
-        request.app.state.hub.changed(None)
+        _changed(request, None)
     request.state.session.say(f"Attendee {code} {'added' if created else 'updated'}.")
     return _redirect("/attendees?" + urlencode({"q": code}))
 
@@ -682,7 +698,7 @@ async def import_run(request: Request) -> Response:
     path = _web(request).upload_path(request.state.session, request.path_params["upload_id"])
     data = _uploaded(path)
     commit = await _field(request, "action") == "commit"
-    store, hub = _store(request), request.app.state.hub
+    store = _store(request)
     if session_id:
         session_id = (await _session(request))["session_id"]
         choices = {"column": await _field(request, "column"),
@@ -707,7 +723,7 @@ async def import_run(request: Request) -> Response:
     if not result.written:
         return await _wizard(request, choices=choices, result=result,
                              status=422 if result.problems else 200)
-    hub.changed(session_id)  # None for attendees: every door
+    _changed(request, session_id)  # None for attendees: every door
     with contextlib.suppress(OSError):
         path.unlink()
         path.with_suffix(".json").unlink()
@@ -749,6 +765,7 @@ async def provision_door(request: Request) -> Response:
     if token is None:  # provisioned by someone else meanwhile: its token is theirs
         raise WebError(409, f"door id {_show(device_id)}: provisioned meanwhile by another "
                             "request; revoke it to make a new token")
+    _publish_doors(request, session_id)
     scheme = "wss" if request.url.scheme == "https" else "ws"
     sync_url = f"{scheme}://{request.url.netloc}/sync"
     return _web(request).render(request, "door_token.html", device_id=device_id,
@@ -765,6 +782,7 @@ async def reassign_door(request: Request) -> Response:
         raise WebError(409, f"door {_show(device_id)} is revoked or unknown: provision it "
                             "(a new token) instead")
     _, previous = await _store(request).put_device(device_id, session_id)
+    _publish_doors(request, session_id, previous)
     if previous != session_id:
         await request.app.state.hub.disconnect(
             device_id, CLOSE_REASSIGNED, f"device reassigned to session {session_id}")
@@ -777,6 +795,7 @@ async def revoke_door(request: Request) -> Response:
     device_id = _checked("door id", await _field(request, "device_id"), identifier)
     await _store(request).revoke_device(device_id)
     await request.app.state.hub.disconnect(device_id, CLOSE_UNAUTHORIZED, "device token revoked")
+    _publish_doors(request)
     request.state.session.say(f"Door {device_id} revoked: its token no longer works.")
     return _redirect("/doors")
 
@@ -821,7 +840,7 @@ async def schedule_change(request: Request) -> Response:
         await store.remove_registrants(session_id, [attendee.code])
     else:
         raise WebError(400, f"action {_show(action)}: expected add or remove")
-    request.app.state.hub.changed(session_id)
+    _changed(request, session_id)
     return _redirect(str(request.url_for("schedule_page", token=token)))
 
 
