@@ -89,6 +89,8 @@ class Web:
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.templates.filters["when"] = _when
         self.templates.filters["local_input"] = _local_input
+        self.templates.filters["clock"] = clock
+        self.templates.filters["offset"] = offset
 
     def sweep_uploads(self) -> None:
         """Delete uploads older than :data:`UPLOAD_SECONDS` (abandoned wizards)."""
@@ -321,6 +323,27 @@ def _when(starts_at: str | None, ends_at: str | None = None) -> str:
         return f"from {start:%Y-%m-%d %H:%M} UTC"
     assert end is not None
     return f"until {end:%Y-%m-%d %H:%M} UTC"
+
+
+def clock(stamp: str | None, *, minutes: bool = False) -> str:
+    """A stored time for people: ``21:52:11 UTC`` today, with the date on other days."""
+    if not stamp:
+        return ""
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return stamp
+    shown = f"{moment:%H:%M}" if minutes else f"{moment:%H:%M:%S}"
+    if moment.date() != datetime.now(UTC).date():
+        shown = f"{moment:%Y-%m-%d} {shown}"
+    return shown + ("" if minutes else " UTC")
+
+
+def offset(seconds: float | None) -> str:
+    """A clock offset: ``+1.5 s``, ``0.0 s``, or ``?`` when the door has not said."""
+    if seconds is None:
+        return "?"
+    return "0.0 s" if abs(seconds) < 0.05 else f"{seconds:+.1f} s"
 
 
 def _local_input(stamp: str | None) -> str:

@@ -22,8 +22,20 @@
     const body = $(table).tBodies[0];
     body.replaceChildren(...rows.map(make));
   };
-  const link = (d) => d.revoked ? "revoked" : d.silent ? "silent" : d.connected ? "connected" : "offline";
+  const link = (d) => (d.revoked ? "revoked" : d.connected ? "connected" : "offline") +
+    (d.silent ? " · silent" : "");
   const SVG = "http://www.w3.org/2000/svg";
+  // A stored time for people, as the server writes it: "21:52:11 UTC" today, with the
+  // date on other days.
+  const clock = (stamp, minutes) => {
+    if (!stamp) return "";
+    const at = new Date(stamp);
+    if (Number.isNaN(at.getTime())) return stamp;
+    const iso = at.toISOString();
+    let shown = minutes ? iso.slice(11, 16) : iso.slice(11, 19);
+    if (iso.slice(0, 10) !== new Date().toISOString().slice(0, 10)) shown = `${iso.slice(0, 10)} ${shown}`;
+    return minutes ? shown : `${shown} UTC`;
+  };
 
   function chart(series) {
     const svg = $("arrivals-chart");
@@ -42,7 +54,7 @@
       return bar;
     }));
     put("arrivals-legend", series.length
-      ? `${series[0][0]} – ${series[series.length - 1][0]}, most ${top} a minute`
+      ? `${clock(series[0][0], true)}–${clock(series[series.length - 1][0], true)}, most ${top} a minute`
       : "No arrivals yet.");
   }
 
@@ -84,7 +96,7 @@
       for (const key of ["registered", "admitted", "not_arrived", "reentries", "rejected", "scans"]) {
         put(`${key.replace("_", "-")}-count`, data[key]);
       }
-      put("last-scan", data.last_scan_at || "none yet");
+      put("last-scan", clock(data.last_scan_at) || "none yet");
       $("not-final").hidden = !data.not_final;
       put("not-final-why", data.not_final_why.join("; "));
       const reasons = Object.entries(data.rejected_by_reason).sort();
@@ -98,7 +110,7 @@
         const tr = document.createElement("tr");
         tr.dataset.deviceId = d.device_id;
         tr.append(cell(d.device_id), cell(link(d)), cell(d.scans_waiting, "num"),
-                  cell(d.last_seen_at || "never"));
+                  cell(clock(d.last_seen_at) || "never"));
         return tr;
       });
       chart(data.arrivals_per_minute);
@@ -120,9 +132,12 @@
           mark.textContent = "not final";
           name.append(" ", mark);
         }
-        tr.append(name, cell(s.registered, "num"), cell(s.admitted, "num"),
-                  cell(s.not_arrived, "num"), cell(s.rejected, "num"),
-                  cell(`${s.doors_online}/${s.doors}`, "num"));
+        const cells = [cell(s.registered, "num"), cell(s.admitted, "num"),
+          cell(s.not_arrived, "num"), cell(s.rejected, "num"),
+          cell(`${s.doors_online}/${s.doors}`, "num")];
+        ["Registered", "Admitted", "Not arrived", "Rejected", "Doors online"]
+          .forEach((label, i) => { cells[i].dataset.label = label; });
+        tr.append(name, ...cells);
         return tr;
       });
       $("no-sessions").hidden = data.sessions.length > 0;
@@ -136,9 +151,10 @@
         id.textContent = d.device_id;
         const first = document.createElement("td");
         first.append(id);
-        const offset = d.clock_offset_s === null || d.clock_offset_s === undefined ? "?"
-          : `${d.clock_offset_s >= 0 ? "+" : ""}${d.clock_offset_s.toFixed(1)} s`;
-        const cells = [cell(link(d)), cell(d.last_seen_at || "never"), cell(d.scans_waiting, "num"),
+        const off = d.clock_offset_s;
+        const offset = off === null || off === undefined ? "?"
+          : Math.abs(off) < 0.05 ? "0.0 s" : `${off > 0 ? "+" : ""}${off.toFixed(1)} s`;
+        const cells = [cell(link(d)), cell(clock(d.last_seen_at) || "never"), cell(d.scans_waiting, "num"),
           cell(d.scans_quarantined, "num"), cell(d.software), cell(offset, "num"),
           cell(d.session_name || "—")];
         cells.forEach((td, i) => { td.dataset.label = labels[i]; });
@@ -159,7 +175,7 @@
   source.addEventListener("update", (event) => {
     const data = JSON.parse(event.data);
     render[page.dataset.live](data);
-    if (data.at) put("updated-at", data.at);
+    if (data.at) put("updated-at", clock(data.at));
     if (!data.gone) setState("live", "live");
   });
 })();
