@@ -233,12 +233,15 @@ def decisions(stdout: str | bytes) -> list[dict[str, Any]]:
 
 
 def stop_all(processes: Iterable[Process | None], timeout: float = 20.0) -> None:
-    """SIGTERM each process at once, then wait for each (killing it after *timeout*)."""
+    """SIGTERM each process at once, then wait for them (killing what still runs after
+    *timeout*)."""
     running = [p for p in processes if p is not None and p.poll() is None]
     for process in running:
         process.terminate()
+    # One deadline for them all: they stop together, so waiting in turn must not add up.
+    deadline = time.monotonic() + timeout
     for process in running:
-        process.stop(timeout=timeout)
+        process.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
 class Server:
