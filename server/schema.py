@@ -102,6 +102,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- The directory and the Registrants box list attendees by name, a page at a time.
     CREATE INDEX attendees_name ON attendees (name, code);
     """,
+    """
+    -- The organizers' live pages and exports look a session's scans up by attendee: who
+    -- of 50,000 registrants was never admitted, each attendee's first admission.
+    CREATE INDEX scans_session_code ON scans (session_id, decision, code, scanned_at);
+    """,
 )
 
 #: The server store's file name inside its data dir.

@@ -647,6 +647,108 @@ class ServerStore:
                 "admitted": counts["admitted"], "rejected": counts["rejected"],
                 "scans": [dict(r) for r in rows]}
 
+    # -- the organizers' live pages ---------------------------------------------------
+
+    async def attendance_live(self, session_id: str) -> dict[str, Any]:
+        """A session's live numbers (the attendance page and the event overview).
+
+        ``admitted`` counts distinct attendees, ``reentries`` every admission after an
+        attendee's first, ``not_arrived`` the current registrants never admitted;
+        ``arrivals_per_minute`` is ``[[minute in UTC, attendees first admitted in it], ...]``
+        by the doors' clocks; ``flagged`` counts the scans the audit flagged (the server
+        would have decided otherwise, or the door's clock was off).
+        """
+        params = {"session": session_id, "admitted": Decision.ADMITTED,
+                  "rejected": Decision.REJECTED}
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT name, (SELECT count(*) FROM registrants WHERE session_id = :session"
+                "  AND deleted = 0) AS registered,"
+                " (SELECT count(*) FROM registrants AS r WHERE r.session_id = :session"
+                "  AND r.deleted = 0 AND NOT EXISTS (SELECT 1 FROM scans AS c"
+                "   WHERE c.session_id = :session AND c.code = r.code"
+                "   AND c.decision = :admitted)) AS not_arrived"
+                " FROM sessions WHERE session_id = :session", params)
+            session = next(iter(rows), None)
+            if session is None:
+                raise NotFound(f"no session {session_id!r}")
+            # Counted from the indexes where they hold the columns: a session of 100,000
+            # scans is read in a few short passes, none sorting the table's rows.
+            kinds = await db.execute_fetchall(
+                "SELECT decision, count(*) AS n, max(julianday(scanned_at)) AS last"
+                " FROM scans WHERE session_id = :session GROUP BY decision", params)
+            reasons = await db.execute_fetchall(
+                "SELECT reason, count(*) AS n FROM scans WHERE session_id = :session"
+                " AND decision = :rejected GROUP BY reason ORDER BY n DESC, reason", params)
+            flagged = await scalar(
+                db, "SELECT count(*) FROM scans INDEXED BY scans_session"
+                    " WHERE session_id = :session"
+                    " AND (disagreement IS NOT NULL OR clock_flag IS NOT NULL)", params)
+            # Each attendee's first admission, from the index alone (session, decision, code,
+            # scanned_at): their count is the distinct attendees admitted.
+            arrivals = await db.execute_fetchall(
+                "SELECT strftime('%Y-%m-%dT%H:%M:00Z', first) AS minute, count(*) AS n"
+                " FROM (SELECT min(julianday(scanned_at)) AS first FROM scans"
+                "  WHERE session_id = :session AND decision = :admitted GROUP BY code)"
+                " WHERE first IS NOT NULL GROUP BY minute ORDER BY minute", params)
+            last = max((k["last"] for k in kinds if k["last"] is not None), default=None)
+            last_scan_at = None if last is None else await scalar(
+                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?)", (last,))
+        admitted = sum(r["n"] for r in arrivals)
+        admissions = sum(k["n"] for k in kinds if k["decision"] == Decision.ADMITTED)
+        rejected = {r["reason"]: r["n"] for r in reasons}
+        return {"session_id": session_id, "name": session["name"],
+                "registered": session["registered"], "admitted": admitted,
+                "reentries": admissions - admitted, "rejected": sum(rejected.values()),
+                "rejected_by_reason": rejected, "not_arrived": session["not_arrived"],
+                "arrivals_per_minute": [[r["minute"], r["n"]] for r in arrivals],
+                "scans": sum(k["n"] for k in kinds),
+                "flagged": flagged, "last_scan_at": last_scan_at}
+
+    async def not_arrived(self, session_id: str, query: str = "", *, limit: int = 50,
+                          offset: int = 0) -> tuple[int, list[Attendee]]:
+        """(how many of the session's registrants matching *query* were never admitted,
+        one page of them by name then code)."""
+        condition, params = _matching(query, "a.")
+        waiting = ("FROM attendees AS a WHERE EXISTS (SELECT 1 FROM registrants AS r"
+                   " WHERE r.session_id = ? AND r.code = a.code AND r.deleted = 0)"
+                   " AND NOT EXISTS (SELECT 1 FROM scans AS c WHERE c.session_id = ?"
+                   " AND c.code = a.code AND c.decision = ?)"
+                   + (f" AND {condition}" if condition else ""))
+        head = [session_id, session_id, Decision.ADMITTED, *params]
+        async with self._read() as db:
+            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?",
+                                (session_id,)):
+                raise NotFound(f"no session {session_id!r}")
+            total = await scalar(db, f"SELECT count(*) {waiting}", head)
+            rows = await db.execute_fetchall(
+                f"SELECT a.code, a.name, a.email {waiting} ORDER BY a.name, a.code"
+                " LIMIT ? OFFSET ?", [*head, limit, max(offset, 0)])
+        return total, [Attendee(**r) for r in rows]
+
+    async def door_overview(self) -> list[dict[str, Any]]:
+        """Every device, by id, with what its latest status said: ``clock_offset_s`` (its
+        clock minus the server's) and ``status_seconds`` are ``None`` when unknown."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT device_id, session_id, revoked_at IS NOT NULL AS revoked,"
+                " last_seen_at, status FROM devices ORDER BY device_id")
+        doors = []
+        for r in rows:
+            try:
+                status = json.loads(r["status"]) if r["status"] else {}
+            except ValueError:
+                status = {}
+            if not isinstance(status, dict):
+                status = {}
+            doors.append({
+                "device_id": r["device_id"], "session_id": r["session_id"],
+                "revoked": bool(r["revoked"]), "last_seen_at": r["last_seen_at"],
+                **{key: status.get(key) for key in (
+                    "software", "scans_waiting", "scans_quarantined", "last_frame_at",
+                    "clock_offset_s", "status_seconds")}})
+        return doors
+
 
 async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> SessionInfo | None:
     if session_id is None:

@@ -16,7 +16,7 @@ import pytest
 from core.rules import Decision, Reason
 from server.endpoint import status_record
 from server.live import CHANGED, Live, session_topic
-from server.store import Attendee, ServerStore
+from server.store import Attendee, Device, NotFound, ServerStore
 from sync.messages import Scan, SessionInfo, Status, encode, parse_device_message
 
 # -- Live ------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_the_server_keeps_the_clock_offset_with_the_status() -> None:
     assert status_record(_status(), received)["clock_offset_s"] is None
 
 
-# -- the store's live numbers -------------------------------------------------------------
+# -- the store's live numbers, on a real file --------------------------------------------
 
 _BOOT = "boot-1"
 
@@ -257,3 +257,128 @@ def test_doors_and_the_api_publish_what_changed(tmp_path: Path) -> None:
             raise AssertionError("no 'doors' after the door disconnected")
         client.delete("/api/devices/door-1", headers=admin)
         assert "doors" in seen()
+
+
+ADMIT, REJECT = Decision.ADMITTED, Decision.REJECTED
+
+
+async def test_attendance_live_counts_a_session(store: ServerStore) -> None:
+    empty = await store.attendance_live("s1")
+    assert empty == {"session_id": "s1", "name": "Keynote", "registered": 6, "admitted": 0,
+                     "reentries": 0, "rejected": 0, "rejected_by_reason": {},
+                     "not_arrived": 6, "arrivals_per_minute": [], "scans": 0, "flagged": 0,
+                     "last_scan_at": None}
+    door1 = Device("door-1", "s1")
+    door2 = Device("door-2", "s1")
+    await store.store_scans(door1, [
+        _scan(1, "A0", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T10:00:05.000+01:00"),
+        _scan(2, "A1", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T09:00:50.000+00:00"),
+        _scan(3, "A0", "s1", ADMIT, Reason.REENTRY, "2026-11-28T09:05:00.000+00:00"),
+        _scan(4, "A7", "s1", REJECT, Reason.NOT_REGISTERED, "2026-11-28T09:06:00.000Z"),
+        _scan(5, "A8", "s1", REJECT, Reason.NOT_REGISTERED, "2026-11-28T09:06:01.000Z"),
+        _scan(6, "??", "s1", REJECT, Reason.UNKNOWN_CODE, "2026-11-28T09:06:02.000Z"),
+        _scan(7, "A9", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T09:07:00.000Z"),
+    ])
+    # Another door, offline meanwhile, admitted A1 first (by its clock) and A2.
+    await store.store_scans(door2, [
+        _scan(1, "A1", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T09:00:30.000Z", "door-2"),
+        _scan(2, "A2", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T10:02:00.000+01:00",
+              "door-2"),
+    ])
+    await store.store_scans(Device("door-3", "s2"), [
+        _scan(1, "A3", "s2", ADMIT, Reason.REGISTERED, "2026-11-28T09:00:00Z", "door-3")])
+    live = await store.attendance_live("s1")
+    assert live["registered"] == 6 and live["admitted"] == 4  # A0 A1 A2 A9
+    assert live["reentries"] == 2  # A0 again, A1 at a second door
+    assert live["rejected"] == 3
+    assert live["rejected_by_reason"] == {"not_registered": 2, "unknown_code": 1}
+    assert live["not_arrived"] == 3  # A3 A4 A5: A3 came to the other session only
+    assert live["arrivals_per_minute"] == [["2026-11-28T09:00:00Z", 2],
+                                           ["2026-11-28T09:02:00Z", 1],
+                                           ["2026-11-28T09:07:00Z", 1]]
+    assert live["scans"] == 9
+    assert live["flagged"] == 1  # A9 admitted though not a registrant: the audit flags it
+    assert live["last_scan_at"] == "2026-11-28T09:07:00.000Z"
+    assert (await store.attendance_live("s2"))["admitted"] == 1
+    with pytest.raises(NotFound):
+        await store.attendance_live("nope")
+    # The old route's answer is unchanged.
+    old = await store.attendance("s1")
+    assert set(old) == {"session_id", "registered", "admitted", "rejected", "scans"}
+
+
+async def test_not_arrived_lists_registrants_never_admitted(store: ServerStore) -> None:
+    await store.store_scans(Device("door-1", "s1"), [
+        _scan(1, "A0", "s1", ADMIT, Reason.REGISTERED, "2026-11-28T09:00:00Z"),
+        _scan(2, "A1", "s1", REJECT, Reason.OUTSIDE_WINDOW, "2026-11-28T09:00:00Z"),
+        _scan(3, "A2", "s2", ADMIT, Reason.REGISTERED, "2026-11-28T09:00:00Z")])
+    total, page = await store.not_arrived("s1")
+    assert total == 5 and [a.code for a in page] == ["A1", "A2", "A3", "A4", "A5"]
+    assert page[0] == Attendee("A1", "Person 1", "p1@example.org")
+    total, page = await store.not_arrived("s1", limit=2, offset=2)
+    assert total == 5 and [a.code for a in page] == ["A3", "A4"]
+    assert (await store.not_arrived("s1", "PERSON 4"))[0] == 1
+    assert (await store.not_arrived("s1", "p5@"))[1][0].code == "A5"
+    assert (await store.not_arrived("s1", "%"))[0] == 0
+    await store.remove_registrants("s1", ["A5"])
+    assert (await store.not_arrived("s1"))[0] == 4
+    assert await store.not_arrived("s2") == (0, [])
+    with pytest.raises(NotFound):
+        await store.not_arrived("nope")
+
+
+async def test_door_overview(store: ServerStore) -> None:
+    await store.put_device("door-b", "s1")
+    await store.put_device("door-a", "s2")
+    await store.put_device("door-c", "s2")
+    await store.revoke_device("door-c")
+    assert await store.door_overview() == [
+        {"device_id": d, "session_id": s, "revoked": d == "door-c", "last_seen_at": None,
+         "software": None, "scans_waiting": None, "scans_quarantined": None,
+         "last_frame_at": None, "clock_offset_s": None, "status_seconds": None}
+        for d, s in (("door-a", "s2"), ("door-b", "s1"), ("door-c", "s2"))]
+    received = datetime.now(UTC)
+    sent = (received - timedelta(seconds=3)).isoformat()
+    await store.note_status("door-b", status_record(
+        _status(sent_at=sent, status_seconds=2.0), received))
+    await store.note_status("door-a", status_record(_status(), received))  # an older door
+    a, b, _ = await store.door_overview()
+    assert b["software"] == "1.0" and b["scans_waiting"] == 2 and b["scans_quarantined"] == 0
+    assert b["clock_offset_s"] == -3.0 and b["status_seconds"] == 2.0
+    assert b["last_seen_at"] is not None
+    assert a["scans_waiting"] == 2 and a["clock_offset_s"] is None
+    assert a["status_seconds"] is None
+
+
+async def test_live_queries_use_indexes_at_event_scale(tmp_path: Path) -> None:
+    """50,000 registrants and 100,000 scans: the queries look scans up by index, never
+    read the table once per registrant."""
+    store = await ServerStore.open(tmp_path)
+    try:
+        codes = [f"C{i:05d}" for i in range(50_000)]
+        await store.upsert_attendees([Attendee(c, f"Name {c}") for c in codes])
+        await store.put_session(SessionInfo("big", "Plenary", True))
+        await store.put_registrants("big", codes)
+        base = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+        for start in range(0, 100_000, 1000):
+            await store.store_scans(Device("door-1", "big"), [
+                _scan(n, codes[(n * 7) % 40_000], "big",
+                      ADMIT if n % 5 else REJECT,
+                      Reason.REGISTERED if n % 5 else Reason.OUTSIDE_WINDOW,
+                      (base + timedelta(seconds=n // 10)).isoformat())
+                for n in range(start, start + 1000)])
+        live = await store.attendance_live("big")
+        assert live["scans"] == 100_000 and live["rejected"] == 20_000
+        assert live["admitted"] + live["not_arrived"] == 50_000
+        assert live["not_arrived"] >= 10_000
+        total, page = await store.not_arrived("big", limit=50)
+        assert total == live["not_arrived"] and len(page) == 50
+        async with store._read() as db:
+            for sql in ("SELECT 1 FROM registrants AS r WHERE r.session_id = 'big' AND"
+                        " NOT EXISTS (SELECT 1 FROM scans AS c WHERE c.session_id = 'big'"
+                        " AND c.code = r.code AND c.decision = 'admitted')",):
+                plan = " | ".join(r[3] for r in await db.execute_fetchall(
+                    f"EXPLAIN QUERY PLAN {sql}"))
+                assert "USING COVERING INDEX scans_session_code" in plan, plan
+    finally:
+        await store.close()
