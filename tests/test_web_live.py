@@ -1,0 +1,295 @@
+"""The organizers' live pages (issue 13) over HTTP against a real ``checkin server``: the
+server-sent events stream of a session sends fresh numbers after a door's scan is
+stored, every live page and stream needs sign-in, hostile names are escaped, the
+one-time sign-in link works once; and in-process, that one computation per change is
+shared by every stream and a stream that ends lets its feed go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from server.live import Live
+from server.web.dashboard import Feeds, _events, _silent
+from server.web.pages import clock, offset
+from sync.device_end import ApplySnapshot, CacheState, DeviceEnd, RecordResults
+from sync.messages import Scan
+from tests.system import ADMIN, Server
+
+XSS = "<script>alert(1)</script>"
+LIVE_PAGES = ["/live", "/doors/live", "/sessions/s1/live", "/live/overview", "/live/doors",
+              "/live/sessions/s1", "/live/sessions/s1/not-arrived"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("live") / "server").start()
+    running.api("POST", "/api/attendees", [{"code": "A1", "name": "Ann"},
+                                           {"code": "B2", "name": XSS},
+                                           {"code": "C3", "name": "Cleo"}])
+    running.api("PUT", "/api/sessions/s1", {"name": "One", "validate_registrants": True})
+    running.api("PUT", "/api/sessions/evil", {"name": XSS, "validate_registrants": False})
+    for session, code in (("s1", "A1"), ("s1", "B2"), ("s1", "C3"), ("evil", "B2")):
+        running.api("PUT", f"/api/sessions/{session}/registrants/{code}")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def csrf_of(page: httpx.Response) -> str:
+    match = re.search(r'name="csrf" value="([^"]*)"', page.text)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def signed_in(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        page = client.get("/signin")
+        answer = client.post("/signin", data={"csrf": csrf_of(page), "token": ADMIN,
+                                              "next": "/live"})
+        assert answer.status_code == 303, answer.text
+        yield client
+
+
+def once_link(server: Server, next_page: str = "/live") -> str:
+    answer = server.client.post("/signin/once", params={"next": next_page})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["path"]
+
+
+def scan(session: str, code: str) -> Scan:
+    return Scan(str(uuid.uuid4()), 1, code, session, "admitted", "registered",
+                datetime.now(UTC).isoformat(), 1, "boot")
+
+
+class Door:
+    """A device end over a real websocket: a door that pushes scans as the daemon does."""
+
+    def __init__(self, websocket: Any, device_id: str) -> None:
+        self.websocket = websocket
+        self.end = DeviceEnd(device_id, "test", CacheState(None, None, 0))
+
+    async def until(self, kind: type, timeout: float = 20) -> Any:
+        for frame in self.end.data_to_send():
+            await self.websocket.send(frame)
+        async with asyncio.timeout(timeout):
+            while True:
+                self.end.receive(await self.websocket.recv())
+                for action in self.end.actions():
+                    if isinstance(action, kind):
+                        return action
+
+    async def push(self, *scans: Scan) -> RecordResults:
+        self.end.send_scans(list(scans))
+        return await self.until(RecordResults)
+
+
+async def updates(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON of each ``update`` event of an event stream."""
+    event, data = "", []
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            if event == "update":
+                yield json.loads("\n".join(data))
+            event, data = "", []
+
+
+# -- over HTTP -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", LIVE_PAGES)
+def test_every_live_page_and_stream_needs_sign_in(server: Server, path: str) -> None:
+    answer = httpx.get(server.url + path, timeout=30)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/signin?next=")
+    assert "text/event-stream" not in answer.headers.get("content-type", "")
+
+
+def test_the_stream_is_an_event_stream_and_a_missing_session_a_404(server: Server) -> None:
+    with signed_in(server) as client:
+        with client.stream("GET", "/live/sessions/s1") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            assert stream.headers["cache-control"] == "no-store"
+        assert client.get("/live/sessions/nope").status_code == 404
+        assert client.get("/sessions/nope/live").status_code == 404
+
+
+async def test_the_session_stream_sends_fresh_numbers_after_a_scan_is_stored(
+        server: Server) -> None:
+    device_id = f"door-{uuid.uuid4().hex[:8]}"
+    token = server.provision(device_id, "s1")
+    with signed_in(server) as browser:
+        cookies = browser.cookies
+    async with httpx.AsyncClient(base_url=server.url, cookies=cookies,
+                                 timeout=httpx.Timeout(30, read=30)) as client, \
+            client.stream("GET", "/live/sessions/s1") as stream:
+        events = updates(stream)
+        first = await anext(events)  # the numbers as they are, at once
+        assert first["session_id"] == "s1" and first["registered"] == 3
+        before = first["admitted"]
+        assert {a["code"] for a in first["not_arrived_page"]} <= {"A1", "B2", "C3"}
+        async with connect(server.sync_url,
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            door = Door(ws, device_id)
+            await door.until(ApplySnapshot)
+            code = "C3"
+            stored = await door.push(scan("s1", code))
+            assert [r.result for r in stored.results] == ["accepted"]
+            async with asyncio.timeout(20):
+                async for data in events:
+                    if data["admitted"] > before:
+                        break
+            assert data["admitted"] == before + 1
+            assert code not in {a["code"] for a in data["not_arrived_page"]}
+            assert data["arrivals_per_minute"] and data["last_scan_at"]
+            mine = [d for d in data["doors"] if d["device_id"] == device_id]
+            assert mine and mine[0]["connected"] is True
+        # The door went away: the page hears of it and says the numbers are not final.
+        async with asyncio.timeout(20):
+            async for data in events:
+                if not data["not_final"]:
+                    continue
+                break
+        assert any(device_id in why for why in data["not_final_why"])
+
+
+@pytest.mark.parametrize("path", ["/live", "/sessions/evil/live", "/doors/live"])
+def test_hostile_names_are_escaped_on_the_live_pages(server: Server, path: str) -> None:
+    with signed_in(server) as client:
+        page = client.get(path)
+    assert page.status_code == 200, page.text
+    assert XSS not in page.text
+    if path != "/doors/live":
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    for element in ("live-state", "live-page"):
+        assert f'id="{element}"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_the_live_session_page_has_its_elements_and_exports(server: Server) -> None:
+    with signed_in(server) as client:
+        page = client.get("/sessions/s1/live")
+        for element in ("admitted-count", "registered-count", "not-arrived-table", "not-final",
+                        "arrivals-chart", "rejected-table", "export-attendance", "export-scans",
+                        "not-arrived-search"):
+            assert f'id="{element}"' in page.text, element
+        search = client.get("/live/sessions/s1/not-arrived", params={"q": "ann"})
+        assert search.status_code == 200
+        assert [r["code"] for r in search.json()["rows"]] in ([], ["A1"])
+        doors = client.get("/doors/live")
+        assert 'id="doors-table"' in doors.text or 'id="no-doors"' in doors.text
+
+
+def test_the_one_time_sign_in_link_signs_in_once(server: Server) -> None:
+    assert httpx.post(server.url + "/signin/once", timeout=30).status_code == 401
+    assert httpx.post(server.url + "/signin/once", timeout=30,
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+    path = once_link(server, "/sessions/s1/live")
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        form = browser.get(path)  # opening (or a link preview) does not spend it
+        assert form.status_code == 200 and 'id="signin-once-form"' in form.text
+        form = browser.get(path)
+        refused = browser.post(path, data={"next": "/live"})  # no CSRF token: refused
+        assert refused.status_code == 403
+        answer = browser.post(path, data={"csrf": csrf_of(form), "next": "/sessions/s1/live"})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/sessions/s1/live"
+        assert browser.get("/sessions/s1/live").status_code == 200
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        assert other.get(path).status_code == 404  # used
+        page = other.get("/signin")
+        again = other.post(path, data={"csrf": csrf_of(page), "next": "/live"})
+        assert again.status_code == 404
+        assert other.get("/live").status_code == 303  # not signed in
+    # Only a path on this server: never another site.
+    evil = once_link(server, "https://evil.example/")
+    assert "evil.example" not in evil
+
+
+# -- in-process: feeds ------------------------------------------------------------------
+
+
+async def test_one_computation_per_change_is_shared_by_every_stream() -> None:
+    live = Live()
+    feeds = Feeds(live)
+    computed = 0
+
+    async def compute() -> dict[str, Any]:
+        nonlocal computed
+        computed += 1
+        return {"n": computed}
+
+    def cares(topic: str) -> bool:
+        return topic == "session:s1"
+
+    streams = [_events(feeds, feeds.acquire("session:s1", compute, cares)) for _ in range(5)]
+    assert len(feeds) == 1
+    assert [await anext(s) for s in streams] == ["retry: 2000\n\n"] * 5
+    firsts = [await anext(s) for s in streams]
+    assert all('"n":1' in f for f in firsts) and computed == 1
+    live.publish("session:other", "doors")  # not this feed's: nothing recomputed
+    live.publish("session:s1")
+    seconds = [await anext(s) for s in streams]
+    assert all('"n":2' in f for f in seconds) and computed == 2
+    for stream in streams:
+        await stream.aclose()  # the browser went away: the stream's finally runs
+    assert len(feeds) == 0
+    await asyncio.sleep(0)
+    assert len(live) == 0  # the feed's subscription is gone with it
+
+
+async def test_the_server_stopping_ends_every_stream() -> None:
+    live = Live()
+    feeds = Feeds(live)
+
+    async def compute() -> dict[str, Any]:
+        return {"ok": True}
+
+    stream = _events(feeds, feeds.acquire("doors", compute, lambda t: t == "doors"))
+    assert await anext(stream) == "retry: 2000\n\n"
+    assert "update" in await anext(stream)
+    live.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(stream), 10)
+    assert len(feeds) == 0
+
+
+def test_a_door_is_silent_after_twice_its_status_interval() -> None:
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+    def door(seconds_ago: float | None, interval: float | None, **more: Any) -> dict[str, Any]:
+        seen = None if seconds_ago is None else (
+            now - timedelta(seconds=seconds_ago)).isoformat()
+        return {"last_seen_at": seen, "status_seconds": interval, **more}
+
+    assert _silent(door(11, 5), now)
+    assert not _silent(door(9, 5), now)
+    assert not _silent(door(600, None), now)  # an interval not told: never called silent
+    assert not _silent(door(None, 5), now)  # never seen: offline, not silent
+    assert not _silent(door(600, 5, revoked=True), now)
+
+
+def test_times_and_offsets_for_people() -> None:
+    today = datetime.now(UTC).replace(microsecond=0)
+    assert clock(today.isoformat()) == f"{today:%H:%M:%S} UTC"
+    assert clock("2020-01-02T03:04:05.678Z") == "2020-01-02 03:04:05 UTC"
+    assert clock("2020-01-02T03:04:00Z", minutes=True) == "2020-01-02 03:04"
+    assert clock(None) == "" and clock("garbage") == "garbage"
+    assert offset(None) == "?" and offset(-0.01) == "0.0 s" and offset(1.25) == "+1.2 s"
