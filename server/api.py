@@ -29,7 +29,7 @@ from core.shapes import (
     text,
     utc_timestamp,
 )
-from server import imports
+from server import exports, imports
 from server.live import CHANGED, session_topic
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
@@ -361,12 +361,31 @@ async def attendance(request: Request) -> Response:
     return JSONResponse(await _store(request).attendance(_path_id(request, "session_id")))
 
 
+@admin
+async def attendance_csv(request: Request) -> Response:
+    return await exports.attendance_response(_store(request),
+                                             _path_id(request, "session_id"))
+
+
+@admin
+async def scans_csv(request: Request) -> Response:
+    session_id = request.query_params.get("session_id")
+    if session_id is not None:
+        try:
+            session_id = identifier(session_id)
+        except ValueError as exc:
+            raise BadRequest(f"session_id {show(session_id)}: expected {exc}") from None
+    return await exports.scans_response(_store(request), session_id)
+
+
 ROUTES = [
     Route("/api/health", health, methods=["GET"]),
     Route("/api/sessions", list_sessions, methods=["GET"]),
     Route("/api/sessions/{session_id}", put_session, methods=["PUT"]),
     Route("/api/sessions/{session_id}", delete_session, methods=["DELETE"]),
     Route("/api/sessions/{session_id}/attendance", attendance, methods=["GET"]),
+    Route("/api/sessions/{session_id}/attendance.csv", attendance_csv, methods=["GET"]),
+    Route("/api/scans.csv", scans_csv, methods=["GET"]),
     # Before the routes by code: "import" is a code too, for PUT and DELETE.
     Route("/api/sessions/{session_id}/registrants/import", import_registrants,
           methods=["POST"]),

@@ -749,6 +749,79 @@ class ServerStore:
                     "clock_offset_s", "status_seconds")}})
         return doors
 
+    # -- exports, a page at a time ------------------------------------------------------
+    #
+    # Each page is its own short read transaction: a slow download never holds the one
+    # read connection (nor old WAL frames) for longer than a page takes to read.
+
+    async def attendance_export_page(self, session_id: str, after: str = "",
+                                     limit: int = 500) -> list[dict[str, Any]]:
+        """The next *limit* attendees (by code, after *after*) who are the session's
+        registrants or were scanned for it: ``code, name, email`` (``None`` for a code
+        no attendee has), ``registered``, ``first_admitted_at`` (the door's time) and
+        ``door`` of their first admission by time, ``reentries``, ``rejected``."""
+        params = {"session": session_id, "after": after, "limit": limit}
+        async with self._read() as db:
+            codes = [r["code"] for r in await db.execute_fetchall(
+                "SELECT code FROM registrants WHERE session_id = :session AND deleted = 0"
+                " AND code > :after UNION SELECT code FROM scans"
+                " WHERE session_id = :session AND code > :after"
+                " ORDER BY code LIMIT :limit", params)]
+            if not codes:
+                return []
+            marks, head = _marks(codes), [session_id, *codes]
+            people = {r["code"]: r for r in await db.execute_fetchall(
+                f"SELECT code, name, email FROM attendees WHERE code IN ({marks})", codes)}
+            registered = {r["code"] for r in await db.execute_fetchall(
+                "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
+                f" AND code IN ({marks})", head)}
+            # min() makes the bare columns those of the earliest admission (SQLite's rule).
+            admitted = {r["code"]: r for r in await db.execute_fetchall(
+                "SELECT code, min(julianday(scanned_at)), scanned_at, device_id, count(*) AS n"
+                " FROM scans WHERE session_id = ? AND decision = ?"
+                f" AND code IN ({marks}) GROUP BY code",
+                [session_id, Decision.ADMITTED, *codes])}
+            rejected = {r["code"]: r["n"] for r in await db.execute_fetchall(
+                "SELECT code, count(*) AS n FROM scans WHERE session_id = ? AND decision = ?"
+                f" AND code IN ({marks}) GROUP BY code",
+                [session_id, Decision.REJECTED, *codes])}
+        rows = []
+        for code in codes:
+            person, first = people.get(code), admitted.get(code)
+            rows.append({"code": code, "name": person["name"] if person else None,
+                         "email": person["email"] if person else None,
+                         "registered": code in registered,
+                         "first_admitted_at": first["scanned_at"] if first else None,
+                         "door": first["device_id"] if first else None,
+                         "reentries": first["n"] - 1 if first else 0,
+                         "rejected": rejected.get(code, 0)})
+        return rows
+
+    async def scans_export_page(self, session_id: str | None = None, after: int = 0,
+                                limit: int = 1000) -> tuple[int, list[dict[str, Any]]]:
+        """(the position to go on from, the next *limit* scans after position *after*) in
+        the order the server stored them, of every session or of *session_id*. Each scan
+        says whether it was ``uploaded_late`` (received more than
+        :data:`LATE_UPLOAD_SECONDS` after the door made it, by the two clocks)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT rowid AS position, scan_id, device_id, session_id, code, decision,"
+                " reason, scanned_at, received_at, disagreement, clock_flag,"
+                " (julianday(received_at) - julianday(scanned_at)) * 86400.0 > :late"
+                "  AS uploaded_late"
+                " FROM scans WHERE rowid > :after"
+                " AND (:session IS NULL OR session_id = :session)"
+                " ORDER BY rowid LIMIT :limit",
+                {"after": after, "session": session_id, "limit": limit,
+                 "late": LATE_UPLOAD_SECONDS})
+        return (rows[-1]["position"] if rows else after,
+                [dict(r) | {"uploaded_late": bool(r["uploaded_late"])} for r in rows])
+
+
+#: A scan received more than this many seconds after the door made it was uploaded late
+#: (the door was offline, or its clock is off).
+LATE_UPLOAD_SECONDS = 60.0
+
 
 async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> SessionInfo | None:
     if session_id is None:
