@@ -382,3 +382,25 @@ async def test_live_queries_use_indexes_at_event_scale(tmp_path: Path) -> None:
                 assert "USING COVERING INDEX scans_session_code" in plan, plan
     finally:
         await store.close()
+
+
+def test_a_real_daemon_reports_its_clock_and_interval(tmp_path: Path, server, devices) -> None:
+    """A real ``checkin sync`` fills the new status fields; the server keeps its offset."""
+    from tests.system import Device as Door
+    from tests.system import wait_for
+
+    server.api("PUT", "/api/sessions/s1", {"name": "Talk", "validate_registrants": False},
+               expect=201)
+    door = Door(tmp_path / "door-1", "door-1", server.sync_url)
+    door.token_file.write_text(server.provision("door-1", "s1") + "\n")
+    devices.append(door)
+    door.start_sync()
+
+    def status() -> dict | None:
+        return server.api("GET", "/api/devices", expect=200)[0]["status"]
+
+    wait_for(lambda: (status() or {}).get("sent_at") is not None, what="a status with sent_at")
+    found = status()
+    assert found is not None and found["status_seconds"] == 1.0
+    # the same machine's clock: off by the time the status took to arrive, no more
+    assert abs(found["clock_offset_s"]) < 5
