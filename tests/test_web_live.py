@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import re
 import uuid
@@ -27,8 +29,10 @@ from sync.messages import Scan
 from tests.system import ADMIN, Server
 
 XSS = "<script>alert(1)</script>"
+FORMULA = "=HYPERLINK(\"http://evil.example\")"
 LIVE_PAGES = ["/live", "/doors/live", "/sessions/s1/live", "/live/overview", "/live/doors",
-              "/live/sessions/s1", "/live/sessions/s1/not-arrived"]
+              "/live/sessions/s1", "/live/sessions/s1/not-arrived",
+              "/sessions/s1/attendance.csv", "/scans.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +40,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("live") / "server").start()
     running.api("POST", "/api/attendees", [{"code": "A1", "name": "Ann"},
                                            {"code": "B2", "name": XSS},
-                                           {"code": "C3", "name": "Cleo"}])
+                                           {"code": "C3", "name": "Cleo"},
+                                           {"code": "D4", "name": FORMULA}])
     running.api("PUT", "/api/sessions/s1", {"name": "One", "validate_registrants": True})
     running.api("PUT", "/api/sessions/evil", {"name": XSS, "validate_registrants": False})
-    for session, code in (("s1", "A1"), ("s1", "B2"), ("s1", "C3"), ("evil", "B2")):
+    for session, code in (("s1", "A1"), ("s1", "B2"), ("s1", "C3"), ("evil", "B2"),
+                          ("evil", "D4")):
         running.api("PUT", f"/api/sessions/{session}/registrants/{code}")
     try:
         yield running
@@ -195,6 +201,26 @@ def test_the_live_session_page_has_its_elements_and_exports(server: Server) -> N
         assert [r["code"] for r in search.json()["rows"]] in ([], ["A1"])
         doors = client.get("/doors/live")
         assert 'id="doors-table"' in doors.text or 'id="no-doors"' in doors.text
+
+
+def test_the_csv_exports_under_the_cookie(server: Server) -> None:
+    with signed_in(server) as client:
+        attendance = client.get("/sessions/evil/attendance.csv")
+        assert attendance.status_code == 200, attendance.text
+        assert attendance.headers["content-type"].startswith("text/csv")
+        assert "attachment" in attendance.headers["content-disposition"]
+        rows = list(csv.reader(io.StringIO(attendance.content.decode("utf-8"))))
+        assert rows[0][:3] == ["code", "name", "email"]
+        names = {row[0]: row[1] for row in rows[1:]}
+        assert names["B2"] == XSS and names["D4"] == "'" + FORMULA  # text, never a formula
+        scans = client.get("/scans.csv", params={"session_id": "s1"})
+        assert scans.status_code == 200 and scans.text.startswith("scan_id,")
+        assert client.get("/scans.csv").status_code == 200
+        assert client.get("/sessions/nope/attendance.csv").status_code == 404
+        assert client.get("/scans.csv", params={"session_id": "../x"}).status_code == 400
+        page = client.get("/sessions/s1/live")
+        assert 'href="/sessions/s1/attendance.csv"' in page.text
+        assert 'href="/scans.csv?session_id=s1"' in page.text
 
 
 def test_the_one_time_sign_in_link_signs_in_once(server: Server) -> None:

@@ -10,8 +10,8 @@ and a comment every :data:`HEARTBEAT` seconds so proxies and the browser keep th
 connection; a browser that goes away ends its stream (Starlette cancels it), and the
 server stopping ends them all (``Live.close``).
 
-Also here: the CSV exports under the cookie, and the one-time sign-in link the demo
-prints.
+Also here: the CSV exports under the cookie (:mod:`server.exports`, as the API), and
+the one-time sign-in link the demo prints.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from core.database import StoreError
+from core.shapes import identifier
+from server import exports
 from server.live import CHANGED, Live, session_topic
 from server.store import NotFound, ServerStore
 from server.tokens import same_token
@@ -39,6 +41,7 @@ from server.web.auth import WebSession, same
 from server.web.pages import (
     PAGE_SIZE,
     WebError,
+    _checked,
     _page_number,
     _paged,
     _pages,
@@ -447,6 +450,22 @@ async def once_signin(request: Request) -> Response:
     return _redirect(_safe_next(str(form.get("next") or "/live")))
 
 
+# -- CSV exports under the cookie (the same files as the API's) ----------------------------
+
+
+@organizer
+async def attendance_csv(request: Request) -> Response:
+    return await exports.attendance_response(_store(request), await _session_id(request))
+
+
+@organizer
+async def scans_csv(request: Request) -> Response:
+    session_id = request.query_params.get("session_id") or None
+    if session_id is not None:
+        _checked("session_id", session_id, identifier)
+    return await exports.scans_response(_store(request), session_id)
+
+
 # -- routes ------------------------------------------------------------------------------
 
 
@@ -458,6 +477,8 @@ ROUTES: list[BaseRoute] = [
     Route("/live/sessions/{session_id}/not-arrived", not_arrived_json, methods=["GET"]),
     Route("/sessions/{session_id}/live", live_session_page, methods=["GET"]),
     Route("/doors/live", doors_live_page, methods=["GET"]),
+    Route("/sessions/{session_id}/attendance.csv", attendance_csv, methods=["GET"]),
+    Route("/scans.csv", scans_csv, methods=["GET"]),
     Route("/signin/once", make_once_code, methods=["POST"]),
     Route("/signin/once/{code}", once_page, methods=["GET"]),
     Route("/signin/once/{code}", once_signin, methods=["POST"]),
