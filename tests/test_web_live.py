@@ -22,6 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from server.live import Live
+from server.web import dashboard
 from server.web.dashboard import Feeds, _events, _silent
 from server.web.pages import clock, offset
 from sync.device_end import ApplySnapshot, CacheState, DeviceEnd, RecordResults
@@ -319,3 +320,21 @@ def test_times_and_offsets_for_people() -> None:
     assert clock("2020-01-02T03:04:00Z", minutes=True) == "2020-01-02 03:04"
     assert clock(None) == "" and clock("garbage") == "garbage"
     assert offset(None) == "?" and offset(-0.01) == "0.0 s" and offset(1.25) == "+1.2 s"
+
+
+async def test_an_idle_stream_sends_a_heartbeat_comment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dashboard, "HEARTBEAT", 0.05)
+    live = Live()
+    feeds = Feeds(live)
+
+    async def compute() -> dict[str, Any]:
+        return {"ok": True}
+
+    stream = _events(feeds, feeds.acquire("doors", compute, lambda t: t == "doors"))
+    assert await anext(stream) == "retry: 2000\n\n"
+    assert (await anext(stream)).startswith("event: update\n")
+    assert await asyncio.wait_for(anext(stream), 10) == ": heartbeat\n\n"  # nothing changed
+    live.publish("sessions")  # not the doors' topic: still nothing to send
+    assert await asyncio.wait_for(anext(stream), 10) == ": heartbeat\n\n"
+    await stream.aclose()
+    assert len(feeds) == 0
