@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from server.live import Live
 from server.web import dashboard
-from server.web.dashboard import Feeds, _events, _silent
+from server.web.dashboard import Feeds, _events, _silent, _unsettled
 from server.web.pages import clock, offset
 from sync.device_end import ApplySnapshot, CacheState, DeviceEnd, RecordResults
 from sync.messages import Scan
@@ -338,3 +338,16 @@ async def test_an_idle_stream_sends_a_heartbeat_comment(monkeypatch: pytest.Monk
     assert await asyncio.wait_for(anext(stream), 10) == ": heartbeat\n\n"
     await stream.aclose()
     assert len(feeds) == 0
+
+
+def test_numbers_are_not_final_while_a_door_is_offline_silent_or_has_scans_waiting() -> None:
+    def door(**state: Any) -> dict[str, Any]:
+        return {"device_id": "d1", "connected": True, "silent": False, "scans_waiting": 0,
+                "revoked": False, **state}
+
+    assert _unsettled([door()]) == []
+    assert _unsettled([door(revoked=True, connected=False)]) == []  # no longer a door
+    assert _unsettled([door(connected=False)]) == ["door d1 is offline"]
+    assert _unsettled([door(silent=True)]) == ["door d1 is silent"]
+    assert _unsettled([door(scans_waiting=3)]) == ["door d1 has 3 scan(s) waiting to upload"]
+    assert _unsettled([door(scans_waiting=None)]) == []  # not told yet
