@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -351,6 +352,13 @@ class Demo:
 
 
 async def _main(once: bool) -> int:
+    # Ctrl-C and SIGTERM end the demo through its cleanup (its doors run in sessions of
+    # their own, so nothing else stops them), even where SIGINT was inherited as ignored,
+    # as in a shell's background job.
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, main_task.cancel)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="checkin-demo-") as tmp:
         demo = Demo(Path(tmp), console)
@@ -397,5 +405,5 @@ def main(once: bool = False) -> int:
     """Run the demo; with *once*, exit 0 only if every scripted outcome happened."""
     try:
         return asyncio.run(_main(once))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # stopped by Ctrl-C or SIGTERM
         return 0
