@@ -1,8 +1,9 @@
 """During the session, in a real browser (headless Debian chromium, tests/browser.py): a
 session's live attendance page follows a real door (``checkin door`` on an ``images:``
 folder, with its ``checkin sync`` daemon) through a real ``checkin server`` without a
-reload, says so when the door's link is cut, and exports a CSV that reads back with
-every hostile name intact and no cell a spreadsheet would run as a formula.
+reload, says so when the door's link is cut (and catches up when it is back), and
+exports CSV files that read back with every hostile name intact and no cell a
+spreadsheet would run as a formula.
 
 Timeouts here only stop a hang; nothing asserts on speed (bench/live.py measures it).
 """
@@ -165,6 +166,24 @@ def test_live_attendance_follows_the_door(browsing: Visit, door: Device) -> None
     page.goto(DOORS_PAGE)
     expect(page.locator('#doors-table [data-device-id="door-1"]')).to_contain_text("offline")
     browsing.shoot("doors-at-a-glance")
+
+    # Offline, the door goes on admitting from its own copy; back online, its scan arrives
+    # and the numbers are final again, on the page as it was loaded.
+    page.goto(LIVE_PAGE)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    page.evaluate("window.__same_page = true")
+    scan(door, "ATT-0003")
+    wait_for(lambda: door.query("SELECT count(*) FROM scans WHERE code = 'ATT-0003'")
+             == [(1,)], 60, "the door to record a scan offline", process=door.door_process)
+    expect(page.locator("#admitted-count")).to_have_text("2")
+    expect(page.locator("#not-final")).to_be_visible()
+    door.start_sync()
+    expect(page.locator("#admitted-count")).to_have_text("3")
+    expect(not_arrived(page, "ATT-0003")).to_have_count(0)
+    expect(page.locator("#not-final")).to_be_hidden()
+    expect(page.locator('#session-doors-table tr[data-device-id="door-1"]')).to_contain_text(
+        "connected")
+    assert page.evaluate("window.__same_page === true"), "the page was reloaded"
 
 
 def download(page: Page, link: str) -> list[dict[str, str]]:
