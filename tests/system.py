@@ -62,10 +62,10 @@ class Device(harness.Device):
     ``[server]`` keys)."""
 
     def __init__(self, root: Path, device_id: str, sync_url: str, *, auth_retry: float = 0.5,
-                 **server: Any) -> None:
+                 debounce_seconds: float = 0.1, **server: Any) -> None:
         super().__init__(root, device_id, server_url=sync_url,
                          camera={"fps": 40, "frames_per_image": 2},
-                         scanner={"debounce_seconds": 0.1},
+                         scanner={"debounce_seconds": debounce_seconds},
                          server={"retry_min_seconds": 0.1, "retry_max_seconds": 0.5,
                                  "status_seconds": 1, "auth_retry_seconds": auth_retry,
                                  **server})

@@ -92,7 +92,9 @@ class BadgeDevice(Device):
 
 
 def badge_device(tmp_path: Path, server: Server, devices: list) -> BadgeDevice:
-    device = BadgeDevice(tmp_path / "door-1", "door-1", server.sync_url)
+    # Every badge shown is a different payload: a long debounce window makes each one
+    # scan exactly once, however long a loaded machine takes to decode its two frames.
+    device = BadgeDevice(tmp_path / "door-1", "door-1", server.sync_url, debounce_seconds=600)
     device.token_file.write_text(server.provision("door-1", "s1") + "\n")
     devices.append(device)
     device.start_sync()
@@ -110,12 +112,8 @@ def interleaved() -> list[str | bytes]:
 
 
 def check_decisions(decisions: list[dict[str, Any]]) -> None:
-    """Every registrant admitted in order; between two of them, the hostile badge's scans.
-
-    A large code takes the decoder long enough that its second frame may come after the
-    debounce window and count as a second scan: a hostile badge yields one scan or more,
-    each rejected as ``invalid_code`` and recorded.
-    """
+    """Every registrant admitted in order; between two of them, the hostile badge's one
+    scan, rejected as ``invalid_code`` and recorded."""
     assert all(d["recorded"] for d in decisions), decisions
     valid = [d for d in decisions if d["code"] in REGISTRANTS]
     assert [d["code"] for d in valid] == REGISTRANTS, [d["code"] for d in decisions]
@@ -129,7 +127,7 @@ def check_decisions(decisions: list[dict[str, Any]]) -> None:
     between = segments[1:-1]
     assert segments[0] == [] and segments[-1] == []
     for (what, _), scans in zip(HOSTILE, between, strict=True):
-        assert scans, f"the door did not read the badge of {what}"
+        assert len(scans) == 1, f"the door read the badge of {what} {len(scans)} times"
         assert {(s["decision"], s["reason"]) for s in scans} == {("rejected", "invalid_code")}, (
             what, scans)
 
