@@ -140,3 +140,15 @@ def visit(browser: Browser, server: Server) -> Visit:
     page.on("response", seen._response)
     page.on("dialog", seen._dialog)
     return seen
+
+
+@pytest.fixture
+def browsing(chromium: Browser, server: Server) -> Iterator[Visit]:
+    """A fresh browser context on the test's own ``server`` fixture (each browser test
+    module defines one); no JavaScript error may happen in it."""
+    seen = visit(chromium, server)
+    try:
+        yield seen
+    finally:
+        seen.context.close()
+    assert seen.errors == [], seen.errors

@@ -14,6 +14,9 @@ from core.rules import SessionRules
 from sync.device_store import Store
 from tests.system import Device, Server
 
+#: The browser tests' fixtures (chromium, browsing), shared by their modules.
+pytest_plugins = ("tests.browser",)
+
 REPO = Path(__file__).resolve().parent.parent
 #: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).
 CORPUS = REPO / "tests" / "corpus" / "zxing-cpp-samples"

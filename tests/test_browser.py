@@ -12,10 +12,8 @@ import pytest
 from playwright.sync_api import Browser, FilePayload, Locator, expect
 
 from server.schema import SERVER_FILE
-from tests.browser import STEP_TIMEOUT_MS, Visit, chromium, visit
+from tests.browser import STEP_TIMEOUT_MS, Visit, visit
 from tests.system import ADMIN, Server, read_only_query
-
-__all__ = ["chromium"]  # the fixture, imported for pytest to find
 
 # A limit on waiting for a page, never an assertion on its speed (the default is 5 s).
 expect.set_options(timeout=STEP_TIMEOUT_MS)
@@ -29,17 +27,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def browsing(chromium: Browser, server: Server) -> Iterator[Visit]:
-    """A fresh browser context on the test's server; no JavaScript error may happen in it."""
-    seen = visit(chromium, server)
-    try:
-        yield seen
-    finally:
-        seen.context.close()
-    assert seen.errors == [], seen.errors
 
 
 def test_chromium_loads_the_server(browsing: Visit) -> None:

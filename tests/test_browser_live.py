@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from checkin.harness import door_config, toml
-from tests.browser import STEP_TIMEOUT_MS, Visit, chromium, visit
+from tests.browser import STEP_TIMEOUT_MS, Visit
 from tests.system import ADMIN, Device, Server, process_env, wait_for
-
-__all__ = ["chromium"]  # the fixture, imported for pytest to find
 
 expect.set_options(timeout=STEP_TIMEOUT_MS)
 
@@ -82,16 +80,6 @@ def door(tmp_path: Path, server: Server) -> Iterator[Device]:
         yield device
     finally:
         device.stop()
-
-
-@pytest.fixture
-def browsing(chromium: Browser, server: Server) -> Iterator[Visit]:
-    seen = visit(chromium, server)
-    try:
-        yield seen
-    finally:
-        seen.context.close()
-    assert seen.errors == [], seen.errors
 
 
 def sign_in(page: Page) -> None:
