@@ -37,7 +37,7 @@ from server import exports
 from server.live import CHANGED, Live, session_topic
 from server.store import NotFound, ServerStore
 from server.tokens import same_token
-from server.web.auth import WebSession, same
+from server.web.auth import WebSession
 from server.web.pages import (
     PAGE_SIZE,
     WebError,
@@ -49,6 +49,7 @@ from server.web.pages import (
     _safe_next,
     _show,
     _web,
+    check_signin_csrf,
     organizer,
     public,
     read_form,
@@ -440,10 +441,7 @@ async def once_page(request: Request) -> Response:
 async def once_signin(request: Request) -> Response:
     session: WebSession = request.state.session
     form = await read_form(request)
-    if not same(form.get("csrf"), session.csrf):
-        session.dirty = True
-        raise WebError(403, "the sign-in form's CSRF token does not match this browser's "
-                            "cookie (cookies off?): open the link again", title="Form refused")
+    check_signin_csrf(session, form, "cookies off?", "open the link again")
     if not _once(request).take(request.path_params["code"]):
         raise _ONCE_GONE
     session.renew(signed_in=True)

@@ -381,16 +381,23 @@ async def signin_page(request: Request) -> Response:
         request.query_params.get("next", "/sessions")), error="")
 
 
-@public
-async def signin(request: Request) -> Response:
-    session: WebSession = request.state.session
-    form = await read_form(request)
+def check_signin_csrf(session: WebSession, form: FormData, likely: str, then: str) -> None:
+    """The CSRF check of a form that signs in (its page is public, so the generic check of
+    :func:`organizer` pages does not run); a mismatch is a 403 naming the *likely* cause
+    and what to do *then*."""
     if not same(form.get("csrf"), session.csrf):
         # No cookie yet (or an old one): this page's token is not this browser's.
         session.dirty = True
         raise WebError(403, "the sign-in form's CSRF token does not match this browser's "
-                            "cookie (cookies off, or the page is old): reload the sign-in "
-                            "page and try again", title="Form refused")
+                            f"cookie ({likely}): {then}", title="Form refused")
+
+
+@public
+async def signin(request: Request) -> Response:
+    session: WebSession = request.state.session
+    form = await read_form(request)
+    check_signin_csrf(session, form, "cookies off, or the page is old",
+                      "reload the sign-in page and try again")
     token = form.get("token")
     target = _safe_next(str(form.get("next") or "/sessions"))
     if not isinstance(token, str) or not same_token(token.strip(), _web(request).admin_token):
