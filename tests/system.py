@@ -4,6 +4,7 @@ tmp_path, the admin token the tests use, and read-only looks into the stores."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -16,6 +17,8 @@ import pytest
 from checkin import harness
 from checkin.badges import Look
 from checkin.harness import decisions, free_port, wait_for
+from sync.device_end import CacheState, DeviceEnd, RecordResults
+from sync.messages import Scan
 
 __all__ = ["ADMIN", "Device", "Server", "free_port", "private_ca", "process_env",
            "read_only_query", "wait_for"]
@@ -117,3 +120,30 @@ class Device(harness.Device):
 
     def log(self) -> str:
         return self.sync_log.read_text() if self.sync_log.exists() else ""
+
+
+class SyncClient:
+    """A device end over a real websocket: a well-behaved door that pushes scans as the
+    daemon does (for tests that speak the protocol themselves)."""
+
+    def __init__(self, websocket: Any, device_id: str) -> None:
+        self.websocket = websocket
+        self.end = DeviceEnd(device_id, "test", CacheState(None, None, 0))
+
+    async def flush(self) -> None:
+        for frame in self.end.data_to_send():
+            await self.websocket.send(frame)
+
+    async def until(self, kind: type, timeout: float = 20) -> Any:
+        """Send what is queued, then take frames until an action of *kind* comes."""
+        await self.flush()
+        async with asyncio.timeout(timeout):
+            while True:
+                self.end.receive(await self.websocket.recv())
+                for action in self.end.actions():
+                    if isinstance(action, kind):
+                        return action
+
+    async def push(self, *scans: Scan) -> RecordResults:
+        self.end.send_scans(list(scans))
+        return await self.until(RecordResults)

@@ -15,9 +15,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from sync.device_end import ApplyChanges, ApplySnapshot, CacheState, DeviceEnd, RecordResults
+from sync.device_end import ApplyChanges, ApplySnapshot
 from sync.messages import Scan
-from tests.system import Server
+from tests.system import Server, SyncClient
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +50,6 @@ async def closed_with(websocket) -> tuple[int, str]:
 def scan(session: str | None = "s1", scan_id: str | None = None) -> Scan:
     return Scan(scan_id or str(uuid.uuid4()), 1, "A1", session, "admitted", "registered",
                 datetime.now(UTC).isoformat(), 1, "boot")
-
-
-class Client:
-    """A device end over a real websocket, for the tests' well-behaved devices."""
-
-    def __init__(self, websocket, device_id: str) -> None:
-        self.websocket = websocket
-        self.end = DeviceEnd(device_id, "test", CacheState(None, None, 0))
-
-    async def flush(self) -> None:
-        for frame in self.end.data_to_send():
-            await self.websocket.send(frame)
-
-    async def until(self, kind: type, timeout: float = 10):
-        await self.flush()
-        async with asyncio.timeout(timeout):
-            while True:
-                self.end.receive(await self.websocket.recv())
-                for action in self.end.actions():
-                    if isinstance(action, kind):
-                        return action
-
-    async def push(self, *scans: Scan) -> RecordResults:
-        self.end.send_scans(list(scans))
-        return await self.until(RecordResults)
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
@@ -126,7 +101,7 @@ async def test_scans_are_idempotent_and_bound_to_their_device_and_session(server
     thief_id, thief_token = device(server)
     mine = scan()
     async with open_ws(server, token) as ws, open_ws(server, thief_token) as thief_ws:
-        client, thief = Client(ws, device_id), Client(thief_ws, thief_id)
+        client, thief = SyncClient(ws, device_id), SyncClient(thief_ws, thief_id)
         await client.until(ApplySnapshot)
         await thief.until(ApplySnapshot)
         first = await client.push(mine)
@@ -150,7 +125,7 @@ async def test_a_second_connection_of_a_device_replaces_the_first(server) -> Non
     async with open_ws(server, token) as old, open_ws(server, token) as new:
         code, reason = await closed_with(old)
         assert code == 4003 and "newer connection" in reason
-        client = Client(new, device_id)
+        client = SyncClient(new, device_id)
         await client.until(ApplySnapshot)
         result = await client.push(scan())
         assert result.results[0].result == "accepted"
@@ -159,7 +134,7 @@ async def test_a_second_connection_of_a_device_replaces_the_first(server) -> Non
 async def test_bad_peers_do_not_disturb_a_connected_device(server) -> None:
     device_id, token = device(server)
     async with open_ws(server, token) as websocket:
-        good = Client(websocket, device_id)
+        good = SyncClient(websocket, device_id)
         await good.until(ApplySnapshot)
         for _ in range(20):  # a flood of bad connections
             async with open_ws(server, "wrong") as bad:

@@ -25,9 +25,9 @@ from server.live import Live
 from server.web import dashboard
 from server.web.dashboard import Feeds, _events, _silent, _unsettled
 from server.web.pages import clock, offset
-from sync.device_end import ApplySnapshot, CacheState, DeviceEnd, RecordResults
+from sync.device_end import ApplySnapshot
 from sync.messages import Scan
-from tests.system import ADMIN, Server
+from tests.system import ADMIN, Server, SyncClient
 
 XSS = "<script>alert(1)</script>"
 FORMULA = "=HYPERLINK(\"http://evil.example\")"
@@ -81,28 +81,6 @@ def scan(session: str, code: str) -> Scan:
                 datetime.now(UTC).isoformat(), 1, "boot")
 
 
-class Door:
-    """A device end over a real websocket: a door that pushes scans as the daemon does."""
-
-    def __init__(self, websocket: Any, device_id: str) -> None:
-        self.websocket = websocket
-        self.end = DeviceEnd(device_id, "test", CacheState(None, None, 0))
-
-    async def until(self, kind: type, timeout: float = 20) -> Any:
-        for frame in self.end.data_to_send():
-            await self.websocket.send(frame)
-        async with asyncio.timeout(timeout):
-            while True:
-                self.end.receive(await self.websocket.recv())
-                for action in self.end.actions():
-                    if isinstance(action, kind):
-                        return action
-
-    async def push(self, *scans: Scan) -> RecordResults:
-        self.end.send_scans(list(scans))
-        return await self.until(RecordResults)
-
-
 async def updates(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """The JSON of each ``update`` event of an event stream."""
     event, data = "", []
@@ -154,7 +132,7 @@ async def test_the_session_stream_sends_fresh_numbers_after_a_scan_is_stored(
         assert {a["code"] for a in first["not_arrived_page"]} <= {"A1", "B2", "C3"}
         async with connect(server.sync_url,
                            additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-            door = Door(ws, device_id)
+            door = SyncClient(ws, device_id)
             await door.until(ApplySnapshot)
             code = "C3"
             stored = await door.push(scan("s1", code))
