@@ -37,6 +37,9 @@ from sync.device_end import ApplyChanges, ApplySnapshot
 from sync.messages import Change, Scan, ScanResult, SessionInfo
 from sync.store import SyncStore
 
+#: The connection's methods that hand a statement to the database thread.
+STATEMENTS = frozenset({"execute", "execute_fetchall", "executemany", "execute_insert"})
+
 
 class CancelAt:
     """An aiosqlite connection that cancels a task at its *n*-th statement.
@@ -58,24 +61,16 @@ class CancelAt:
             # Delivered while the statement waits on the database thread.
             asyncio.get_running_loop().call_soon(task.cancel)
 
-    def execute(self, *args: Any) -> Any:
-        self._statement()
-        return self._db.execute(*args)
-
-    def execute_fetchall(self, *args: Any) -> Any:
-        self._statement()
-        return self._db.execute_fetchall(*args)
-
-    def executemany(self, *args: Any) -> Any:
-        self._statement()
-        return self._db.executemany(*args)
-
-    def execute_insert(self, *args: Any) -> Any:
-        self._statement()
-        return self._db.execute_insert(*args)
-
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
+        attribute = getattr(self._db, name)
+        if name not in STATEMENTS:
+            return attribute
+
+        def statement(*args: Any) -> Any:
+            self._statement()
+            return attribute(*args)
+
+        return statement
 
 
 class Counter:
