@@ -18,6 +18,13 @@
     td.textContent = text === null || text === undefined ? "?" : String(text);
     return td;
   };
+  const codeCell = (text) => {  // a code or a device id, in monospace, as the pages show it
+    const code = document.createElement("code");
+    code.textContent = text;
+    const td = document.createElement("td");
+    td.append(code);
+    return td;
+  };
   const fill = (table, rows, make) => {
     const body = $(table).tBodies[0];
     body.replaceChildren(...rows.map(make));
@@ -61,11 +68,7 @@
   const nameRow = (a) => {
     const tr = document.createElement("tr");
     tr.dataset.code = a.code;
-    const code = document.createElement("code");
-    code.textContent = a.code;
-    const td = document.createElement("td");
-    td.append(code);
-    tr.append(cell(a.name), td);
+    tr.append(cell(a.name), codeCell(a.code));
     return tr;
   };
 
@@ -147,10 +150,6 @@
       fill("doors-table", data.doors, (d) => {
         const tr = document.createElement("tr");
         tr.dataset.deviceId = d.device_id;
-        const id = document.createElement("code");
-        id.textContent = d.device_id;
-        const first = document.createElement("td");
-        first.append(id);
         const off = d.clock_offset_s;
         const offset = off === null || off === undefined ? "?"
           : Math.abs(off) < 0.05 ? "0.0 s" : `${off > 0 ? "+" : ""}${off.toFixed(1)} s`;
@@ -158,7 +157,7 @@
           cell(d.scans_quarantined, "num"), cell(d.software), cell(offset, "num"),
           cell(d.session_name || "—")];
         cells.forEach((td, i) => { td.dataset.label = labels[i]; });
-        tr.append(first, ...cells);
+        tr.append(codeCell(d.device_id), ...cells);
         return tr;
       });
       $("no-doors").hidden = data.doors.length > 0;
