@@ -21,8 +21,7 @@ from server.csv_import import _UTF8_MULTIBYTE as UTF8_MULTIBYTE
 from server.csv_import import MAX_ROWS
 from server.schema import SERVER_FILE
 from sync.device_end import ApplyChanges, ApplySnapshot
-from tests.system import Server, read_only_query
-from tests.test_sync_endpoint import Client
+from tests.system import Server, SyncClient, read_only_query
 
 CSV = {"Content-Type": "text/csv"}
 
@@ -332,7 +331,7 @@ async def test_imports_and_delete_all_reach_a_connected_door_at_once(server) -> 
     token = server.provision(device_id, sid)
     async with connect(server.sync_url,
                        additional_headers={"Authorization": f"Bearer {token}"}) as websocket:
-        door = Client(websocket, device_id)
+        door = SyncClient(websocket, device_id)
         await door.until(ApplySnapshot)
 
         async def changes(expected: set[tuple[str, str, bool]]) -> None:
