@@ -15,9 +15,18 @@ code is not an attendee of the event            rejected    ``unknown_code``
 Validate Registrants on, not a registrant       rejected    ``not_registered``
 outside the session's time window (if set)      rejected    ``outside_window``
 admitted before, re-entry forbidden             rejected    ``already_admitted``
+not inside, session at its capacity (if set)    rejected    ``full``
 admitted before                                 admitted    ``reentry``
 otherwise                                       admitted    ``registered``
 ==============================================  ==========  ==================
+
+"Admitted before" counts every door of the session whose admissions the door has
+heard of (its own, and the others' as the server shared them). An exit door
+(``Policy.direction`` is ``out``) applies only the first four rules: nobody is held
+back on the way out, and an exit is recorded as ``registered`` (decision admitted,
+the person is no longer inside) or with the reason the code is not one of ours.
+A staff override (``override``) is not decided here: it is the door's answer to a
+button press after a rejection.
 """
 
 from __future__ import annotations
@@ -45,14 +54,24 @@ class Reason(enum.StrEnum):
     NOT_REGISTERED = "not_registered"
     OUTSIDE_WINDOW = "outside_window"
     ALREADY_ADMITTED = "already_admitted"
+    FULL = "full"
+    #: Staff pressed the override button after a rejection: admitted all the same.
+    OVERRIDE = "override"
 
     @property
     def admitted(self) -> bool:
-        return self in (Reason.REGISTERED, Reason.REENTRY)
+        return self in (Reason.REGISTERED, Reason.REENTRY, Reason.OVERRIDE)
 
     @property
     def decision(self) -> Decision:
         return Decision.ADMITTED if self.admitted else Decision.REJECTED
+
+
+class Direction(enum.StrEnum):
+    """Which way a door lets people through (``[door] direction``)."""
+
+    IN = "in"
+    OUT = "out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,9 @@ class SessionRules:
     validate_registrants: bool
     starts_at: datetime | None = None
     ends_at: datetime | None = None
+    #: Most people inside at once (distinct attendees admitted, less those who left
+    #: through an exit door); ``None``: no limit.
+    capacity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +98,11 @@ class Facts:
     is_attendee: bool = False
     is_registrant: bool = False
     admitted_before: bool = False
+    #: The code is counted inside now (admitted, and not out through an exit since).
+    inside: bool = False
+    #: How many people the door counts inside: what the server last told it plus the
+    #: door's own admissions since.
+    occupancy: int = 0
 
     @property
     def session_id(self) -> str | None:
@@ -89,6 +116,7 @@ class Policy:
     allow_reentry: bool = True
     #: How long before ``starts_at`` the door already lets people in.
     open_before: timedelta = timedelta(minutes=15)
+    direction: Direction = Direction.IN
 
 
 def decide(valid_code: bool, facts: Facts, policy: Policy, now: datetime) -> Reason:
@@ -102,11 +130,22 @@ def decide(valid_code: bool, facts: Facts, policy: Policy, now: datetime) -> Rea
         return Reason.UNKNOWN_CODE
     if session.validate_registrants and not facts.is_registrant:
         return Reason.NOT_REGISTERED
+    if policy.direction is Direction.OUT:
+        return Reason.REGISTERED
     if not _inside_window(session, policy, now):
         return Reason.OUTSIDE_WINDOW
-    if facts.admitted_before:
-        return Reason.REENTRY if policy.allow_reentry else Reason.ALREADY_ADMITTED
-    return Reason.REGISTERED
+    if facts.admitted_before and not policy.allow_reentry:
+        return Reason.ALREADY_ADMITTED
+    if _full(session, facts):
+        return Reason.FULL
+    return Reason.REENTRY if facts.admitted_before else Reason.REGISTERED
+
+
+def _full(session: SessionRules, facts: Facts) -> bool:
+    """Letting this person in would pass the capacity (someone already inside, back
+    through the door after showing their badge again, adds nobody)."""
+    return (session.capacity is not None and not facts.inside
+            and facts.occupancy >= session.capacity)
 
 
 def _inside_window(session: SessionRules, policy: Policy, now: datetime) -> bool:

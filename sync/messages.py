@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from core.codes import MAX_RECORDED_CODE, check_code
-from core.rules import Decision, Reason
+from core.rules import Decision, Direction, Reason
 from core.shapes import (
     Field,
     boolean,
@@ -44,6 +44,8 @@ MAX_SERVER_MESSAGE = 8 << 20
 MAX_SCANS_PER_BATCH = 1000
 #: Most codes in one snapshot part or one changes message.
 MAX_ITEMS_PER_MESSAGE = 20_000
+#: Largest session capacity a session may have.
+MAX_CAPACITY = 10_000_000
 #: Largest scans frame a device builds, in bytes: half the server's limit, so a batch
 #: of the longest scans the protocol allows still fits with room to spare.
 MAX_SCANS_FRAME = MAX_DEVICE_MESSAGE // 2
@@ -133,9 +135,21 @@ class SessionInfo:
     validate_registrants: bool = field(metadata=checked(boolean))
     starts_at: str | None = field(default=None, metadata=checked(optional(timestamp)))
     ends_at: str | None = field(default=None, metadata=checked(optional(timestamp)))
+    #: Most people inside at once; left out when the session has no limit.
+    capacity: int | None = field(default=None,
+                                 metadata=checked(optional(integer(0, MAX_CAPACITY))))
 
 
 _SESSION = _object(SessionInfo)
+
+
+#: The kinds of change, each with the fields it carries (besides ``seq`` and ``kind``).
+CHANGE_KINDS: dict[str, tuple[str, ...]] = {
+    "attendee": ("code", "deleted"),
+    "registrant": ("code", "deleted"),
+    "session": ("session",),
+    "admission": ("code", "inside"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,32 +157,37 @@ class Change:
     """One change to the device's cache, with the server's sequence number.
 
     ``kind`` is ``"attendee"`` or ``"registrant"`` (with ``code`` and
-    ``deleted``, a tombstone when true) or ``"session"`` (with ``session``,
-    ``None`` when the device's session was deleted or it has none). A change
-    carries only its kind's fields (:func:`_change_fields`), every one required.
+    ``deleted``, a tombstone when true), ``"session"`` (with ``session``,
+    ``None`` when the device's session was deleted or it has none) or
+    ``"admission"`` (with ``code`` and ``inside``: an attendee some door of the
+    session admitted, and whether they are inside now or left through an exit).
+    A change carries only its kind's fields (:func:`_change_fields`), every one
+    required. Admissions go only to devices that said in their hello that they
+    apply them (``Hello.admissions``).
     """
 
     seq: int = field(metadata=checked(_SEQ))
-    kind: str = field(metadata=checked(choice("attendee", "registrant", "session")))
+    kind: str = field(metadata=checked(choice(*CHANGE_KINDS)))
     code: str | None = field(default=None, metadata=checked(attendee_code))
     deleted: bool = field(default=False, metadata=checked(boolean))
     session: SessionInfo | None = field(default=None, metadata=checked(optional(_SESSION)))
+    inside: bool = field(default=False, metadata=checked(boolean))
 
 
-def _change_table(kinds: tuple[str, ...], names: tuple[str, ...]) -> dict[str, Field]:
+def _change_table(names: tuple[str, ...]) -> dict[str, Field]:
     every = fields_of(Change)
-    return {"seq": every["seq"], "kind": (choice(*kinds), True)} | {
+    return {"seq": every["seq"], "kind": every["kind"]} | {
         name: (every[name][0], True) for name in names}
 
 
-_SESSION_CHANGE = _change_table(("session",), ("session",))
-_CODE_CHANGE = _change_table(("attendee", "registrant"), ("code", "deleted"))
+_CHANGE_TABLES = {kind: _change_table(names) for kind, names in CHANGE_KINDS.items()}
 
 
 def _change_fields(kind: Any) -> dict[str, Field]:
-    """The fields a change of *kind* carries, each required: a session change's, else an
-    attendee or registrant change's (whose kind check names the kinds expected)."""
-    return _SESSION_CHANGE if kind == "session" else _CODE_CHANGE
+    """The fields a change of *kind* carries, each required (for an unknown kind, a
+    code change's: its kind check then names the kinds expected)."""
+    return _CHANGE_TABLES.get(kind, _CHANGE_TABLES["attendee"]) if isinstance(
+        kind, str) else _CHANGE_TABLES["attendee"]
 
 
 def _change(value: Any) -> Change:
@@ -193,6 +212,10 @@ class Scan:
     scanned_at: str = field(metadata=checked(timestamp))
     monotonic_ns: int = field(metadata=checked(_SEQ))
     boot_id: str = field(metadata=checked(text(64)))
+    #: ``"out"`` for a scan at an exit door; left out for an entrance (``"in"``).
+    direction: str | None = field(default=None, metadata=checked(optional(choice(*Direction))))
+    #: For a staff override (reason ``override``): the rejected scan it overrules.
+    override_of: str | None = field(default=None, metadata=checked(optional(identifier)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +309,13 @@ class Hello(Message):
     #: server's clock, whatever the device's wall clock says.
     boot_id: str | None = field(default=None, metadata=checked(optional(text(64))))
     monotonic_ns: int | None = field(default=None, metadata=checked(optional(_SEQ)))
+    #: The device applies the admissions of its session's other doors (changes of kind
+    #: ``admission``, and the snapshot's ``admissions`` and ``exits``); a device that
+    #: leaves it out is sent none.
+    admissions: bool | None = field(default=None, metadata=checked(optional(boolean)))
+    #: The door's ``[door] allow_reentry``: the server's audit flags an admission that an
+    #: earlier one at another door would have refused only where re-entry is forbidden.
+    allow_reentry: bool | None = field(default=None, metadata=checked(optional(boolean)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +349,11 @@ class Snapshot(Message):
                                  metadata=checked(_CODES, required=True))
     registrants: list[str] = field(default_factory=list,
                                    metadata=checked(_CODES, required=True))
+    #: Attendees some door of the session admitted who are inside now (sent only to a
+    #: device whose hello asked for admissions; ``None``: left out).
+    admissions: list[str] | None = field(default=None, metadata=checked(optional(_CODES)))
+    #: Attendees admitted who left through an exit door since.
+    exits: list[str] | None = field(default=None, metadata=checked(optional(_CODES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +468,7 @@ def fit_batch(scans: list[Scan], limit: int = MAX_SCANS_FRAME) -> list[Scan]:
     """
     size = len(encode(Scans(batch=2**63 - 1, scans=[])).encode())
     for index, scan in enumerate(scans):
-        size += len(json.dumps(asdict(scan), separators=(",", ":"), ensure_ascii=False)
+        size += len(json.dumps(_plain(scan), separators=(",", ":"), ensure_ascii=False)
                     .encode()) + 1
         if size > limit and index > 0:
             return scans[:index]
@@ -446,5 +481,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Change):  # each kind has its own fields
         return {name: _plain(getattr(value, name)) for name in _change_fields(value.kind)}
     if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
+        # As for messages: optional fields without a value are left out, so an object
+        # without the fields later versions added reads as it did before them.
+        table = fields_of(type(value))
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)
+                if getattr(value, f.name) is not None or table[f.name][1]}
     return value

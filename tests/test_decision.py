@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.rules import Facts, Policy, Reason, SessionRules, decide
+from core.rules import Direction, Facts, Policy, Reason, SessionRules, decide
 from device.debounce import Debouncer
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=timezone(timedelta(hours=1)))
@@ -28,31 +28,67 @@ WINDOWS = {
 }
 
 
-def expected(valid, synced, attendee, validate, registrant, inside, before, reentry) -> Reason:
+#: Capacities against an occupancy of 10: (capacity, whether the room is full).
+CAPACITIES = {"no limit": (None, False), "room left": (11, False), "full": (10, True),
+              "over": (3, True), "closed": (0, True)}
+
+
+def expected(valid, synced, attendee, validate, registrant, in_window, before, reentry,
+             exit_door=False, full=False, counted_inside=False) -> Reason:
     """The rule table of core.rules, written as data, first match wins."""
     table = [
         (not valid, Reason.INVALID_CODE),
         (not synced, Reason.NOT_READY),
         (not attendee, Reason.UNKNOWN_CODE),
         (validate and not registrant, Reason.NOT_REGISTERED),
-        (not inside, Reason.OUTSIDE_WINDOW),
+        (exit_door, Reason.REGISTERED),
+        (not in_window, Reason.OUTSIDE_WINDOW),
         (before and not reentry, Reason.ALREADY_ADMITTED),
+        (full and not counted_inside, Reason.FULL),
         (before, Reason.REENTRY),
         (True, Reason.REGISTERED),
     ]
     return next(reason for condition, reason in table if condition)
 
 
+@pytest.mark.parametrize("capacity", CAPACITIES)
 @pytest.mark.parametrize("window", WINDOWS)
-def test_every_combination_follows_the_rule_table(window: str) -> None:
-    starts, ends, inside = WINDOWS[window]
-    flags = itertools.product([False, True], repeat=7)
-    for valid, synced, attendee, validate, registrant, before, reentry in flags:
-        session = SessionRules("s1", validate, starts, ends) if synced else None
-        facts = Facts(session, attendee, registrant, before)
-        got = decide(valid, facts, Policy(allow_reentry=reentry), NOW)
-        want = expected(valid, synced, attendee, validate, registrant, inside, before, reentry)
-        assert got == want, (window, valid, synced, attendee, validate, registrant, before)
+def test_every_combination_follows_the_rule_table(window: str, capacity: str) -> None:
+    starts, ends, in_window = WINDOWS[window]
+    limit, full = CAPACITIES[capacity]
+    flags = itertools.product([False, True], repeat=9)
+    for valid, synced, attendee, validate, registrant, before, reentry, exit_door, counted \
+            in flags:
+        session = SessionRules("s1", validate, starts, ends, limit) if synced else None
+        facts = Facts(session, attendee, registrant, before, inside=counted, occupancy=10)
+        policy = Policy(allow_reentry=reentry,
+                        direction=Direction.OUT if exit_door else Direction.IN)
+        got = decide(valid, facts, policy, NOW)
+        want = expected(valid, synced, attendee, validate, registrant, in_window, before,
+                        reentry, exit_door, bool(full), counted)
+        assert got == want, (window, capacity, valid, synced, attendee, validate, registrant,
+                             before, reentry, exit_door, counted)
+
+
+def test_a_full_room_turns_away_newcomers_but_not_someone_inside() -> None:
+    session = SessionRules("talk", False, capacity=2)
+    newcomer = Facts(session, is_attendee=True, occupancy=2)
+    inside = Facts(session, is_attendee=True, admitted_before=True, inside=True, occupancy=2)
+    left = Facts(session, is_attendee=True, admitted_before=True, inside=False, occupancy=2)
+    assert decide(True, newcomer, Policy(), NOW) is Reason.FULL
+    assert decide(True, inside, Policy(), NOW) is Reason.REENTRY
+    assert decide(True, left, Policy(), NOW) is Reason.FULL
+    assert decide(True, Facts(session, is_attendee=True, occupancy=1), Policy(),
+                  NOW) is Reason.REGISTERED
+
+
+def test_an_exit_door_never_holds_anyone_back() -> None:
+    session = SessionRules("talk", True, NOW + 3 * HOUR, NOW + 4 * HOUR, capacity=0)
+    facts = Facts(session, is_attendee=True, is_registrant=True, admitted_before=True,
+                  occupancy=99)
+    out = Policy(allow_reentry=False, direction=Direction.OUT)
+    assert decide(True, facts, out, NOW) is Reason.REGISTERED
+    assert decide(True, Facts(session, is_attendee=True), out, NOW) is Reason.NOT_REGISTERED
 
 
 def test_without_validate_registrants_every_attendee_is_admitted() -> None:
@@ -76,7 +112,7 @@ def test_early_entry_is_configurable() -> None:
 
 def test_reasons_map_to_the_two_decisions() -> None:
     admitted = {r for r in Reason if r.decision == "admitted"}
-    assert admitted == {Reason.REGISTERED, Reason.REENTRY}
+    assert admitted == {Reason.REGISTERED, Reason.REENTRY, Reason.OVERRIDE}
     assert {r.decision for r in Reason} == {"admitted", "rejected"}
 
 

@@ -44,7 +44,8 @@ def played(ind: Indicators, device: str) -> list[bool]:
 def test_every_outcome_has_a_pattern_and_outcomes_are_told_apart() -> None:
     assert set(PATTERNS) == set(Reason)
     door_staff_outcomes = [Reason.REGISTERED, Reason.REENTRY, Reason.NOT_REGISTERED,
-                           Reason.UNKNOWN_CODE, Reason.NOT_READY, Reason.ALREADY_ADMITTED]
+                           Reason.UNKNOWN_CODE, Reason.NOT_READY, Reason.ALREADY_ADMITTED,
+                           Reason.FULL, Reason.OVERRIDE]
     assert len({PATTERNS[r] for r in door_staff_outcomes}) == len(door_staff_outcomes)
 
 

@@ -13,8 +13,10 @@ not registered /       red, steady 1.5 s               one long beep (0.6 s)
 outside time window
 already admitted       red, steady 1.5 s               two short beeps
 (re-entry forbidden)
+full (at capacity)     red, steady 1.5 s               one long, then one short beep
 unknown/invalid code   red, four fast blinks           three short beeps
 not ready              red and green alternating       one short beep
+staff override         green, two long pulses          silent
 =====================  ==============================  ===========================
 """
 
@@ -48,6 +50,8 @@ ALREADY_ADMITTED = _steps(("RB", 0.15), ("R", 0.1), ("RB", 0.15), ("R", 1.1))
 UNKNOWN_CODE = _steps(("RB", 0.1), ("", 0.1), ("RB", 0.1), ("", 0.1), ("RB", 0.1), ("", 0.1),
                       ("R", 0.1))
 NOT_READY = _steps(("RB", 0.2), ("G", 0.25), ("R", 0.25), ("G", 0.25), ("R", 0.25))
+FULL = _steps(("RB", 0.6), ("R", 0.2), ("RB", 0.15), ("R", 0.55))
+OVERRIDE = _steps(("G", 0.6), ("", 0.2), ("G", 0.6))
 
 PATTERNS: dict[Reason, Pattern] = {
     Reason.REGISTERED: ADMITTED,
@@ -58,4 +62,6 @@ PATTERNS: dict[Reason, Pattern] = {
     Reason.UNKNOWN_CODE: UNKNOWN_CODE,
     Reason.INVALID_CODE: UNKNOWN_CODE,
     Reason.NOT_READY: NOT_READY,
+    Reason.FULL: FULL,
+    Reason.OVERRIDE: OVERRIDE,
 }
