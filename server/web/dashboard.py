@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,6 +55,7 @@ from server.web.pages import (
     public,
     read_form,
 )
+from sync.messages import attendee_code
 
 log = logging.getLogger("checkin.server")
 
@@ -150,6 +152,9 @@ async def overview_data(store: ServerStore, connected: frozenset[str]) -> dict[s
             "registered": attendance["registered"], "admitted": attendance["admitted"],
             "not_arrived": attendance["not_arrived"], "rejected": attendance["rejected"],
             "reentries": attendance["reentries"],
+            "inside": attendance.get("inside", 0), "capacity": attendance.get("capacity"),
+            "flagged_admissions": (attendance.get("over_capacity", 0)
+                                   + attendance.get("double_admissions", 0)),
             "doors": len(mine), "doors_online": sum(1 for d in mine if d["connected"]),
             "not_final": bool(_unsettled(mine))})
     return {"sessions": sessions, "at": _stamp(datetime.now(UTC))}
@@ -366,6 +371,105 @@ async def doors_stream(request: Request) -> Response:
                    lambda t: t in ("doors", "sessions"))
 
 
+# -- the scan log and time in session (not live: read when asked) ------------------------
+
+ScanRow = dict[str, Any]
+
+#: What a session's scan log shows: ``?show=`` key -> (heading, which scans).
+SCAN_FILTERS: dict[str, tuple[str, Callable[[ScanRow], bool]]] = {
+    "all": ("Every scan", lambda s: True),
+    "flagged": ("Scans the audit flagged", lambda s: bool(
+        s.get("double_admission") or s.get("over_capacity") or s.get("disagreement")
+        or s.get("clock_flag"))),
+    "double_admission": ("Double admissions", lambda s: bool(s.get("double_admission"))),
+    "over_capacity": ("Admissions over capacity", lambda s: bool(s.get("over_capacity"))),
+    "override": ("Overrides", lambda s: s.get("reason") == "override"),
+    "exit": ("Exits", lambda s: s.get("direction") == "out"),
+}
+#: Scans one page of the log reads at most looking for matches: a filter matching few
+#: of a million scans stops there and offers to search on (a page is never slow).
+SCAN_LOG_BUDGET = 20_000
+#: Scans read from the store at a time.
+SCAN_LOG_BATCH = 1000
+
+
+def pick_scans(batch: list[ScanRow], keep: Callable[[ScanRow], bool], want: int,
+               position: int) -> tuple[list[ScanRow], int]:
+    """The first *want* scans of *batch* that *keep* accepts, and the position of the last
+    scan looked at (where the next page goes on; *position* for an empty batch)."""
+    taken: list[ScanRow] = []
+    for scan in batch:
+        position = scan["position"]
+        if keep(scan):
+            taken.append(scan)
+            if len(taken) == want:
+                break
+    return taken, position
+
+
+def _after(request: Request) -> int:
+    value = request.query_params.get("after", "0")
+    if not re.fullmatch(r"[0-9]{1,18}", value):
+        raise WebError(400, f"after {_show(value)}: expected a scan position (a whole number)")
+    return int(value)
+
+
+@organizer
+async def scan_log_page(request: Request) -> Response:
+    """The session's scans as the server stored them, oldest first, a page at a time:
+    each with its door, direction and flags (double admission, over capacity, override
+    of which scan)."""
+    session_id = await _session_id(request)
+    show = request.query_params.get("show", "all")
+    if show not in SCAN_FILTERS:
+        raise WebError(400, f"show {_show(show)}: expected one of {', '.join(SCAN_FILTERS)}")
+    heading, keep = SCAN_FILTERS[show]
+    start = position = _after(request)
+    scans: list[ScanRow] = []
+    read, exhausted = 0, False
+    while len(scans) < PAGE_SIZE and read < SCAN_LOG_BUDGET:
+        _, batch = await _store(request).scans_export_page(session_id, position,
+                                                           SCAN_LOG_BATCH)
+        read += len(batch)
+        taken, position = pick_scans(batch, keep, PAGE_SIZE - len(scans), position)
+        scans += taken
+        if len(batch) < SCAN_LOG_BATCH and (not batch or position == batch[-1]["position"]):
+            exhausted = True
+            break
+    session = (await _store(request).session_overview(session_id) or [{"name": session_id}])[0]
+    return _web(request).render(
+        request, "session_scans.html", session_id=session_id, session=session, show=show,
+        heading=heading, filters=SCAN_FILTERS, scans=scans, start=start,
+        next_after=None if exhausted else position, read=read)
+
+
+def minutes_in_session(row: dict[str, Any]) -> int | None:
+    """An attendee's whole minutes in the session from an attendance row (the store says
+    minutes or seconds), or None when it says neither."""
+    if row.get("minutes_in_session") is not None:
+        return int(row["minutes_in_session"])
+    seconds = row.get("seconds_in_session")
+    return None if seconds is None else int(seconds // 60)
+
+
+@organizer
+async def attendance_page(request: Request) -> Response:
+    """Every attendee registered for the session or scanned at its doors, by code, a page
+    at a time: arrival, door, re-entries, overrides and minutes in the session."""
+    session_id = await _session_id(request)
+    after = request.query_params.get("after", "")
+    if after:
+        _checked("after", after, attendee_code)
+    rows = await _store(request).attendance_export_page(session_id, after, PAGE_SIZE)
+    for row in rows:
+        row["minutes"] = minutes_in_session(row)
+    session = (await _store(request).session_overview(session_id) or [{"name": session_id}])[0]
+    return _web(request).render(
+        request, "session_attendance.html", session_id=session_id, session=session,
+        rows=rows, after=after,
+        next_after=rows[-1]["code"] if len(rows) == PAGE_SIZE else None)
+
+
 # -- one-time sign-in links (the demo's) --------------------------------------------------
 
 
@@ -474,6 +578,8 @@ ROUTES: list[BaseRoute] = [
     Route("/live/sessions/{session_id}", live_session_stream, methods=["GET"]),
     Route("/live/sessions/{session_id}/not-arrived", not_arrived_json, methods=["GET"]),
     Route("/sessions/{session_id}/live", live_session_page, methods=["GET"]),
+    Route("/sessions/{session_id}/scans", scan_log_page, methods=["GET"]),
+    Route("/sessions/{session_id}/attendance", attendance_page, methods=["GET"]),
     Route("/doors/live", doors_live_page, methods=["GET"]),
     Route("/sessions/{session_id}/attendance.csv", attendance_csv, methods=["GET"]),
     Route("/scans.csv", scans_csv, methods=["GET"]),

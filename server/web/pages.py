@@ -39,7 +39,13 @@ from server.live import CHANGED, session_topic
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import same_token
 from server.web.auth import Signer, WebSession, load_secret, same
-from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
+from sync.messages import (
+    CLOSE_REASSIGNED,
+    CLOSE_UNAUTHORIZED,
+    MAX_CAPACITY,
+    SessionInfo,
+    attendee_code,
+)
 
 log = logging.getLogger("checkin.server")
 
@@ -91,6 +97,7 @@ class Web:
         self.templates.filters["local_input"] = _local_input
         self.templates.filters["clock"] = clock
         self.templates.filters["offset"] = offset
+        self.templates.globals["max_capacity"] = MAX_CAPACITY
 
     def sweep_uploads(self) -> None:
         """Delete uploads older than :data:`UPLOAD_SECONDS` (abandoned wizards)."""
@@ -458,7 +465,21 @@ async def _session_form(request: Request, session_id: str) -> SessionInfo:
         raise WebError(400, f"ends: {_when(ends_at)} is before the start, {_when(starts_at)}")
     return SessionInfo(session_id=session_id, name=name,
                        validate_registrants=bool(await _field(request, "validate_registrants")),
-                       starts_at=starts_at, ends_at=ends_at)
+                       starts_at=starts_at, ends_at=ends_at,
+                       capacity=form_capacity(await _field(request, "capacity")))
+
+
+def form_capacity(value: str) -> int | None:
+    """The Capacity field: empty is no limit, else a whole number of people (0 lets
+    nobody in: a room closed for now)."""
+    value = value.strip()
+    if not value:
+        return None
+    # Digits only: int() would also take "1_000", " +5" or Arabic-Indic digits.
+    if not re.fullmatch(r"[0-9]{1,12}", value) or int(value) > MAX_CAPACITY:
+        raise WebError(400, f"capacity {_show(value)}: expected a whole number of people "
+                            f"from 0 to {MAX_CAPACITY:,}, or empty for no limit")
+    return int(value)
 
 
 @organizer

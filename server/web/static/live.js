@@ -93,12 +93,29 @@
     } catch (e) { /* aborted by a newer update, or offline: the next update tries again */ }
   }
 
+  // "Inside now: N of M", "(no capacity limit)" without one, and "full" at capacity.
+  function insideNow(inside, capacity) {
+    const limited = capacity !== null, full = limited && inside >= capacity;
+    put("inside-count", inside);
+    put("capacity-count", limited ? capacity : "");
+    $("capacity-of").hidden = !limited;
+    $("no-capacity").hidden = limited;
+    $("at-capacity").hidden = !full;
+    $("inside").classList.toggle("at-capacity", full);
+  }
+
   const render = {
     session(data) {
       if (data.gone) { setState("gone", "session deleted"); source.close(); return; }
       for (const key of ["registered", "admitted", "not_arrived", "reentries", "rejected", "scans"]) {
         put(`${key.replace("_", "-")}-count`, data[key]);
       }
+      insideNow(data.inside ?? 0, data.capacity ?? null);
+      put("overrides-count", data.overrides ?? 0);
+      const over = data.over_capacity ?? 0, double = data.double_admissions ?? 0;
+      put("over-capacity-count", over);
+      put("double-admissions-count", double);
+      $("audit-flags").hidden = !(over || double);
       put("last-scan", clock(data.last_scan_at) || "none yet");
       $("not-final").hidden = !data.not_final;
       put("not-final-why", data.not_final_why.join("; "));
@@ -129,16 +146,20 @@
         a.href = `/sessions/${encodeURIComponent(s.session_id)}/live`;
         a.textContent = s.name;
         name.append(a);
-        if (s.not_final) {
-          const mark = document.createElement("span");
-          mark.className = "not-final-mark";
-          mark.textContent = "not final";
-          name.append(" ", mark);
-        }
-        const cells = [cell(s.registered, "num"), cell(s.admitted, "num"),
+        const mark = (cls, text) => {
+          const span = document.createElement("span");
+          span.className = cls;
+          span.textContent = text;
+          name.append(" ", span);
+        };
+        if (s.not_final) mark("not-final-mark", "not final");
+        if (s.flagged_admissions) mark("flag-mark", `${s.flagged_admissions} flagged`);
+        const inside = s.capacity === null || s.capacity === undefined
+          ? `${s.inside}` : `${s.inside} of ${s.capacity}`;
+        const cells = [cell(s.registered, "num"), cell(s.admitted, "num"), cell(inside, "num"),
           cell(s.not_arrived, "num"), cell(s.rejected, "num"),
           cell(`${s.doors_online}/${s.doors}`, "num")];
-        ["Registered", "Admitted", "Not arrived", "Rejected", "Doors online"]
+        ["Registered", "Admitted", "Inside", "Not arrived", "Rejected", "Doors online"]
           .forEach((label, i) => { cells[i].dataset.label = label; });
         tr.append(name, ...cells);
         return tr;
