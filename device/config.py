@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.rules import Direction
 from core.shapes import (
     Field,
     boolean,
@@ -23,6 +24,7 @@ from core.shapes import (
     fields_of,
     identifier,
     integer,
+    member,
     number,
     show,
 )
@@ -95,6 +97,11 @@ class DoorConfig:
     open_before_minutes: float = field(default=15.0, metadata=checked(number(0, 24 * 60)))
     heartbeat_seconds: float = field(default=10.0,
                                      metadata=checked(number(0, 3600, open_low=True)))
+    #: "in": an entrance (admits people); "out": an exit (records people leaving).
+    direction: Direction = field(default=Direction.IN, metadata=checked(member(Direction)))
+    #: How long after a rejection a press of the override button admits that person.
+    override_seconds: float = field(default=10.0,
+                                    metadata=checked(number(0, 600, open_low=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,19 @@ class GpioConfig:
     active_high: bool = field(default=True, metadata=checked(boolean))
     #: Mock pins only: a file the pins mirror their levels into (see indicators/mirror.py).
     mirror_file: Path | None = field(default=None, metadata=checked(file_path))
+    #: The staff's override button (a push button to ground), if the door has one.
+    override_button: int | None = field(default=None, metadata=checked(integer(0, 27)))
+    #: Mock pins only: each byte appended to this file presses the override button once
+    #: (tests and the demo press a door's button from another process; see device/override.py).
+    press_file: Path | None = field(default=None, metadata=checked(file_path))
+
+    @property
+    def pins(self) -> dict[str, int]:
+        """Every pin the door uses, by key."""
+        pins = {"green": self.green, "red": self.red, "buzzer": self.buzzer}
+        if self.override_button is not None:
+            pins["override_button"] = self.override_button
+        return pins
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +182,29 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
                             f"{', '.join(SCHEMA)})")
         elif not isinstance(value, dict):
             problems.append(f"{name} = {show(value)}: expected a [{name}] table")
-    gpio = sections["gpio"]
-    pins = [gpio.get(k) for k in ("green", "red", "buzzer")]
-    if None not in pins and len(set(pins)) < 3:
-        problems.append(f"[gpio] green, red and buzzer = {pins}: expected three different pins")
-    if "mirror_file" in gpio and gpio.get("pin_factory") != "mock":
-        problems.append('[gpio] mirror_file: only for pin_factory = "mock" (the demo\'s doors)')
+    problems.extend(_gpio_problems(sections["gpio"], sections["door"]))
     if problems:
         raise ConfigError(path, problems)
     return _build(sections, path.parent, path)
+
+
+def _gpio_problems(gpio: dict[str, Any], door: dict[str, Any]) -> list[str]:
+    """What is wrong between keys: pins used twice, mock-only keys on real pins."""
+    problems = []
+    names = [k for k in ("green", "red", "buzzer", "override_button") if k in gpio]
+    pins = [gpio[k] for k in names]
+    if len(set(pins)) < len(pins):
+        problems.append(f"[gpio] {', '.join(names)} = {pins}: expected different pins")
+    for key, why in (("mirror_file", "the demo's doors"), ("press_file", "tests and the demo")):
+        if key in gpio and gpio.get("pin_factory") != "mock":
+            problems.append(f'[gpio] {key}: only for pin_factory = "mock" ({why})')
+    if "press_file" in gpio and "override_button" not in gpio:
+        problems.append("[gpio] press_file: presses the override button, but "
+                        "override_button is not set")
+    if "override_button" in gpio and door.get("direction") is Direction.OUT:
+        problems.append('[gpio] override_button: only for an entrance ([door] direction = "in"):'
+                        " an exit door refuses nobody, so there is nothing to override")
+    return problems
 
 
 def _check_section(data: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:
@@ -196,9 +230,9 @@ def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> Devic
         camera=CameraConfig(**camera),
         scanner=ScannerConfig(**sections["scanner"]),
         door=DoorConfig(**sections["door"]),
-        gpio=GpioConfig(**sections["gpio"] | (
-            {"mirror_file": base / sections["gpio"]["mirror_file"]}
-            if "mirror_file" in sections["gpio"] else {})),
+        gpio=GpioConfig(**sections["gpio"] | {
+            key: base / sections["gpio"][key]
+            for key in ("mirror_file", "press_file") if key in sections["gpio"]}),
         server=ServerConfig(**server | {
             "token_file": base / server["token_file"],
             "ca_file": base / server["ca_file"] if "ca_file" in server else None,

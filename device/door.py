@@ -6,7 +6,15 @@ line say anything, and a scan that cannot be recorded is signalled
 ``not_ready``: the door never admits anyone it cannot count.
 
 Capturing and decoding run in a worker thread (zxing-cpp releases the GIL), so
-the event loop stays free; the store is reached through aiosqlite.
+the event loop stays free. The lookup, the decision and the durable write are one
+call on the door's own database thread (:class:`sync.device_store.DoorStore`);
+the rest of the store (the door's status notes) is reached through aiosqlite.
+After signalling, the door pokes the sync daemon (:mod:`sync.wake`), off the
+frame-to-LED path.
+
+The staff's override button (``[gpio] override_button``) admits the person the door
+last rejected, within ``[door] override_seconds``: a new scan with reason
+``override`` linked to the rejected one (:mod:`device.override`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import logging
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -25,11 +34,12 @@ from typing import TextIO
 from core import __version__
 from core.clock import boot_id, monotonic_ns, wall_now
 from core.codes import printable
-from core.rules import Facts, Policy, Reason, decide
+from core.rules import Decision, Direction, Facts, Policy, Reason, decide
 from device.config import DeviceConfig
 from device.debounce import Debouncer
 from device.indicators.signals import Indicators
 from device.notify import notify
+from device.override import Overrides, PressFile, Rejection, press_mock_pin
 from device.scanner.decoders import Decoder
 from device.scanner.frames import (
     CameraError,
@@ -39,7 +49,8 @@ from device.scanner.frames import (
     open_source,
 )
 from device.scanner.payload import parse_payload
-from sync.device_store import ScanRecord, Store, StoreError
+from sync.device_store import Decided, DoorStore, ScanRecord, Store, StoreError
+from sync.wake import Poker
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,7 @@ class DoorStats:
     decisions: int = 0
     unrecorded: int = 0
     camera_errors: int = 0
+    overrides: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -68,12 +80,17 @@ class Door:
         self.policy = Policy(
             allow_reentry=config.door.allow_reentry,
             open_before=timedelta(minutes=config.door.open_before_minutes),
+            direction=config.door.direction,
         )
         self.debouncer = Debouncer(int(config.scanner.debounce_seconds * 1e9))
+        self.overrides = Overrides(int(config.door.override_seconds * 1e9))
         self.stats = DoorStats()
         self.store: Store | None = None
+        self.desk: DoorStore | None = None
+        self.poker = Poker(config.data_dir)
         self._stopping = asyncio.Event()
         self._ready_sent = False
+        self._presses: set[asyncio.Task[Reason | None]] = set()
 
     def stop(self) -> None:
         """Ask the loop to finish the frame in hand and return."""
@@ -82,10 +99,11 @@ class Door:
     async def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped (or, with *exit_when_done*, until the source runs out)."""
         source = None
-        await self._ensure_store()
+        await self._ensure_desk()
         await self._note(started_at=wall_now().isoformat())
         last_note_ns, frames_since_note = monotonic_ns(), 0
         retry = 0.5
+        press_file = self._wire_button()
         try:
             while not self._stopping.is_set():
                 if source is None:
@@ -123,11 +141,47 @@ class Door:
                 await self._note(last_frame_at=wall_now().isoformat(), frames=frames_since_note)
             await self.indicators.idle()
         finally:
+            if press_file is not None:
+                await press_file.stop()
+            if self.indicators.button is not None:
+                self.indicators.button.when_pressed = None
+            for task in list(self._presses):
+                with contextlib.suppress(Exception):
+                    await task
             self._close_source(source)
             self.indicators.close()
-            if self.store is not None:
-                await self.store.close()
+            self.poker.close()
+            await self._close_store()
         return 1 if self.stats.unrecorded and exit_when_done else 0
+
+    def _wire_button(self) -> PressFile | None:
+        """Route the override button's presses (gpiozero calls from its own thread) to
+        the loop; start the press file's watcher (mock pins, tests) if configured."""
+        button = self.indicators.button
+        if button is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def pressed() -> None:
+            loop.call_soon_threadsafe(self.press, monotonic_ns())
+
+        button.when_pressed = pressed
+        path = self.config.gpio.press_file
+        if path is None:
+            return None
+        press_file = PressFile(path, lambda: press_mock_pin(button.pin))
+        press_file.start()
+        log.info("override button %d pressed by each byte appended to %s (mock pins)",
+                 self.config.gpio.override_button, path)
+        return press_file
+
+    async def _close_store(self) -> None:
+        if self.desk is not None:
+            await self.desk.close()
+            self.desk = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
 
     def _capture(self, source: FrameSource) -> tuple[int, list[bytes]]:
         with source.capture(self.config.camera.timeout) as frame:
@@ -154,43 +208,113 @@ class Door:
         now = wall_now()
         scan_id = str(uuid.uuid4())
         code = payload.code if payload.code is not None else printable(raw)
-        facts, seq = Facts(session=None), None
-        reason = Reason.NOT_READY
-        try:
-            store = await self._ensure_store()
-            if store is None:
-                raise StoreError("the store is not open")
-            facts = await store.facts(payload.code)
-            reason = decide(payload.valid, facts, self.policy, now)
-            seq = await store.record_scan(ScanRecord(
-                scan_id=scan_id, code=code,
-                session_id=facts.session_id,
+        direction = self.policy.direction
+
+        def judge(facts: Facts) -> Reason:
+            return decide(payload.valid, facts, self.policy, now)
+
+        def record(facts: Facts, reason: Reason) -> ScanRecord:
+            return ScanRecord(
+                scan_id=scan_id, code=code, session_id=facts.session_id,
                 decision=reason.decision, reason=reason.value, scanned_at=now.isoformat(),
-                monotonic_ns=monotonic_ns(), boot_id=boot_id(),
-            ))
-        except StoreError as exc:
-            log.error("cannot record the scan of %s (%s): signalling not_ready", code, exc)
-            reason = Reason.NOT_READY
+                monotonic_ns=monotonic_ns(), boot_id=boot_id(), direction=direction)
+
+        decided = await self._decide_and_record(payload.code, judge, record)
+        reason = decided.reason if decided.seq is not None else Reason.NOT_READY
+        if decided.seq is None:
+            log.error("cannot record the scan of %s (%s): signalling not_ready", code,
+                      decided.error)
             self.stats.unrecorded += 1
         self.indicators.show(reason)
-        self._emit(scan_id, seq, code, facts, reason, now.isoformat(), payload.error)
-        self.stats.decisions += 1
-        self.stats.by_reason[reason.value] = self.stats.by_reason.get(reason.value, 0) + 1
+        self._emit(scan_id, decided.seq, code, decided.facts.session_id, reason,
+                   now.isoformat(), payload.error, direction)
+        self._count(reason)
+        if self.overrides.may_override(reason, decided.seq is not None,
+                                       decided.facts.session_id):
+            assert decided.facts.session_id is not None
+            self.overrides.rejected(Rejection(scan_id, code, decided.facts.session_id, reason,
+                                              monotonic_ns()))
+        if decided.seq is not None:
+            self.poker.poke()  # after the signal: off the frame-to-LED path
         return reason
 
-    def _emit(self, scan_id: str, seq: int | None, code: str, facts: Facts, reason: Reason,
-              at: str, error: str | None) -> None:
+    async def _decide_and_record(self, code: str | None, judge: Callable[[Facts], Reason],
+                                 record: Callable[[Facts, Reason], ScanRecord]) -> Decided:
+        try:
+            desk = await self._ensure_desk()
+            if desk is None:
+                raise StoreError("the store is not open")
+            return await desk.decide_and_record(code, judge, record)
+        except StoreError as exc:
+            return Decided(Facts(session=None), Reason.NOT_READY, None, str(exc))
+
+    def press(self, at_ns: int) -> None:
+        """The override button was pressed at monotonic *at_ns* (called on the loop)."""
+        task = asyncio.get_running_loop().create_task(self.override(at_ns))
+        self._presses.add(task)
+        task.add_done_callback(self._presses.discard)
+
+    async def override(self, at_ns: int) -> Reason | None:
+        """Admit the person of the latest rejection, if it was within the window and not
+        overridden yet: record a new scan (reason ``override``), then signal it."""
+        rejection = self.overrides.press(at_ns)
+        if rejection is None:
+            again = self.overrides.already_overridden(at_ns)
+            log.info("override button pressed with no rejection in the last %g s: nothing to "
+                     "override%s", self.config.door.override_seconds,
+                     " (the latest was overridden already)" if again else "")
+            return None
+        now = wall_now()
+        scan = ScanRecord(
+            scan_id=str(uuid.uuid4()), code=rejection.code, session_id=rejection.session_id,
+            decision=Decision.ADMITTED, reason=Reason.OVERRIDE, scanned_at=now.isoformat(),
+            monotonic_ns=monotonic_ns(), boot_id=boot_id(), direction=Direction.IN,
+            override_of=rejection.scan_id)
+        seq: int | None = None
+        reason = Reason.OVERRIDE
+        try:
+            desk = await self._ensure_desk()
+            if desk is None:
+                raise StoreError("the store is not open")
+            seq = await desk.record(scan)
+        except StoreError as exc:
+            log.error("cannot record the override of %s (%s): signalling not_ready",
+                      rejection.code, exc)
+            self.overrides.undo(rejection)
+            self.stats.unrecorded += 1
+            reason = Reason.NOT_READY
+        self.indicators.show(reason)
+        self._emit(scan.scan_id, seq, scan.code, scan.session_id, reason, scan.scanned_at,
+                   None, Direction.IN, override_of=rejection.scan_id)
+        self._count(reason)
+        if seq is not None:
+            log.info("override: %s admitted by staff (overrules scan %s, %s)", scan.code,
+                     rejection.scan_id, rejection.reason)
+            self.stats.overrides += 1
+            self.poker.poke()
+        return reason
+
+    def _count(self, reason: Reason) -> None:
+        self.stats.decisions += 1
+        self.stats.by_reason[reason.value] = self.stats.by_reason.get(reason.value, 0) + 1
+
+    def _emit(self, scan_id: str, seq: int | None, code: str, session_id: str | None,
+              reason: Reason, at: str, error: str | None, direction: Direction, *,
+              override_of: str | None = None) -> None:
         line = {
             "scan_id": scan_id,
             "seq": seq,
             "device_id": self.config.device_id,
             "code": code,
-            "session_id": facts.session_id,
+            "session_id": session_id,
             "decision": reason.decision,
             "reason": reason.value,
+            "direction": direction.value,
             "at": at,
             "recorded": seq is not None,
         }
+        if override_of is not None:
+            line["override_of"] = override_of
         if error is not None:
             line["detail"] = error
         self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -203,6 +327,15 @@ class Door:
             except StoreError as exc:
                 log.error("%s: the door will signal not_ready until it can record", exc)
         return self.store
+
+    async def _ensure_desk(self) -> DoorStore | None:
+        """The door's own database thread, opened once the store is (it migrates)."""
+        if self.desk is None and await self._ensure_store() is not None:
+            try:
+                self.desk = await DoorStore.open(self.config.data_dir)
+            except StoreError as exc:
+                log.error("%s: the door will signal not_ready until it can record", exc)
+        return self.desk
 
     async def _note(self, **fields: object) -> None:
         if self.store is None:

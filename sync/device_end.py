@@ -73,6 +73,10 @@ class ApplySnapshot(DeviceAction):
     session: SessionInfo | None
     attendees: list[str]
     registrants: list[str]
+    #: The session's presence as the server knows it: attendees inside now, and those
+    #: admitted who left since; ``None`` when the server sent none (an older server).
+    admissions: list[str] | None = None
+    exits: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,8 @@ class _PartialSnapshot:
     first: Snapshot
     attendees: list[str] = field(default_factory=list)
     registrants: list[str] = field(default_factory=list)
+    admissions: list[str] | None = None
+    exits: list[str] | None = None
     parts: int = 0
 
 
@@ -104,11 +110,14 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
 
     *cache* is what the device's store holds when the connection opens; the
     hello message is queued at once, with *boot_id* and *monotonic_ns* (the
-    device's clocks at that moment) when given.
+    device's clocks at that moment) when given. With *admissions* the hello asks
+    for the other doors' admissions (a door that applies them says so);
+    *allow_reentry* is the door's policy, for the server's audit.
     """
 
     def __init__(self, device_id: str, software: str, cache: CacheState, *,
-                 boot_id: str | None = None, monotonic_ns: int | None = None) -> None:
+                 boot_id: str | None = None, monotonic_ns: int | None = None,
+                 admissions: bool | None = None, allow_reentry: bool | None = None) -> None:
         super().__init__()
         self.device_id = device_id
         self.software = software
@@ -121,7 +130,8 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
         self._next_batch = 1
         self._send(Hello(device_id=device_id, software=software, session_id=cache.session_id,
                          epoch=cache.epoch, cursor=cache.cursor, boot_id=boot_id,
-                         monotonic_ns=monotonic_ns))
+                         monotonic_ns=monotonic_ns, admissions=admissions,
+                         allow_reentry=allow_reentry))
 
     # -- input -----------------------------------------------------------------
 
@@ -169,6 +179,12 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
             raise ProtocolError("snapshot parts disagree on epoch, cursor or session")
         partial.attendees.extend(part.attendees)
         partial.registrants.extend(part.registrants)
+        if part.admissions is not None:  # left out of every part: an older server
+            partial.admissions = partial.admissions or []
+            partial.admissions.extend(part.admissions)
+        if part.exits is not None:
+            partial.exits = partial.exits or []
+            partial.exits.extend(part.exits)
         partial.parts += 1
         if part.last:
             self._snapshot = None
@@ -176,7 +192,8 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
             self.session_id = part.session.session_id if part.session else None
             self.state = DeviceState.READY
             self._actions.append(ApplySnapshot(part.epoch, part.cursor, part.session,
-                                               partial.attendees, partial.registrants))
+                                               partial.attendees, partial.registrants,
+                                               partial.admissions, partial.exits))
 
     def _changes(self, changes: Changes) -> None:
         if self._snapshot is not None:

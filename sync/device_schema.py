@@ -87,5 +87,57 @@ MIGRATIONS: tuple[str, ...] = (
     -- door: cut such codes as the door now records them, so that they can be uploaded.
     UPDATE scans SET code = substr(code, 1, {MAX_RECORDED_CODE - 1}) || '…'
     WHERE length(code) > {MAX_RECORDED_CODE};
+    """,    """
+    -- The doors acting as one (issue 14). Who of the session is inside: the other
+    -- doors' admissions and exits as the server shares them, and this door's own the
+    -- moment it records them (the trigger scans_presence below). One row per attendee
+    -- ever admitted to the session: inside = 1 inside now, 0 left through an exit.
+    CREATE TABLE admissions (
+        code   TEXT PRIMARY KEY,
+        inside INTEGER NOT NULL CHECK (inside IN (0, 1))
+    ) WITHOUT ROWID;
+
+    -- How many admissions rows say inside, kept by triggers: the door's hot path reads
+    -- one row instead of counting up to a session's worth of them.
+    CREATE TABLE occupancy (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        inside    INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO occupancy (singleton) VALUES (1);
+    CREATE TRIGGER admissions_inserted AFTER INSERT ON admissions WHEN new.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside + 1;
+    END;
+    CREATE TRIGGER admissions_deleted AFTER DELETE ON admissions WHEN old.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside - 1;
+    END;
+    CREATE TRIGGER admissions_updated AFTER UPDATE OF inside ON admissions
+    WHEN new.inside <> old.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside + new.inside - old.inside;
+    END;
+
+    -- Most people inside at once (NULL: no limit).
+    ALTER TABLE session ADD COLUMN capacity INTEGER;
+    -- 'out': a scan at an exit door. override_of: the rejected scan a staff override
+    -- overrules.
+    ALTER TABLE scans ADD COLUMN direction TEXT NOT NULL DEFAULT 'in'
+        CHECK (direction IN ('in', 'out'));
+    ALTER TABLE scans ADD COLUMN override_of TEXT;
+
+    -- This door's own admissions and exits count at once, in the statement that records
+    -- them (the door's one write per scan stays one statement).
+    CREATE TRIGGER scans_presence AFTER INSERT ON scans
+    WHEN new.decision = 'admitted' AND new.session_id IS (SELECT session_id FROM session)
+    BEGIN
+        INSERT INTO admissions (code, inside) VALUES (new.code, new.direction = 'in')
+        ON CONFLICT (code) DO UPDATE SET inside = excluded.inside;
+    END;
+
+    -- The admissions this door made before it knew of admissions rows.
+    INSERT INTO admissions (code, inside)
+    SELECT DISTINCT code, 1 FROM scans
+    WHERE decision = 'admitted' AND session_id = (SELECT session_id FROM session);
     """,
 )

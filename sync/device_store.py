@@ -1,8 +1,13 @@
-"""The device store: an aiosqlite adapter over the one SQLite file on the Pi.
+"""The device store: adapters over the one SQLite file on the Pi.
 
-The door and the sync daemon each open their own :class:`Store` on the same
-file (WAL mode). Every write is a short ``BEGIN IMMEDIATE`` transaction, so
-each process sees the other's commits on its next query without a restart.
+The door and the sync daemon each open their own :class:`Store` (aiosqlite) on
+the same file (WAL mode). Every write is a short ``BEGIN IMMEDIATE`` transaction
+or a single autocommit statement, so each process sees the other's commits on
+its next query without a restart.
+
+The door's hot path does not go through aiosqlite: :class:`DoorStore` is a plain
+``sqlite3`` connection on a thread the door owns, and one call there looks the
+code up, decides and records the scan (docs/performance.md says why).
 """
 
 from __future__ import annotations
@@ -10,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import enum
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from core.database import StoreError, WriteTransaction, connect
-from core.rules import Decision, Facts, SessionRules
+from core.database import PRAGMAS, StoreError, WriteTransaction, connect
+from core.rules import Decision, Direction, Facts, Reason, SessionRules
 from sync.device_schema import MIGRATIONS
 
-__all__ = ["FACTS_SQL", "STORE_FILE", "UPSERT_SESSION", "ScanRecord", "SessionRow", "Store",
-           "StoreError", "UploadState", "write_cache"]
+__all__ = ["FACTS_SQL", "REAPPLY_OWN", "STORE_FILE", "UPSERT_ADMISSION", "UPSERT_SESSION",
+           "Decided", "DoorStore", "ScanRecord", "SessionRow", "Store", "StoreError",
+           "UploadState", "facts_of", "write_cache"]
+
+T = TypeVar("T")
 
 #: The store's file name inside the device's data dir.
 STORE_FILE = "checkin.sqlite3"
@@ -52,19 +61,149 @@ class ScanRecord:
     scanned_at: str
     monotonic_ns: int
     boot_id: str
+    #: ``out`` at an exit door.
+    direction: Direction = Direction.IN
+    #: For a staff override: the id of the rejected scan it overrules.
+    override_of: str | None = None
 
 
 # The decision is written into the text, not bound: the partial index scans_admitted
-# serves only a query whose condition matches its own literally.
+# serves only a query whose condition matches its own literally. Every part is an index
+# lookup or a one-row read (occupancy is kept by triggers): nothing is counted here.
 FACTS_SQL = f"""
-SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at,
+SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at, s.capacity,
        EXISTS (SELECT 1 FROM attendees WHERE code = :code) AS is_attendee,
        EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code)
            AS is_registrant,
+       (SELECT inside FROM admissions WHERE code = :code) AS presence,
        EXISTS (SELECT 1 FROM scans WHERE session_id = s.session_id AND code = :code
-               AND decision = '{Decision.ADMITTED}') AS admitted_before
+               AND decision = '{Decision.ADMITTED}') AS admitted_here,
+       (SELECT inside FROM occupancy) AS occupancy
 FROM session AS s
 """
+
+
+def facts_of(rows: Iterable[sqlite3.Row]) -> Facts:
+    """The :class:`Facts` in the rows :data:`FACTS_SQL` returned."""
+    row = next(iter(rows), None)
+    if row is None:
+        return Facts(session=None)
+    session = SessionRules(
+        session_id=row["session_id"],
+        validate_registrants=bool(row["validate_registrants"]),
+        starts_at=_parse_time(row["starts_at"]),
+        ends_at=_parse_time(row["ends_at"]),
+        capacity=row["capacity"],
+    )
+    # Admitted before: by any door the server told of, or by this one (its own scans
+    # count even before the server has them).
+    return Facts(session, is_attendee=bool(row["is_attendee"]),
+                 is_registrant=bool(row["is_registrant"]),
+                 admitted_before=row["presence"] is not None or bool(row["admitted_here"]),
+                 inside=bool(row["presence"]), occupancy=row["occupancy"] or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What :meth:`DoorStore.decide_and_record` did: the facts looked up, the reason
+    decided and the scan's seq, or ``seq=None`` and *error* when it could not be written."""
+
+    facts: Facts
+    reason: Reason
+    seq: int | None
+    error: str | None = None
+
+
+class DoorStore:
+    """The door's own connection to the store, used on one thread of its own.
+
+    One :meth:`decide_and_record` call is one hop to that thread: look the code up,
+    decide, record the scan (one autocommit statement: committed and fsynced, the
+    door's own presence row updated by a trigger in the same statement) and hop back.
+    Open it after :meth:`Store.open` has migrated the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="door-store")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, data_dir: Path | str) -> Self:
+        store = cls(Path(data_dir) / STORE_FILE)
+        try:
+            await store._call(store._connect)
+        except StoreError:
+            store._thread.shutdown(wait=False)
+            raise
+        return store
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            for pragma in PRAGMAS:
+                db.execute(pragma)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != len(MIGRATIONS):
+                raise sqlite3.DatabaseError(
+                    f"schema version {version}, this software's is {len(MIGRATIONS)}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+        self._thread.shutdown(wait=True)
+
+    async def facts(self, code: str | None) -> Facts:
+        """What the decision needs to know about *code* (the lookup alone)."""
+        return await self._call(self._facts, code)
+
+    async def decide_and_record(
+        self, code: str | None, judge: Callable[[Facts], Reason],
+        record: Callable[[Facts, Reason], ScanRecord],
+    ) -> Decided:
+        """Look *code* up, decide with ``judge(facts)``, commit ``record(facts, reason)``.
+
+        *judge* and *record* run on the store's thread: keep them pure and quick. A
+        lookup that fails raises :class:`StoreError`; a write that fails is returned
+        as ``Decided(seq=None, error=...)``, with what was looked up and decided.
+        """
+        return await self._call(self._decide_and_record, code, judge, record)
+
+    async def record(self, scan: ScanRecord) -> int:
+        """Commit *scan* durably (e.g. a staff override); return its seq."""
+        return await self._call(self._insert, scan)
+
+    def _facts(self, code: str | None) -> Facts:
+        assert self._db is not None
+        return facts_of(self._db.execute(FACTS_SQL, {"code": code or ""}).fetchall())
+
+    def _insert(self, scan: ScanRecord) -> int:
+        assert self._db is not None
+        seq = self._db.execute(_INSERT_SCAN, _scan_row(scan)).lastrowid
+        assert seq is not None
+        return seq
+
+    def _decide_and_record(
+        self, code: str | None, judge: Callable[[Facts], Reason],
+        record: Callable[[Facts, Reason], ScanRecord],
+    ) -> Decided:
+        facts = self._facts(code)
+        reason = judge(facts)
+        try:
+            return Decided(facts, reason, self._insert(record(facts, reason)))
+        except sqlite3.Error as exc:
+            return Decided(facts, reason, None, f"cannot write store {self.path}: {exc}")
 
 
 class Store:
@@ -95,22 +234,11 @@ class Store:
 
         With ``code=None`` (an invalid payload) only the session is looked up.
         """
-        try:  # one round trip to the database thread: this is on the door's hot path
+        try:  # one round trip to the database thread (the door itself uses DoorStore)
             rows = await self._db.execute_fetchall(FACTS_SQL, {"code": code or ""})
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {self.path}: {exc}") from exc
-        if not rows:
-            return Facts(session=None)
-        row = next(iter(rows))
-        session = SessionRules(
-            session_id=row["session_id"],
-            validate_registrants=bool(row["validate_registrants"]),
-            starts_at=_parse_time(row["starts_at"]),
-            ends_at=_parse_time(row["ends_at"]),
-        )
-        return Facts(session, is_attendee=bool(row["is_attendee"]),
-                     is_registrant=bool(row["is_registrant"]),
-                     admitted_before=bool(row["admitted_before"]))
+        return facts_of(rows)
 
     async def record_scan(self, scan: ScanRecord) -> int:
         """Commit *scan* durably; return its per-device sequence number.
@@ -151,15 +279,19 @@ class Store:
         registrants: Iterable[str],
         *,
         name: str = "",
+        admissions: Iterable[str] | None = None,
+        exits: Iterable[str] | None = None,
     ) -> None:
-        """Replace the whole cache with a full snapshot, in one transaction."""
+        """Replace the whole cache with a full snapshot, in one transaction (see
+        :func:`write_cache` for *admissions* and *exits*)."""
         async with self.write():
             await write_cache(self._db, {
                 "session_id": session.session_id, "name": name,
                 "validate_registrants": int(session.validate_registrants),
                 "starts_at": _format_time(session.starts_at),
                 "ends_at": _format_time(session.ends_at),
-            }, attendees, registrants)
+                "capacity": session.capacity,
+            }, attendees, registrants, admissions, exits)
 
     async def scans(self) -> list[dict[str, Any]]:
         """Every recorded scan, oldest first (for status, tests and tools)."""
@@ -173,11 +305,32 @@ SessionRow = dict[str, Any]
 #: Inserts or replaces the one session row from a :data:`SessionRow`.
 UPSERT_SESSION = (
     "INSERT INTO session (singleton, session_id, name, validate_registrants, starts_at,"
-    " ends_at) VALUES (1, :session_id, :name, :validate_registrants, :starts_at, :ends_at)"
+    " ends_at, capacity) VALUES (1, :session_id, :name, :validate_registrants, :starts_at,"
+    " :ends_at, :capacity)"
     " ON CONFLICT (singleton) DO UPDATE SET session_id = excluded.session_id,"
     " name = excluded.name, validate_registrants = excluded.validate_registrants,"
-    " starts_at = excluded.starts_at, ends_at = excluded.ends_at"
+    " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
+    " capacity = excluded.capacity"
 )
+
+#: Sets one attendee's presence (``?`` code, ``?`` inside). An upsert, never
+#: ``INSERT OR REPLACE``: a replacing delete fires no trigger, and occupancy would drift.
+UPSERT_ADMISSION = ("INSERT INTO admissions (code, inside) VALUES (?, ?)"
+                    " ON CONFLICT (code) DO UPDATE SET inside = excluded.inside")
+
+#: Applies this door's own admissions and exits of its session again, in the order it
+#: made them; with ``{waiting}`` only those the server does not have yet.
+REAPPLY_OWN = f"""
+INSERT INTO admissions (code, inside)
+SELECT code, direction = '{Direction.IN}' FROM scans
+WHERE decision = '{Decision.ADMITTED}' AND session_id = (SELECT session_id FROM session)
+{{waiting}}
+ORDER BY seq
+ON CONFLICT (code) DO UPDATE SET inside = excluded.inside
+"""
+# The state is written into the text: the partial index scans_waiting serves only a
+# query whose condition matches its own literally.
+_WAITING_ONLY = f"AND upload_state = '{UploadState.WAITING}'"
 
 
 async def write_cache(
@@ -185,35 +338,48 @@ async def write_cache(
     session: SessionRow | None,
     attendees: Iterable[str],
     registrants: Iterable[str],
+    admissions: Iterable[str] | None = None,
+    exits: Iterable[str] | None = None,
 ) -> None:
     """Replace the cache's rows, inside the caller's write transaction.
 
     *session* holds the session row's columns (``session_id``, ``name``,
-    ``validate_registrants``, ``starts_at``, ``ends_at``), or is ``None`` for a
-    device without a session (the door then answers not_ready).
+    ``validate_registrants``, ``starts_at``, ``ends_at``, ``capacity``), or is
+    ``None`` for a device without a session (the door then answers not_ready).
+
+    *admissions* (inside now) and *exits* (left since) are the session's presence as
+    the server knows it; this door's own scans the server does not have yet are applied
+    over it, so an admission not yet uploaded is never forgotten. Both ``None`` (a
+    server that shares no admissions): the door's own scans are all it knows.
     """
     await db.execute("DELETE FROM session")
     await db.execute("DELETE FROM attendees")
     await db.execute("DELETE FROM registrants")
+    await db.execute("DELETE FROM admissions")
     await db.executemany(
         "INSERT OR IGNORE INTO attendees (code) VALUES (?)", ((c,) for c in attendees)
     )
     if session is None:
         return
-    await db.execute(UPSERT_SESSION, session)
+    await db.execute(UPSERT_SESSION, {"capacity": None} | session)
     await db.executemany(
         "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
         ((session["session_id"], c) for c in registrants),
     )
+    shared = admissions is not None or exits is not None
+    await db.executemany(UPSERT_ADMISSION, ((c, 1) for c in admissions or ()))
+    await db.executemany(UPSERT_ADMISSION, ((c, 0) for c in exits or ()))
+    await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
 
 
 _INSERT_SCAN = ("INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
-                " monotonic_ns, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                " monotonic_ns, boot_id, direction, override_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _scan_row(scan: ScanRecord) -> tuple[Any, ...]:
     return (scan.scan_id, scan.code, scan.session_id, scan.decision, scan.reason,
-            scan.scanned_at, scan.monotonic_ns, scan.boot_id)
+            scan.scanned_at, scan.monotonic_ns, scan.boot_id, scan.direction, scan.override_of)
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -12,12 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.clock import wall_stamp
+from core.rules import Direction
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
-from sync.device_store import UPSERT_SESSION, SessionRow, Store, UploadState, write_cache
-from sync.messages import Scan, ScanResult, SessionInfo
+from sync.device_store import (
+    REAPPLY_OWN,
+    UPSERT_ADMISSION,
+    UPSERT_SESSION,
+    SessionRow,
+    Store,
+    UploadState,
+    write_cache,
+)
+from sync.messages import Change, Scan, ScanResult, SessionInfo
 
+# An entrance's direction goes on the wire as nothing (older servers read the scan).
 _SCAN_COLUMNS = ("scan_id, seq, code, session_id, decision, reason, scanned_at, monotonic_ns,"
-                 " boot_id")
+                 f" boot_id, nullif(direction, '{Direction.IN}') AS direction, override_of")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,10 @@ class DeviceStatus:
     scans_stored: int
     last_frame_at: str | None
     door_started_at: str | None
+    #: People the door counts inside its session now (the server's word and its own).
+    inside: int = 0
+    #: The session's capacity; ``None``: no limit (or no session).
+    capacity: int | None = None
 
 
 class SyncStore(Store):
@@ -55,7 +69,7 @@ class SyncStore(Store):
         """Replace the cache and store the snapshot's epoch and cursor, atomically."""
         async with self.write():
             await write_cache(self._db, _session_row(snapshot.session), snapshot.attendees,
-                              snapshot.registrants)
+                              snapshot.registrants, snapshot.admissions, snapshot.exits)
             await self._set_cursor(snapshot.cursor, snapshot.epoch)
 
     async def apply_changes(self, changes: ApplyChanges) -> None:
@@ -65,6 +79,8 @@ class SyncStore(Store):
             for change in changes.changes:
                 if change.kind == "session":
                     await _apply_session(db, change.session)
+                elif change.kind == "admission":
+                    await _apply_admission(db, change)
                 elif change.kind == "attendee" and change.deleted:
                     await db.execute("DELETE FROM attendees WHERE code = ?", (change.code,))
                 elif change.kind == "attendee":
@@ -127,7 +143,8 @@ SELECT s.session_id, s.name AS session_name, s.validate_registrants,
            AS scans_quarantined,
        (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.STORED}')
            AS scans_stored,
-       d.last_frame_at, d.started_at AS door_started_at
+       d.last_frame_at, d.started_at AS door_started_at,
+       (SELECT inside FROM occupancy) AS inside, s.capacity
 FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
 """
 
@@ -137,13 +154,25 @@ def _session_row(session: SessionInfo | None) -> SessionRow | None:
         return None
     return {"session_id": session.session_id, "name": session.name,
             "validate_registrants": int(session.validate_registrants),
-            "starts_at": session.starts_at, "ends_at": session.ends_at}
+            "starts_at": session.starts_at, "ends_at": session.ends_at,
+            "capacity": session.capacity}
 
 
 async def _apply_session(db: Any, session: SessionInfo | None) -> None:
     if session is None:  # the session was deleted: the door has nothing to admit to
         await db.execute("DELETE FROM session")
         await db.execute("DELETE FROM registrants")
+        await db.execute("DELETE FROM admissions")
         return
+    rows = await db.execute_fetchall("SELECT session_id FROM session")
     await db.execute(UPSERT_SESSION, _session_row(session))
+    if [r["session_id"] for r in rows] != [session.session_id]:
+        # Another session: who is inside the old one says nothing about the new one.
+        await db.execute("DELETE FROM admissions")
+        await db.execute(REAPPLY_OWN.format(waiting=""))
+
+
+async def _apply_admission(db: Any, change: Change) -> None:
+    """Another door's admission or exit (or this door's own, back from the server)."""
+    await db.execute(UPSERT_ADMISSION, (change.code, int(change.inside)))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core.rules import Direction
 from device.config import ConfigError, load_config
 from tests.conftest import CHECKIN, config_text
 
@@ -35,6 +36,21 @@ def test_a_minimal_config_gets_defaults_and_resolves_relative_paths(tmp_path: Pa
     assert config.server is None
 
 
+def test_door_direction_and_override_button(tmp_path: Path) -> None:
+    text = config_text(Path("data"), "images:frames").replace(
+        "red = 27", 'red = 27\noverride_button = 5\npress_file = "presses"', 1)
+    config = load_config(write(tmp_path, text + '[door]\noverride_seconds = 4\n'))
+    assert config.door.direction is Direction.IN
+    assert config.door.override_seconds == 4
+    assert config.gpio.override_button == 5
+    assert config.gpio.press_file == tmp_path / "presses"
+    assert config.gpio.pins == {"green": 17, "red": 27, "buzzer": 22, "override_button": 5}
+    exit_door = load_config(write(tmp_path, config_text(Path("data"), "images:frames")
+                                  + '[door]\ndirection = "out"\n'))
+    assert exit_door.door.direction is Direction.OUT
+    assert exit_door.gpio.override_button is None
+
+
 def test_the_example_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "config" / "door.example.toml")
     assert config.camera.source == "picamera2"
@@ -58,7 +74,21 @@ def test_the_example_config_is_valid() -> None:
         (("fps = 20", "fps = nan"), "[camera] fps = nan: expected a number"),
         (('id = "door-test"', 'id = "door test!"'), '[device] id = "door test!": expected 1-64'),
         (('id = "door-test"', ""), "[device] id is missing"),
-        (("red = 27", "red = 17"), "expected three different pins"),
+        (("red = 27", "red = 17"), "[gpio] green, red, buzzer = [17, 17, 22]: expected different"),
+        (("red = 27", "red = 27\noverride_button = 17"),
+         "[gpio] green, red, buzzer, override_button = [17, 27, 22, 17]: expected different pins"),
+        (("red = 27", "red = 27\noverride_button = 30"),
+         "[gpio] override_button = 30: expected an integer from 0 to 27"),
+        (("[gpio]", '[door]\ndirection = "sideways"\n[gpio]'),
+         '[door] direction = "sideways": expected one of "in", "out"'),
+        (("[gpio]", "[door]\noverride_seconds = 0\n[gpio]"),
+         "[door] override_seconds = 0: expected a number greater than 0"),
+        (("[gpio]", '[door]\ndirection = "out"\n[gpio]\noverride_button = 5'),
+         "[gpio] override_button: only for an entrance"),
+        (("red = 27", 'red = 27\npress_file = "presses"'),
+         "[gpio] press_file: presses the override button, but override_button is not set"),
+        (('pin_factory = "mock"', 'pin_factory = "lgpio"\noverride_button = 5\npress_file = "p"'),
+         '[gpio] press_file: only for pin_factory = "mock"'),
         (('pin_factory = "mock"', 'pin_factory = "lgpio"\nmirror_file = "pins"'),
          '[gpio] mirror_file: only for pin_factory = "mock"'),
         (("[gpio]", "[gpios]"), "[gpios] is an unknown section"),

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpiozero import LED, Buzzer
+from gpiozero import LED, Button, Buzzer
 
 from device.indicators.patterns import PATTERNS, Pattern, Step
 
@@ -65,24 +65,42 @@ def make_pin_factory(name: str, work_dir: Path | None = None,
     raise IndicatorError(f"unknown pin factory {name!r}")
 
 
-class Indicators:
-    """Green LED, red LED and buzzer, showing one pattern at a time."""
+#: A push button's contacts settle within this long; edges closer together are one press.
+BUTTON_BOUNCE_SECONDS = 0.05
 
-    def __init__(self, green: LED, red: LED, buzzer: Buzzer) -> None:
+
+class Indicators:
+    """Green LED, red LED and buzzer, showing one pattern at a time; and the staff's
+    override button (an input on the same pins, :attr:`button`), if the door has one."""
+
+    def __init__(self, green: LED, red: LED, buzzer: Buzzer,
+                 button: Button | None = None) -> None:
         self.green, self.red, self.buzzer = green, red, buzzer
+        self.button = button
         self._playing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, gpio: GpioConfig, work_dir: Path | None = None) -> Indicators:
         factory = make_pin_factory(gpio.pin_factory, work_dir, gpio.mirror_file)
         try:
-            return cls(
+            outputs = (
                 LED(gpio.green, active_high=gpio.active_high, pin_factory=factory),
                 LED(gpio.red, active_high=gpio.active_high, pin_factory=factory),
                 Buzzer(gpio.buzzer, active_high=gpio.active_high, pin_factory=factory),
             )
         except Exception as exc:  # gpiozero raises many kinds: pin in use, no such pin...
             raise IndicatorError(f"cannot set up LEDs and buzzer: {exc}") from None
+        if gpio.override_button is None:
+            return cls(*outputs)
+        try:  # a push button to ground, on the pin's pull-up: pressed reads low
+            button = Button(gpio.override_button, pull_up=True,
+                            bounce_time=BUTTON_BOUNCE_SECONDS, pin_factory=factory)
+        except Exception as exc:
+            for device in outputs:
+                device.close()
+            raise IndicatorError(f"cannot set up the override button on pin "
+                                 f"{gpio.override_button}: {exc}") from None
+        return cls(*outputs, button)
 
     def show(self, reason: Reason) -> None:
         """Show *reason*'s pattern, pre-empting whatever is showing. Needs a running loop."""
@@ -129,3 +147,5 @@ class Indicators:
             with contextlib.suppress(Exception):
                 device.off()
             device.close()
+        if self.button is not None:
+            self.button.close()
