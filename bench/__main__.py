@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import decoding, door, imports, live, pages, sync
+from bench import decoding, door, idle, imports, live, pages, sync
 from bench.report import show, write
 
 SUITES = {"decoding": decoding.run, "door": door.run, "sync": sync.run, "imports": imports.run,
-          "pages": pages.run, "live": live.run}
+          "pages": pages.run, "live": live.run, "idle": idle.run}
 
 
 def main() -> int:
