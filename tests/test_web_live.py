@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from server.live import Live
 from server.web import dashboard
 from server.web.dashboard import Feeds, _events, _silent, _unsettled
-from server.web.pages import clock, offset
+from server.web.pages import WebError, clock, form_capacity, offset
 from sync.device_end import ApplySnapshot
 from sync.messages import Scan
 from tests.system import ADMIN, Server, SyncClient
@@ -227,6 +227,199 @@ def test_the_one_time_sign_in_link_signs_in_once(server: Server) -> None:
     # Only a path on this server: never another site.
     evil = once_link(server, "https://evil.example/")
     assert "evil.example" not in evil
+
+
+# -- two doors of one session: capacity, exits, overrides and the audit's flags ----------
+
+
+#: One moment for every scan of a test (their times are exact minutes apart).
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def door_scan(code: str, seq: int, minutes_ago: float, *, decision: str = "admitted",
+              reason: str = "registered", direction: str | None = None,
+              override_of: str | None = None, session: str = "hall") -> Scan:
+    at = NOW - timedelta(minutes=minutes_ago)
+    return Scan(str(uuid.uuid4()), seq, code, session, decision, reason, at.isoformat(),
+                seq, "boot", direction=direction, override_of=override_of)
+
+
+async def push_from(server: Server, device_id: str, *scans: Scan,
+                    session: str = "hall") -> None:
+    token = server.provision(device_id, session)
+    async with connect(server.sync_url,
+                       additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        door = SyncClient(ws, device_id)
+        await door.until(ApplySnapshot)
+        stored = await door.push(*scans)
+        assert [r.result for r in stored.results] == ["accepted"] * len(scans), stored
+
+
+def rows_of(page: str, table: str) -> dict[str, str]:
+    """The rows of *table* on *page* by their ``data-scan-id`` or ``data-code``."""
+    body = re.search(rf'<table id="{table}".*?</table>', page, re.S)
+    assert body, f"no {table} on the page"
+    return {m.group(1): m.group(2) for m in re.finditer(
+        r'<tr (?:id="[^"]*" )?data-(?:scan-id|code)="([^"]*)"(.*?)</tr>', body.group(0), re.S)}
+
+
+@pytest.fixture(scope="module")
+def hall(server: Server) -> dict[str, Scan]:
+    """Session *hall* (capacity 1) and what its two doors did: front admitted Ann 30
+    minutes ago and she left through the exit 10 minutes later; side admitted Cleo while
+    Ann was inside (over capacity), then Ann again (a double admission: re-entry is
+    forbidden and side had not heard of front's admission); side turned D4 away and staff
+    overrode it; a hostile badge was read. The session ended 3 minutes ago."""
+    server.api("PUT", "/api/sessions/hall", {
+        "name": "Hall " + XSS, "validate_registrants": False, "capacity": 1,
+        "starts_at": (NOW - timedelta(hours=1)).isoformat(),
+        "ends_at": (NOW - timedelta(minutes=3)).isoformat()})
+    scans = {
+        "ann_in": door_scan("A1", 1, 30),
+        "ann_out": door_scan("A1", 2, 20, direction="out"),
+        "cleo_in": door_scan("C3", 1, 25),
+        "ann_again": door_scan("A1", 2, 15),
+        "d4_refused": door_scan("D4", 3, 5, decision="rejected", reason="full"),
+        "hostile": door_scan(XSS, 5, 1, decision="rejected", reason="invalid_code"),
+    }
+    scans["d4_override"] = door_scan("D4", 4, 4.9, reason="override",
+                                     override_of=scans["d4_refused"].scan_id)
+    asyncio.run(push_from(server, "front", scans["ann_in"], scans["ann_out"]))
+    asyncio.run(push_from(server, "side", scans["cleo_in"], scans["ann_again"],
+                          scans["d4_refused"], scans["d4_override"], scans["hostile"]))
+    return scans
+
+
+def test_the_scan_log_shows_each_door_direction_override_and_flag(
+        server: Server, hall: dict[str, Scan]) -> None:
+    with signed_in(server) as client:
+        page = client.get("/sessions/hall/scans")
+        assert page.status_code == 200, page.text
+        rows = rows_of(page.text, "scans-table")
+        assert set(rows) == {s.scan_id for s in hall.values()}
+        out = rows[hall["ann_out"].scan_id]
+        assert 'class="exit"' in out and '<td class="direction">out</td>' in out
+        assert '<td class="direction">in</td>' in rows[hall["ann_in"].scan_id]
+        assert "<code>front</code>" in out
+        override = rows[hall["d4_override"].scan_id]
+        assert "<code>side</code>" in override
+        assert f'override of <code title="{hall["d4_refused"].scan_id}">' in override
+        assert 'data-flag="double_admission"' in rows[hall["ann_again"].scan_id]
+        assert not any('data-flag="double_admission"' in rows[hall[k].scan_id]
+                       for k in ("ann_in", "cleo_in", "d4_override"))
+        # Capacity 1, counted as the scans reached the server: front's two first (Ann in
+        # and out), then side's: Cleo makes 1, Ann 2 and D4's override 3.
+        assert {k for k, s in hall.items()
+                if 'data-flag="over_capacity"' in rows[s.scan_id]} == {"ann_again",
+                                                                       "d4_override"}
+        # Hostile text is text.
+        assert XSS not in page.text and "&lt;script&gt;" in page.text
+        # Each filter shows its scans only.
+        for show, expected in (("exit", {"ann_out"}), ("override", {"d4_override"}),
+                               ("double_admission", {"ann_again"})):
+            shown = client.get("/sessions/hall/scans", params={"show": show})
+            assert set(rows_of(shown.text, "scans-table")) == {
+                hall[k].scan_id for k in expected}, show
+            assert 'aria-current="page"' in shown.text
+        over = rows_of(client.get("/sessions/hall/scans",
+                                  params={"show": "over_capacity"}).text, "scans-table")
+        assert set(over) == {hall["ann_again"].scan_id, hall["d4_override"].scan_id}
+        flagged = rows_of(client.get("/sessions/hall/scans", params={"show": "flagged"}).text,
+                          "scans-table")
+        assert hall["ann_again"].scan_id in flagged and hall["ann_in"].scan_id not in flagged
+        # Bad parameters are pages naming them.
+        bad = client.get("/sessions/hall/scans", params={"show": XSS})
+        assert bad.status_code == 400 and "show" in bad.text and XSS not in bad.text
+        bad = client.get("/sessions/hall/scans", params={"after": "-1"})
+        assert bad.status_code == 400 and "after" in bad.text
+        assert client.get("/sessions/nope/scans").status_code == 404
+
+
+def test_the_scan_log_pages_on_from_where_it_stopped(server: Server) -> None:
+    server.api("PUT", "/api/sessions/long", {"name": "Long", "validate_registrants": False})
+    scans = [door_scan(f"L{n}", n, 1, session="long",
+                       reason="override" if n % 3 == 0 else "registered")
+             for n in range(1, 121)]
+    asyncio.run(push_from(server, "long-door", *scans, session="long"))
+    with signed_in(server) as client:
+        for show, expected, pages in (
+                ("all", scans, 3),
+                ("override", [s for s in scans if s.reason == "override"], 1)):
+            seen: list[str] = []
+            path = f"/sessions/long/scans?show={show}"
+            for _ in range(pages):
+                page = client.get(path)
+                assert page.status_code == 200, page.text
+                seen += list(rows_of(page.text, "scans-table"))
+                found = re.search(r'id="scans-next" rel="next" href="([^"]+)"', page.text)
+                if not found:
+                    break
+                path = found.group(1).replace("&amp;", "&")
+            assert seen == [s.scan_id for s in expected], show
+            assert not found, f"{show}: a next page after the last scan"
+
+
+def test_live_counts_inside_capacity_overrides_and_flags(server: Server,
+                                                         hall: dict[str, Scan]) -> None:
+    with signed_in(server) as client:
+        page = client.get("/sessions/hall/live")
+        assert page.status_code == 200
+        # Ann left; Cleo, Ann (again) and D4 (override) are inside: 3 of capacity 1.
+        assert 'id="inside-count">3<' in page.text and 'id="capacity-count">1<' in page.text
+        assert re.search(r'id="at-capacity"\s*>full<', page.text)
+        assert 'id="overrides-count">1<' in page.text
+        assert re.search(r'id="audit-flags"\s*>', page.text)  # shown
+        assert 'id="double-admissions-count">1<' in page.text
+        assert 'id="over-capacity-count">2<' in page.text
+        assert 'href="/sessions/hall/scans?show=over_capacity"' in page.text
+        assert XSS not in page.text
+        overview = client.get("/live")
+        row = re.search(r'<tr data-session-id="hall">.*?</tr>', overview.text, re.S).group(0)
+        assert ">3 of 1<" in row and "flagged" in row
+
+
+def test_time_in_session_per_attendee(server: Server, hall: dict[str, Scan]) -> None:
+    with signed_in(server) as client:
+        page = client.get("/sessions/hall/attendance")
+        assert page.status_code == 200, page.text
+        rows = rows_of(page.text, "attendance-table")
+        assert {"A1", "C3", "D4", XSS.replace("<", "&lt;").replace(">", "&gt;")} >= set(rows)
+        minutes = {code: re.search(r'class="num minutes">([^<]*)<', row).group(1)
+                   for code, row in rows.items()}
+        # Ann: in 30 minutes ago, out 10 minutes later, in again 15 minutes ago until the
+        # session's end 3 minutes ago: 10 + 12 minutes. Cleo: 25 - 3.
+        assert (minutes["A1"], minutes["C3"]) == ("22", "22")
+        assert 'class="num">1</td>' in rows["D4"]  # one override
+        assert "Traceback" not in page.text and XSS not in page.text
+        bad = client.get("/sessions/hall/attendance", params={"after": "\x01"})
+        assert bad.status_code == 400 and "after" in bad.text
+
+
+# -- in-process: the pages' pure parts ---------------------------------------------------
+
+
+def test_pick_scans_takes_what_the_filter_keeps_and_says_where_it_stopped() -> None:
+    rows = [{"position": n, "reason": "override" if n % 3 == 0 else "registered"}
+            for n in range(1, 11)]
+    keep = dashboard.SCAN_FILTERS["override"][1]
+    assert dashboard.pick_scans(rows, keep, 2, 0) == ([rows[2], rows[5]], 6)
+    assert dashboard.pick_scans(rows, keep, 5, 0) == ([rows[2], rows[5], rows[8]], 10)
+    assert dashboard.pick_scans([], keep, 5, 7) == ([], 7)
+
+
+def test_minutes_in_session_are_whole_minutes_as_in_the_export() -> None:
+    assert dashboard.minutes_in_session({"time_in_session": 720}) == 12
+    assert dashboard.minutes_in_session({"time_in_session": 719}) == 11
+    assert dashboard.minutes_in_session({"time_in_session": 0}) == 0
+    assert dashboard.minutes_in_session({}) is None
+
+
+def test_the_capacity_field() -> None:
+    assert form_capacity("") is None and form_capacity("  ") is None
+    assert form_capacity(" 0 ") == 0 and form_capacity("10000000") == 10_000_000
+    for bad in ("-1", "1.0", "1e3", "\u0663", "10000001", "1_000", "+5"):
+        with pytest.raises(WebError, match=r"capacity .*whole number of people"):
+            form_capacity(bad)
 
 
 # -- in-process: feeds ------------------------------------------------------------------

@@ -252,6 +252,58 @@ def test_sessions_are_created_listed_and_edited(server: Server, page: Page) -> N
     assert "a session with this id exists" in again.text
 
 
+def _capacity(server: Server, session_id: str) -> Any:
+    return next(s for s in api(server, "GET", "/api/sessions")
+                if s["session_id"] == session_id)["capacity"]
+
+
+def test_a_sessions_capacity_is_set_shown_cleared_and_checked(server: Server,
+                                                               page: Page) -> None:
+    page.get("/sessions/new")
+    assert 'id="capacity"' in page.last.text and 'max="10000000"' in page.last.text
+    created = page.post("/sessions", {"session_id": "room-9", "name": "Room 9",
+                                      "capacity": " 40 "})
+    assert _capacity(server, "room-9") == 40
+    shown = page.follow(created)
+    inside = re.search(r'<li id="inside".*?</li>', shown.text, re.S)
+    assert inside, "no 'Inside now' on the session page"
+    shown_part = inside.group(0)
+    assert 'id="inside-count">0<' in shown_part and 'id="capacity-count">40<' in shown_part
+    assert re.search(r'id="capacity-of"\s*>', shown_part)  # shown: "of 40"
+    assert re.search(r'id="no-capacity"\s+hidden', shown_part)
+    assert re.search(r'id="at-capacity"\s+hidden', shown_part)  # not full
+    assert 'value="40"' in shown.text  # the edit form keeps it
+    listing = page.get("/sessions")
+    row = re.search(r'<tr data-session-id="room-9">.*?</tr>', listing.text, re.S).group(0)
+    assert ">0 of 40<" in row
+    # Zero closes the room; empty is no limit again.
+    page.get("/sessions/room-9")
+    page.post("/sessions/room-9", {"name": "Room 9", "capacity": "0"})
+    assert _capacity(server, "room-9") == 0
+    page.get("/sessions/room-9")
+    page.post("/sessions/room-9", {"name": "Room 9", "capacity": ""})
+    assert _capacity(server, "room-9") is None
+    shown = page.get("/sessions/room-9")
+    assert re.search(r'id="capacity-of"\s+hidden', shown.text)
+    # Anything but a whole number of people is refused, naming the field and the range;
+    # nothing changes.
+    for bad in ("-1", "2.5", "ten", "1e3", "10000001", "\u0663", "0x10", "9" * 40):
+        page.get("/sessions/room-9")
+        refused = page.post("/sessions/room-9", {"name": "Renamed", "capacity": bad},
+                            expect=400)
+        assert "capacity" in refused.text and "whole number of people" in refused.text
+        assert "from 0 to 10,000,000, or empty for no limit" in refused.text
+        assert "Traceback" not in refused.text
+    page.get("/sessions/new")
+    page.post("/sessions", {"session_id": "room-10", "name": "Room 10", "capacity": "many"},
+              expect=400)
+    sessions = {s["session_id"]: s for s in api(server, "GET", "/api/sessions")}
+    assert "room-10" not in sessions and sessions["room-9"]["name"] == "Room 9"
+    # The form without its CSRF token changes nothing.
+    page.post("/sessions/room-9", {"name": "Room 9", "capacity": "5"}, expect=403, csrf=False)
+    assert _capacity(server, "room-9") is None
+
+
 def test_a_session_with_registrants_is_deleted_only_after_removing_them(
         server: Server, page: Page) -> None:
     _session(server, "doomed", "Doomed")

@@ -444,12 +444,11 @@ async def scan_log_page(request: Request) -> Response:
 
 
 def minutes_in_session(row: dict[str, Any]) -> int | None:
-    """An attendee's whole minutes in the session from an attendance row (the store says
-    minutes or seconds), or None when it says neither."""
-    if row.get("minutes_in_session") is not None:
-        return int(row["minutes_in_session"])
-    seconds = row.get("seconds_in_session")
-    return None if seconds is None else int(seconds // 60)
+    """An attendee's whole minutes in the session from an attendance row's
+    ``time_in_session`` (seconds; cut down to whole minutes as the CSV export does), or
+    None when the row does not say."""
+    seconds = row.get("time_in_session")
+    return None if seconds is None else int(seconds) // 60
 
 
 @organizer
