@@ -43,6 +43,13 @@ class ServerConfig:
     status_seconds: float = field(default=15.0, metadata=checked(_SECONDS))
 
 
+class DoorPolicy(Protocol):
+    """What the daemon tells the server of the door's ``[door]`` policy (in its hello)."""
+
+    @property
+    def allow_reentry(self) -> bool: ...
+
+
 class DaemonConfig(Protocol):
     """What the sync daemon needs of a device's config (``device.config.DeviceConfig`` has it)."""
 
@@ -54,6 +61,9 @@ class DaemonConfig(Protocol):
 
     @property
     def server(self) -> ServerConfig | None: ...
+
+    @property
+    def door(self) -> DoorPolicy: ...
 
 
 def insecure_url_warning(url: str) -> str | None:
