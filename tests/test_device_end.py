@@ -542,3 +542,41 @@ def test_frames_and_actions_are_each_returned_once_in_order() -> None:
     assert [type(a) for a in end.actions()] == [RecordResults]
     assert end.actions() == []
 
+
+
+# -- issue 14: the other doors' admissions ----------------------------------------------
+
+
+def test_hello_asks_for_admissions_and_tells_the_reentry_policy() -> None:
+    end = DeviceEnd(DEVICE, SOFTWARE, CacheState("keynote-1", "E1", 10), admissions=True,
+                    allow_reentry=False)
+    [hello] = [parse_device_message(frame) for frame in end.data_to_send()]
+    assert isinstance(hello, Hello)
+    assert (hello.admissions, hello.allow_reentry) == (True, False)
+    # a device that does not say so sends neither field: an older server reads its hello
+    [plain] = synced().data_to_send()
+    assert "admissions" not in plain and "allow_reentry" not in plain
+
+
+def test_snapshot_parts_gather_admissions_and_exits() -> None:
+    end = welcomed(fresh(), epoch="E2", cursor=77, resync=True)
+    end.receive(snapshot(0, False, epoch="E2", cursor=77, admissions=["A1"], exits=[]))
+    end.receive(snapshot(1, False, epoch="E2", cursor=77))  # a part with none of either
+    end.receive(snapshot(2, True, epoch="E2", cursor=77, admissions=["A2"], exits=["A3"]))
+    assert end.actions() == [ApplySnapshot("E2", 77, KEYNOTE, [], [], ["A1", "A2"], ["A3"])]
+
+
+def test_a_snapshot_without_admissions_says_so() -> None:
+    end = welcomed()
+    end.receive(snapshot(attendees=["A1"]))
+    [action] = end.actions()
+    assert isinstance(action, ApplySnapshot)
+    assert (action.admissions, action.exits) == (None, None)
+
+
+def test_admission_changes_are_passed_on_in_order() -> None:
+    end = welcomed()
+    items = [Change(11, "admission", code="A1", inside=True),
+             Change(12, "admission", code="A1", inside=False)]
+    end.receive(changes(10, 12, items))
+    assert end.actions() == [ApplyChanges(12, items)]

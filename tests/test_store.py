@@ -8,14 +8,24 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from core.database import scalar
-from core.rules import Decision, SessionRules
+from core.rules import Decision, Direction, Facts, Policy, Reason, SessionRules, decide
 from sync.device_schema import MIGRATIONS
-from sync.device_store import STORE_FILE, ScanRecord, Store, StoreError, UploadState
+from sync.device_store import (
+    STORE_FILE,
+    DoorStore,
+    ScanRecord,
+    Store,
+    StoreError,
+    UploadState,
+)
 
 SESSION = SessionRules("keynote", validate_registrants=True)
 
@@ -221,3 +231,129 @@ async def test_a_corrupt_store_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / STORE_FILE).write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open store"):
         await Store.open(tmp_path)
+
+
+# -- issue 14: the doors' shared presence, occupancy, exits and the door's own thread --
+
+
+def at_door(code: str, direction: Direction = Direction.IN, decision: Decision = Decision.ADMITTED,
+            reason: str = "registered", session: str = "keynote") -> ScanRecord:
+    return ScanRecord(str(uuid.uuid4()), code, session, decision, reason,
+                      "2026-11-28T10:00:00+01:00", 123, "boot-1", direction)
+
+
+async def test_facts_count_shared_admissions_exits_and_own_scans(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    try:
+        await store.replace_cache(replace(SESSION, capacity=3), ["A1", "A2", "A3", "A4"],
+                                  ["A1", "A2", "A3", "A4"], admissions=["A1", "A2"],
+                                  exits=["A3"])
+        a1, a3, a4 = [await store.facts(c) for c in ("A1", "A3", "A4")]
+        assert (a1.admitted_before, a1.inside, a1.occupancy) == (True, True, 2)
+        assert (a3.admitted_before, a3.inside) == (True, False)  # left through an exit
+        assert (a4.admitted_before, a4.inside) == (False, False)
+        assert a4.session is not None and a4.session.capacity == 3
+        # this door's own admission counts at once, an exit takes one out again
+        await store.record_scan(at_door("A4"))
+        assert (await store.facts("A4")).inside and (await store.facts("A4")).occupancy == 3
+        await store.record_scan(at_door("A1", Direction.OUT))
+        a1 = await store.facts("A1")
+        assert (a1.admitted_before, a1.inside, a1.occupancy) == (True, False, 2)
+        # rejections and scans of another session change nothing
+        await store.record_scan(at_door("A3", decision=Decision.REJECTED, reason="full"))
+        await store.record_scan(at_door("A3", session="elsewhere"))
+        assert (await store.facts("A3")).occupancy == 2
+        assert not (await store.facts("A3")).inside
+    finally:
+        await store.close()
+
+
+async def test_occupancy_is_kept_by_triggers_not_counted(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    await store.close()
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
+        db.execute("INSERT INTO admissions VALUES ('A', 1), ('B', 1), ('C', 0)")
+        db.execute("UPDATE admissions SET inside = 0 WHERE code = 'A'")
+        db.execute("UPDATE admissions SET inside = 1 WHERE code = 'C'")
+        db.execute("UPDATE admissions SET inside = 1 WHERE code = 'C'")  # no change
+        db.execute("INSERT INTO admissions VALUES ('B', 0) ON CONFLICT (code)"
+                   " DO UPDATE SET inside = excluded.inside")
+        counted = db.execute("SELECT count(*) FROM admissions WHERE inside").fetchone()[0]
+        kept = db.execute("SELECT inside FROM occupancy").fetchone()[0]
+        assert kept == counted == 1
+        db.execute("DELETE FROM admissions")
+        assert db.execute("SELECT inside FROM occupancy").fetchone()[0] == 0
+
+
+async def test_the_door_store_decides_and_records_in_one_call(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    await store.replace_cache(replace(SESSION, capacity=1), ["A1", "A2"], ["A1", "A2"])
+    door = await DoorStore.open(tmp_path)
+    try:
+        policy, now = Policy(), datetime.now().astimezone()
+
+        def judge(facts: Facts) -> Reason:
+            return decide(True, facts, policy, now)
+
+        def record(code: str) -> Callable[[Facts, Reason], ScanRecord]:
+            return lambda facts, reason: ScanRecord(
+                str(uuid.uuid4()), code, facts.session_id, reason.decision, reason,
+                now.isoformat(), 1, "boot")
+
+        first = await door.decide_and_record("A1", judge, record("A1"))
+        assert (first.reason, first.seq, first.facts.occupancy) == (Reason.REGISTERED, 1, 0)
+        full = await door.decide_and_record("A2", judge, record("A2"))
+        assert (full.reason, full.facts.occupancy) == (Reason.FULL, 1)
+        again = await door.decide_and_record("A1", judge, record("A1"))
+        assert again.reason is Reason.REENTRY  # inside already: adds nobody
+        assert [s["reason"] for s in await store.scans()] == ["registered", "full", "reentry"]
+        assert (await door.facts("A1")).inside
+    finally:
+        await door.close()
+        await store.close()
+
+
+async def test_a_door_store_write_that_fails_returns_what_was_decided(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    await store.replace_cache(SESSION, ["A1"], ["A1"])
+    await store.close()
+    door = await DoorStore.open(tmp_path)
+    try:
+        taken = ScanRecord("same-id", "A1", "keynote", Decision.ADMITTED, "registered",
+                           "2026-11-28T10:00:00+01:00", 1, "b")
+        await door.record(taken)
+        decided = await door.decide_and_record("A1", lambda f: Reason.REENTRY,
+                                               lambda f, r: taken)
+        assert decided.seq is None and "UNIQUE" in (decided.error or "")
+        assert decided.facts.session_id == "keynote" and decided.reason is Reason.REENTRY
+    finally:
+        await door.close()
+
+
+async def test_the_door_store_needs_a_migrated_file(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="schema version 0"):
+        await DoorStore.open(tmp_path)
+
+
+async def test_migrating_counts_the_admissions_made_before(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:3]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO session (singleton, session_id, validate_registrants)"
+                   " VALUES (1, 'keynote', 1)")
+        for n, (code, decision) in enumerate([("A1", "admitted"), ("A1", "admitted"),
+                                              ("A2", "rejected"), ("A3", "admitted")]):
+            db.execute("INSERT INTO scans (scan_id, code, session_id, decision, reason,"
+                       " scanned_at, monotonic_ns, boot_id) VALUES (?, ?, 'keynote', ?, 'r',"
+                       " 't', 0, 'b')", (f"s{n}", code, decision))
+    db.close()
+    store = await Store.open(tmp_path)
+    try:
+        facts = await store.facts("A1")
+        assert facts.inside and facts.occupancy == 2
+        assert not (await store.facts("A2")).admitted_before
+        assert {s["direction"] for s in await store.scans()} == {"in"}
+    finally:
+        await store.close()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+from dataclasses import replace
 
 import pytest
 
-from core.rules import Decision
+from core.rules import Decision, Direction
 from sync.device_end import ApplyChanges, ApplySnapshot
 from sync.device_store import STORE_FILE, ScanRecord, UploadState
 from sync.messages import Change, ScanResult, SessionInfo
@@ -140,3 +141,84 @@ async def test_concurrent_writers_on_one_connection_take_turns(store) -> None:
     status = await store.status()
     assert (status.registrants, status.cursor, status.connected) == (20_000, 9, True)
     assert status.scans_waiting == 1
+
+
+# -- issue 14: the other doors' admissions --
+
+CAPPED = SessionInfo("s1", "Workshop", True, capacity=2)
+
+
+def at_door(scan_id: str, code: str, direction: Direction = Direction.IN,
+            override_of: str | None = None) -> ScanRecord:
+    reason = "override" if override_of else "registered"
+    return ScanRecord(scan_id, code, "s1", Decision.ADMITTED, reason,
+                      "2026-11-28T10:00:00+00:00", 1, "boot", direction, override_of)
+
+
+async def inside(store: SyncStore) -> dict[str, bool]:
+    rows = await store._db.execute_fetchall("SELECT code, inside FROM admissions")
+    return {row["code"]: bool(row["inside"]) for row in rows}
+
+
+async def test_admission_changes_move_presence_and_occupancy(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, CAPPED, ["A1", "B2", "C3"],
+                                             ["A1", "B2", "C3"], [], []))
+    await store.apply_changes(ApplyChanges(9, [Change(8, "admission", code="A1", inside=True),
+                                               Change(9, "admission", code="B2", inside=True)]))
+    facts = await store.facts("C3")
+    assert (facts.occupancy, facts.admitted_before) == (2, False)
+    await store.apply_changes(ApplyChanges(10, [Change(10, "admission", code="A1",
+                                                       inside=False)]))
+    a1 = await store.facts("A1")
+    assert (a1.admitted_before, a1.inside, a1.occupancy) == (True, False, 1)
+    status = await store.status()
+    assert (status.inside, status.capacity, status.cursor) == (1, 2, 10)
+
+
+async def test_a_snapshot_replaces_presence_then_reapplies_own_waiting_scans(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, CAPPED, ["A1", "B2", "C3", "D4"],
+                                             ["A1", "B2", "C3", "D4"], [], []))
+    await store.record_scan(at_door("s-1", "C3"))      # the server has it (stored below)
+    await store.record_scan(at_door("s-2", "D4"))      # not uploaded yet
+    await store.record_scan(at_door("s-3", "B2"))      # not uploaded: in...
+    await store.record_scan(at_door("s-4", "B2", Direction.OUT))  # ...then out, in that order
+    await store.record_results([ScanResult("s-1", "accepted")])
+    await store.apply_snapshot(ApplySnapshot("e1", 20, CAPPED, ["A1", "B2", "C3", "D4"],
+                                             ["A1", "B2", "C3", "D4"], ["A1", "B2"], ["C3"]))
+    # C3: the server's word (it left through another door); D4 and B2: this door's own
+    assert await inside(store) == {"A1": True, "B2": False, "C3": False, "D4": True}
+    assert (await store.facts("A1")).occupancy == 2
+
+
+async def test_a_snapshot_without_admissions_keeps_all_own_ones(store) -> None:
+    """An older server shares no admissions: the door's own scans are all it knows."""
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1", "B2"], ["A1", "B2"]))
+    await store.record_scan(at_door("s-1", "A1"))
+    await store.record_scan(at_door("s-2", "B2"))
+    await store.record_results([ScanResult("s-1", "accepted")])
+    await store.apply_snapshot(ApplySnapshot("e1", 9, SESSION, ["A1", "B2"], ["A1", "B2"]))
+    assert await inside(store) == {"A1": True, "B2": True}
+
+
+async def test_another_session_starts_with_nobody_inside(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1"], ["A1"], ["A1"], []))
+    await store.apply_changes(ApplyChanges(8, [Change(8, "session", session=replace(
+        SESSION, name="Workshop, renamed"))]))
+    assert await inside(store) == {"A1": True}  # the same session: presence stays
+    await store.apply_changes(ApplyChanges(9, [Change(9, "session", session=SessionInfo(
+        "s2", "Other", False, capacity=5))]))
+    assert await inside(store) == {}
+    assert (await store.facts("A1")).session.capacity == 5
+    await store.apply_changes(ApplyChanges(10, [Change(10, "admission", code="A1",
+                                                       inside=True),
+                                                Change(11, "session", session=None)]))
+    assert await inside(store) == {} and (await store.status()).inside == 0
+
+
+async def test_waiting_scans_carry_direction_and_override(store) -> None:
+    await store.record_scan(at_door("s-1", "A1"))
+    await store.record_scan(at_door("s-2", "A1", Direction.OUT))
+    await store.record_scan(at_door("s-3", "A1", override_of="s-0"))
+    scans = await store.waiting_scans(0, 10)
+    assert [(s.direction, s.override_of) for s in scans] == [
+        (None, None), ("out", None), (None, "s-0")]  # an entrance is left out on the wire
