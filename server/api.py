@@ -24,6 +24,7 @@ from core.shapes import (
     boolean,
     check_fields,
     identifier,
+    integer,
     optional,
     show,
     text,
@@ -33,7 +34,13 @@ from server import exports, imports
 from server.live import CHANGED, session_topic
 from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
-from sync.messages import CLOSE_REASSIGNED, CLOSE_UNAUTHORIZED, SessionInfo, attendee_code
+from sync.messages import (
+    CLOSE_REASSIGNED,
+    CLOSE_UNAUTHORIZED,
+    MAX_CAPACITY,
+    SessionInfo,
+    attendee_code,
+)
 
 log = logging.getLogger("checkin.server")
 
@@ -183,6 +190,8 @@ _SESSION_FIELDS = {
     # Normalised to UTC before anything stores or compares them: see _check_window.
     "starts_at": (optional(utc_timestamp), False),
     "ends_at": (optional(utc_timestamp), False),
+    # Most people inside at once; left out or null: no limit.
+    "capacity": (optional(integer(0, MAX_CAPACITY)), False),
 }
 _ATTENDEE_FIELDS = {
     "code": (attendee_code, True),
@@ -230,8 +239,8 @@ async def put_session(request: Request) -> Response:
     created = await _store(request).put_session(session)
     request.app.state.hub.changed(session_id)
     _session_changed(request, session_id)
-    return JSONResponse({"session_id": session_id, **fields, "created": created},
-                        status_code=201 if created else 200)
+    return JSONResponse({"session_id": session_id, "capacity": None, **fields,
+                         "created": created}, status_code=201 if created else 200)
 
 
 @admin

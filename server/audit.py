@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from core.rules import Decision, Facts, Policy, Reason, SessionRules, decide
+from core.rules import Decision, Direction, Facts, Policy, Reason, SessionRules, decide
 from sync.messages import CLOCK_TOLERANCE_SECONDS, Scan
 from sync.server_end import ClockAnchor
 
@@ -24,8 +24,12 @@ _MEMBERSHIP = frozenset({Reason.REGISTERED, Reason.REENTRY, Reason.UNKNOWN_CODE,
 
 def disagreement(scan: Scan, validate_registrants: bool, is_attendee: bool,
                  is_registrant: bool) -> str | None:
-    """Say what the server would have decided, if it differs from the door's verdict."""
-    if scan.reason not in _MEMBERSHIP or scan.session_id is None:
+    """Say what the server would have decided, if it differs from the door's verdict.
+
+    Exits are left alone: an exit door refuses nobody, and a person leaving is no
+    admission the server could have refused."""
+    if (scan.reason not in _MEMBERSHIP or scan.session_id is None
+            or scan.direction == Direction.OUT):
         return None
     # Time window and re-entry are the door's policy and clock: leave them out.
     rules = SessionRules(scan.session_id, validate_registrants)

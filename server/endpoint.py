@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.clock import wall_now
 from core.database import StoreError
+from core.rules import Decision
 from server.hub import Hub
 from server.live import Live, session_topic
 from server.store import Device, ServerStore
@@ -127,6 +128,9 @@ class DeviceLink:
         self.store = store
         #: The organizers' live pages (None until the app has them).
         self.live: Live | None = getattr(websocket.app.state, "live", None)
+        #: The connected doors, told when this door's scans change who is inside.
+        self.hub: Hub | None = getattr(websocket.app.state, "hub", None)
+        self._hello_noted = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._working = 0
@@ -211,10 +215,16 @@ class DeviceLink:
             self._progress.set()  # a reader waiting for room must not wait forever
 
     async def _carry_out(self, action: ServerAction) -> None:
+        hello = self.end.hello
+        if hello is not None and not self._hello_noted:  # before any scan is audited
+            await self.store.note_hello(self.device_id, hello.allow_reentry)
+            self._hello_noted = True
+        shared = self.end.wants_admissions
         if isinstance(action, SendSnapshot):
-            self.end.send_snapshot(*await self.store.snapshot(self.session_id))
+            self.end.send_snapshot(*await (self.store.snapshot_with_admissions(self.session_id)
+                                          if shared else self.store.snapshot(self.session_id)))
         elif isinstance(action, SendChanges):
-            found = await self.store.changes_since(self.session_id, action.since)
+            found = await self.store.changes_since(self.session_id, action.since, shared)
             if found is None:  # tombstones it needs were pruned: a snapshot on reconnect
                 await self.close(CLOSE_REASSIGNED, "history pruned; reconnect for a snapshot")
                 return
@@ -227,6 +237,13 @@ class DeviceLink:
             self._publish(*{session_topic(s.session_id) for s in action.scans
                             if s.scan_id in accepted and s.session_id is not None},
                           "sessions")
+            # An admission or exit may have changed who is inside: every door of the
+            # session (this one too: harmless) asks for the changes, as after a
+            # registrant change.
+            if self.hub is not None and any(
+                    s.scan_id in accepted and s.session_id is not None
+                    and s.decision == Decision.ADMITTED for s in action.scans):
+                self.hub.changed(self.session_id)
         elif isinstance(action, NoteStatus):
             await self.store.note_status(self.device_id, status_record(action.status,
                                                                        wall_now()))

@@ -26,10 +26,13 @@ log = logging.getLogger("checkin.server")
 #: What a spreadsheet may take for the start of a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
+#: Columns added later go at the end: a sheet reading the older columns by position
+#: reads them still.
 ATTENDANCE_HEADER = ("code", "name", "email", "registered", "first_admitted_at", "door",
-                     "reentries", "rejected_attempts")
+                     "reentries", "rejected_attempts", "minutes_in_session", "overrides")
 SCANS_HEADER = ("scan_id", "device", "session", "code", "decision", "reason", "device_time",
-                "server_time", "uploaded_late", "flagged")
+                "server_time", "uploaded_late", "flagged", "direction", "override_of",
+                "double_admission", "over_capacity")
 
 
 def safe_cell(value: Any) -> str:
@@ -71,7 +74,8 @@ async def attendance_csv(store: ServerStore, session_id: str) -> AsyncIterator[b
                 return
             after = page[-1]["code"]
             yield _lines((r["code"], r["name"], r["email"], r["registered"],
-                          r["first_admitted_at"], r["door"], r["reentries"], r["rejected"])
+                          r["first_admitted_at"], r["door"], r["reentries"], r["rejected"],
+                          r["time_in_session"] // 60, r["overrides"])
                          for r in page)
 
     return _guarded(lines(), f"attendance of session {session_id}")
@@ -92,7 +96,9 @@ async def scans_csv(store: ServerStore, session_id: str | None = None) -> AsyncI
             yield _lines((r["scan_id"], r["device_id"], r["session_id"], r["code"],
                           r["decision"], r["reason"], r["scanned_at"], r["received_at"],
                           r["uploaded_late"],
-                          "; ".join(f for f in (r["disagreement"], r["clock_flag"]) if f))
+                          "; ".join(f for f in (r["disagreement"], r["clock_flag"]) if f),
+                          r["direction"], r["override_of"], r["double_admission"],
+                          r["over_capacity"])
                          for r in page)
 
     return _guarded(lines(), "scan log")

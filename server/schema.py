@@ -107,6 +107,63 @@ MIGRATIONS: tuple[str, ...] = (
     -- of 50,000 registrants was never admitted, each attendee's first admission.
     CREATE INDEX scans_session_code ON scans (session_id, decision, code, scanned_at);
     """,
+    """
+    -- The doors of a session act as one: capacity, exits, overrides, and what the audit
+    -- finds when doors decided alone while offline (server/presence.py).
+    ALTER TABLE sessions ADD COLUMN capacity INTEGER;          -- NULL: no limit
+    ALTER TABLE scans ADD COLUMN direction TEXT NOT NULL DEFAULT 'in';  -- 'out' at an exit
+    ALTER TABLE scans ADD COLUMN override_of TEXT;             -- the rejected scan overruled
+    ALTER TABLE scans ADD COLUMN double_admission TEXT;        -- another door admitted first
+    ALTER TABLE scans ADD COLUMN over_capacity TEXT;           -- it took the count past it
+    ALTER TABLE devices ADD COLUMN allow_reentry INTEGER;      -- from its latest hello; NULL
+                                                               -- unknown (counts as forbidding)
+    -- Admissions are counted by entrance only (an exit is not an admission): the column
+    -- joins the index, so those counts stay index-only.
+    DROP INDEX scans_session_code;
+    CREATE INDEX scans_session_code ON scans
+        (session_id, decision, direction, code, scanned_at);
+
+    -- Each attendee's latest presence in a session (inside, or out through an exit), a
+    -- fact shared with the session's doors in the change stream like registrants.
+    CREATE TABLE presence (
+        session_id TEXT NOT NULL,
+        code       TEXT NOT NULL,
+        inside     INTEGER NOT NULL,
+        at         TEXT NOT NULL,       -- the door time of the scan it comes from
+        seq        INTEGER NOT NULL,
+        PRIMARY KEY (session_id, code)
+    ) WITHOUT ROWID;
+    CREATE INDEX presence_seq ON presence (session_id, seq);
+
+    -- People inside per session, kept by triggers: the audit and the live pages read one
+    -- row instead of counting a session's presence rows at every admission.
+    CREATE TABLE occupancy (
+        session_id TEXT PRIMARY KEY,
+        inside     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER presence_added AFTER INSERT ON presence BEGIN
+        INSERT INTO occupancy (session_id, inside) VALUES (NEW.session_id, NEW.inside)
+        ON CONFLICT (session_id) DO UPDATE SET inside = inside + NEW.inside;
+    END;
+    CREATE TRIGGER presence_changed AFTER UPDATE OF inside ON presence
+    WHEN OLD.inside != NEW.inside BEGIN
+        UPDATE occupancy SET inside = inside + NEW.inside - OLD.inside
+        WHERE session_id = NEW.session_id;
+    END;
+    CREATE TRIGGER presence_removed AFTER DELETE ON presence BEGIN
+        UPDATE occupancy SET inside = inside - OLD.inside WHERE session_id = OLD.session_id;
+    END;
+
+    -- Admissions stored before: everyone admitted is inside (there were no exits), each
+    -- row with a seq of its own.
+    INSERT INTO presence (session_id, code, inside, at, seq)
+    SELECT session_id, code, 1, scanned_at,
+           (SELECT seq FROM meta) + row_number() OVER (ORDER BY session_id, code)
+    FROM (SELECT session_id, code, scanned_at, max(julianday(scanned_at))
+          FROM scans WHERE decision = 'admitted' AND session_id IS NOT NULL
+          GROUP BY session_id, code);
+    UPDATE meta SET seq = seq + (SELECT count(*) FROM presence);
+    """,
 )
 
 #: The server store's file name inside its data dir.

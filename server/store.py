@@ -35,8 +35,18 @@ from core.database import (
     connect,
     scalar,
 )
-from core.rules import Decision
+from core.rules import Decision, Direction, Reason
 from server.audit import clock_flag, disagreement
+from server.presence import (
+    AdmissionAudit,
+    Presence,
+    PriorAdmission,
+    audit_admissions,
+    instant,
+    is_entry,
+    is_exit,
+    time_in_session,
+)
 from server.schema import LINK_SECRET_FILE, MIGRATIONS, SERVER_FILE
 from server.tokens import new_token, token_hash
 from sync.messages import Change, Scan, ScanOutcome, ScanResult, SessionInfo
@@ -127,22 +137,24 @@ class ServerStore:
         """Create or update a session; say whether it was created."""
         async with self._write() as db:
             rows = await db.execute_fetchall(
-                "SELECT name, validate_registrants, starts_at, ends_at, deleted FROM sessions"
-                " WHERE session_id = ?", (session.session_id,))
+                "SELECT name, validate_registrants, starts_at, ends_at, capacity, deleted"
+                " FROM sessions WHERE session_id = ?", (session.session_id,))
             new = {"name": session.name,
                    "validate_registrants": int(session.validate_registrants),
-                   "starts_at": session.starts_at, "ends_at": session.ends_at, "deleted": 0}
+                   "starts_at": session.starts_at, "ends_at": session.ends_at,
+                   "capacity": session.capacity, "deleted": 0}
             old = next(iter(rows), None)
             if old is not None and dict(old) == new:
                 return False
             seq = await self._next_seqs(db, 1)
             await db.execute(
                 "INSERT INTO sessions (session_id, name, validate_registrants, starts_at, ends_at,"
-                " deleted, seq) VALUES (:session_id, :name, :validate_registrants, :starts_at,"
-                " :ends_at, 0, :seq) ON CONFLICT (session_id) DO UPDATE"
+                " capacity, deleted, seq) VALUES (:session_id, :name, :validate_registrants,"
+                " :starts_at, :ends_at, :capacity, 0, :seq) ON CONFLICT (session_id) DO UPDATE"
                 " SET name = excluded.name, validate_registrants = excluded.validate_registrants,"
-                " starts_at = excluded.starts_at, ends_at = excluded.ends_at, deleted = 0,"
-                " seq = excluded.seq", new | {"session_id": session.session_id, "seq": seq})
+                " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
+                " capacity = excluded.capacity, deleted = 0, seq = excluded.seq",
+                new | {"session_id": session.session_id, "seq": seq})
             return old is None or old["deleted"] == 1
 
     async def delete_session(self, session_id: str) -> None:
@@ -165,7 +177,7 @@ class ServerStore:
     async def sessions(self) -> list[dict[str, Any]]:
         async with self._read() as db:
             rows = await db.execute_fetchall(
-                "SELECT session_id, name, validate_registrants, starts_at, ends_at,"
+                "SELECT session_id, name, validate_registrants, starts_at, ends_at, capacity,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
                 "  AND r.deleted = 0) AS registrants"
                 " FROM sessions AS s WHERE deleted = 0 ORDER BY session_id")
@@ -329,14 +341,17 @@ class ServerStore:
     async def session_overview(self, session_id: str | None = None) -> list[dict[str, Any]]:
         """Every live session (or only *session_id*: one session's page need not count
         every other's registrants and scans), soonest first (those without a time last),
-        with how many registrants it has and how many distinct attendees were admitted."""
+        with how many registrants it has, how many distinct attendees were admitted (through
+        an entrance), its ``capacity`` (``None``: no limit) and how many are ``inside`` now."""
         async with self._read() as db:
             rows = await db.execute_fetchall(
-                "SELECT session_id, name, starts_at, ends_at, validate_registrants,"
+                "SELECT session_id, name, starts_at, ends_at, validate_registrants, capacity,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
                 "  AND r.deleted = 0) AS registered,"
                 " (SELECT count(DISTINCT code) FROM scans AS c WHERE c.session_id = s.session_id"
-                "  AND c.decision = ?) AS admitted"
+                "  AND c.decision = ? AND c.direction = 'in') AS admitted,"
+                " coalesce((SELECT inside FROM occupancy AS o"
+                "  WHERE o.session_id = s.session_id), 0) AS inside"
                 " FROM sessions AS s WHERE deleted = 0 AND (? IS NULL OR session_id = ?)"
                 " ORDER BY starts_at IS NULL, starts_at, name, session_id",
                 (Decision.ADMITTED, session_id, session_id))
@@ -477,6 +492,13 @@ class ServerStore:
         return [dict(r) | {"status": json.loads(r["status"]) if r["status"] else None}
                 for r in rows]
 
+    async def note_hello(self, device_id: str, allow_reentry: bool | None) -> None:
+        """Keep what the device's latest hello said of its re-entry policy (``None``: it
+        did not say, which the audit counts as forbidding)."""
+        async with self._write() as db:
+            await db.execute("UPDATE devices SET allow_reentry = ? WHERE device_id = ?",
+                             (allow_reentry, device_id))
+
     async def note_status(self, device_id: str, status: dict[str, Any] | None) -> None:
         async with self._write() as db:
             await db.execute(
@@ -496,19 +518,27 @@ class ServerStore:
                                                                list[str], list[str]]:
         """(cursor, session, attendee codes, registrant codes), consistent with each other."""
         async with self._read() as db:
-            cursor = await scalar(db, "SELECT seq FROM meta")
-            session = await _session_info(db, session_id)
-            attendees = [r["code"] for r in await db.execute_fetchall(
-                "SELECT code FROM attendees")]
-            registrants = [] if session is None else [r["code"] for r in await db.execute_fetchall(
-                "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
-                (session_id,))]
-        return cursor, session, attendees, registrants
+            return await _snapshot(db, session_id)
 
-    async def changes_since(self, session_id: str | None,
-                            since: int) -> tuple[int, list[Change]] | None:
+    async def snapshot_with_admissions(self, session_id: str | None) -> tuple[
+            int, SessionInfo | None, list[str], list[str], list[str], list[str]]:
+        """:meth:`snapshot` and, as of the same cursor, the session's presence: (...,
+        codes inside now, codes admitted who left through an exit since)."""
+        async with self._read() as db:
+            head = await _snapshot(db, session_id)
+            rows = [] if head[1] is None else await db.execute_fetchall(
+                "SELECT code, inside FROM presence WHERE session_id = ?", (session_id,))
+        return (*head, [r["code"] for r in rows if r["inside"]],
+                [r["code"] for r in rows if not r["inside"]])
+
+    async def changes_since(self, session_id: str | None, since: int,
+                            admissions: bool = False) -> tuple[int, list[Change]] | None:
         """(cursor, every change after *since* that concerns the session), in seq order;
-        ``None`` when deletions after *since* were pruned (the device needs a snapshot)."""
+        ``None`` when deletions after *since* were pruned (the device needs a snapshot).
+        *admissions*: include the session's presence rows (kind ``admission``), for a
+        device that applies them (its hello said so)."""
+        presence = (" UNION ALL SELECT seq, 'admission', code, inside FROM presence"
+                    "  WHERE session_id = :session AND seq > :since" if admissions else "")
         async with self._read() as db:
             meta = await _meta(db)
             if since < meta["horizon"]:
@@ -520,12 +550,15 @@ class ServerStore:
                 "  WHERE session_id = :session AND seq > :since"
                 " UNION ALL SELECT seq, 'session', session_id, deleted FROM sessions"
                 "  WHERE session_id = :session AND seq > :since"
-                " ORDER BY seq", {"since": since, "session": session_id})
+                + presence + " ORDER BY seq", {"since": since, "session": session_id})
             changes = []
             for row in rows:
                 if row["kind"] == "session":  # the session's id is in the code column
                     changes.append(Change(row["seq"], row["kind"],
                                           session=await _session_info(db, row["code"])))
+                elif row["kind"] == "admission":  # inside is in the deleted column
+                    changes.append(Change(row["seq"], row["kind"], code=row["code"],
+                                          inside=bool(row["deleted"])))
                 else:
                     changes.append(Change(row["seq"], row["kind"], code=row["code"],
                                           deleted=bool(row["deleted"])))
@@ -603,16 +636,74 @@ class ServerStore:
         accepted = [s for s, r in zip(scans, results, strict=True)
                     if r.result == ScanOutcome.ACCEPTED]
         flags = await self._disagreements(db, accepted)
+        audit = await self._audit_admissions(db, device, accepted)
         await db.executemany(
             "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
-            " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement, clock_flag)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement, clock_flag,"
+            " direction, override_of, double_admission, over_capacity)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
-              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag, clock_flag(s, anchor))
+              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag, clock_flag(s, anchor),
+              s.direction or Direction.IN, s.override_of, audit.double.get(s.scan_id),
+              audit.over_capacity.get(s.scan_id))
              for s, flag in zip(accepted, flags, strict=True)])
+        await self._write_presence(db, device.session_id, audit)
         await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
                          (received, device.device_id))
         return results
+
+    async def _audit_admissions(self, db: aiosqlite.Connection, device: Device,
+                                scans: list[Scan]) -> AdmissionAudit:
+        """Read what :func:`audit_admissions` needs about the batch's admitted codes (a
+        few statements per batch, never per scan: a backlog of 50,000 drains as fast)."""
+        session_id = device.session_id
+        moving = [s for s in scans if is_entry(s) or is_exit(s)]
+        if session_id is None or not moving:
+            return AdmissionAudit()
+        codes = list(dict.fromkeys(s.code for s in moving))
+        presence: dict[str, Presence] = {}
+        prior: list[PriorAdmission] = []
+        for start in range(0, len(codes), _CHUNK):
+            chunk = codes[start:start + _CHUNK]
+            presence.update((r["code"], Presence(bool(r["inside"]), r["at"], r["seq"]))
+                            for r in await db.execute_fetchall(
+                "SELECT code, inside, at, seq FROM presence WHERE session_id = ?"
+                f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
+            prior += [PriorAdmission(r["scan_id"], r["device_id"], r["code"], r["scanned_at"],
+                                     r["reason"], r["double_admission"] is not None,
+                                     _maybe_bool(r["allow_reentry"]))
+                      for r in await db.execute_fetchall(
+                "SELECT s.scan_id, s.device_id, s.code, s.scanned_at, s.reason,"
+                " s.double_admission, d.allow_reentry FROM scans AS s"
+                " LEFT JOIN devices AS d ON d.device_id = s.device_id"
+                " WHERE s.session_id = ? AND s.decision = ? AND s.direction = 'in'"
+                f" AND s.code IN ({_marks(chunk)}) AND s.device_id != ?",
+                [session_id, Decision.ADMITTED, *chunk, device.device_id])]
+        facts = next(iter(await db.execute_fetchall(
+            "SELECT (SELECT allow_reentry FROM devices WHERE device_id = :device) AS reentry,"
+            " (SELECT capacity FROM sessions WHERE session_id = :session) AS capacity,"
+            " coalesce((SELECT inside FROM occupancy WHERE session_id = :session), 0)"
+            "  AS inside", {"device": device.device_id, "session": session_id})))
+        return audit_admissions(moving, device.device_id, _maybe_bool(facts["reentry"]),
+                                presence, prior, facts["inside"], facts["capacity"])
+
+    async def _write_presence(self, db: aiosqlite.Connection, session_id: str | None,
+                              audit: AdmissionAudit) -> None:
+        """Store the batch's presence (a new seq for each row a door must hear of) and
+        the flags it put on scans stored before."""
+        told = [code for code, (_, _, tell) in audit.presence.items() if tell]
+        first = await self._next_seqs(db, len(told)) if told else 0
+        seqs = {code: first + i for i, code in enumerate(told)}
+        await db.executemany(
+            "INSERT INTO presence (session_id, code, inside, at, seq) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (session_id, code) DO UPDATE SET inside = excluded.inside,"
+            " at = excluded.at, seq = iif(excluded.seq < 0, seq, excluded.seq)",
+            [(session_id, code, inside, at, seqs.get(code, -1))  # -1: keeps its seq
+             for code, (inside, at, _) in audit.presence.items()])
+        await db.executemany(
+            "UPDATE scans SET double_admission = ? WHERE scan_id = ?"
+            " AND double_admission IS NULL",
+            [(flag, scan_id) for scan_id, flag in audit.earlier_doubles.items()])
 
     async def _disagreements(self, db: aiosqlite.Connection, scans: list[Scan]) -> list[str | None]:
         if not scans:
@@ -629,23 +720,42 @@ class ServerStore:
                              (s.session_id, s.code) in registrants) for s in scans]
 
     async def attendance(self, session_id: str) -> dict[str, Any]:
+        """A session's attendance: ``admitted`` counts distinct attendees admitted through
+        an entrance (an exit is not an admission), ``inside`` the people inside now,
+        ``overrides`` the staff overrides; ``over_capacity`` and ``double_admissions`` list
+        the ids of the scans the audit flagged; ``time_in_session`` is each admitted
+        attendee's seconds in the session (:func:`server.presence.time_in_session`)."""
         async with self._read() as db:
-            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)):
+            rows = await db.execute_fetchall(
+                "SELECT starts_at, ends_at, coalesce((SELECT inside FROM occupancy"
+                "  WHERE session_id = :session), 0) AS inside"
+                " FROM sessions WHERE session_id = :session", {"session": session_id})
+            session = next(iter(rows), None)
+            if session is None:
                 raise NotFound(f"no session {session_id!r}")
             registered = await _registered(db, session_id)
             counts = next(iter(await db.execute_fetchall(
-                "SELECT count(DISTINCT code) FILTER (WHERE decision = :admitted) AS admitted,"
-                " count(*) FILTER (WHERE decision = :rejected) AS rejected"
+                "SELECT count(DISTINCT code) FILTER (WHERE decision = :admitted"
+                "  AND direction = 'in') AS admitted,"
+                " count(*) FILTER (WHERE decision = :rejected) AS rejected,"
+                " count(*) FILTER (WHERE reason = :override) AS overrides"
                 " FROM scans WHERE session_id = :session",
                 {"admitted": Decision.ADMITTED, "rejected": Decision.REJECTED,
-                 "session": session_id})))
+                 "override": Reason.OVERRIDE, "session": session_id})))
             rows = await db.execute_fetchall(
                 "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
-                " disagreement, clock_flag FROM scans WHERE session_id = ?"
+                " disagreement, clock_flag, direction, override_of, double_admission,"
+                " over_capacity FROM scans WHERE session_id = ?"
                 " ORDER BY scanned_at, device_id, device_seq", (session_id,))
+        scans = [dict(r) for r in rows]
         return {"session_id": session_id, "registered": registered,
                 "admitted": counts["admitted"], "rejected": counts["rejected"],
-                "scans": [dict(r) for r in rows]}
+                "inside": session["inside"], "overrides": counts["overrides"],
+                "over_capacity": [s["scan_id"] for s in scans if s["over_capacity"]],
+                "double_admissions": [s["scan_id"] for s in scans if s["double_admission"]],
+                "time_in_session": _times_in_session(scans, session["starts_at"],
+                                                     session["ends_at"]),
+                "scans": scans}
 
     # -- the organizers' live pages ---------------------------------------------------
 
@@ -656,18 +766,24 @@ class ServerStore:
         attendee's first, ``not_arrived`` the current registrants never admitted;
         ``arrivals_per_minute`` is ``[[minute in UTC, attendees first admitted in it], ...]``
         by the doors' clocks; ``flagged`` counts the scans the audit flagged (the server
-        would have decided otherwise, or the door's clock was off).
+        would have decided otherwise, or the door's clock was off). Admissions are counted
+        through entrances only (an exit is not an admission). ``inside`` is the people
+        inside now, ``capacity`` the session's (``None``: no limit), ``overrides`` the staff
+        overrides, ``over_capacity`` and ``double_admissions`` the admissions the audit
+        flagged as past the capacity or as refused by another door's earlier admission.
         """
         params = {"session": session_id, "admitted": Decision.ADMITTED,
                   "rejected": Decision.REJECTED}
         async with self._read() as db:
             rows = await db.execute_fetchall(
-                "SELECT name, (SELECT count(*) FROM registrants WHERE session_id = :session"
-                "  AND deleted = 0) AS registered,"
+                "SELECT name, capacity, (SELECT count(*) FROM registrants"
+                "  WHERE session_id = :session AND deleted = 0) AS registered,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = :session"
                 "  AND r.deleted = 0 AND NOT EXISTS (SELECT 1 FROM scans AS c"
-                "   WHERE c.session_id = :session AND c.code = r.code"
-                "   AND c.decision = :admitted)) AS not_arrived"
+                "   WHERE c.session_id = :session AND c.decision = :admitted"
+                "   AND c.direction = 'in' AND c.code = r.code)) AS not_arrived,"
+                " coalesce((SELECT inside FROM occupancy WHERE session_id = :session), 0)"
+                "  AS inside"
                 " FROM sessions WHERE session_id = :session", params)
             session = next(iter(rows), None)
             if session is None:
@@ -675,27 +791,33 @@ class ServerStore:
             # Counted from the indexes where they hold the columns: a session of 100,000
             # scans is read in a few short passes, none sorting the table's rows.
             kinds = await db.execute_fetchall(
-                "SELECT decision, count(*) AS n, max(julianday(scanned_at)) AS last"
-                " FROM scans WHERE session_id = :session GROUP BY decision", params)
+                "SELECT decision, direction, count(*) AS n, max(julianday(scanned_at)) AS last"
+                " FROM scans WHERE session_id = :session GROUP BY decision, direction", params)
             reasons = await db.execute_fetchall(
                 "SELECT reason, count(*) AS n FROM scans WHERE session_id = :session"
                 " AND decision = :rejected GROUP BY reason ORDER BY n DESC, reason", params)
-            flagged = await scalar(
-                db, "SELECT count(*) FROM scans INDEXED BY scans_session"
-                    " WHERE session_id = :session"
-                    " AND (disagreement IS NOT NULL OR clock_flag IS NOT NULL)", params)
+            flags = next(iter(await db.execute_fetchall(
+                "SELECT count(*) FILTER (WHERE disagreement IS NOT NULL"
+                "  OR clock_flag IS NOT NULL) AS flagged,"
+                " count(*) FILTER (WHERE reason = :override) AS overrides,"
+                " count(*) FILTER (WHERE over_capacity IS NOT NULL) AS over_capacity,"
+                " count(*) FILTER (WHERE double_admission IS NOT NULL) AS double_admissions"
+                " FROM scans INDEXED BY scans_session WHERE session_id = :session",
+                params | {"override": Reason.OVERRIDE})))
             # Each attendee's first admission, from the index alone (session, decision, code,
             # scanned_at): their count is the distinct attendees admitted.
             arrivals = await db.execute_fetchall(
                 "SELECT strftime('%Y-%m-%dT%H:%M:00Z', first) AS minute, count(*) AS n"
                 " FROM (SELECT min(julianday(scanned_at)) AS first FROM scans"
-                "  WHERE session_id = :session AND decision = :admitted GROUP BY code)"
+                "  WHERE session_id = :session AND decision = :admitted"
+                "  AND direction = 'in' GROUP BY code)"
                 " WHERE first IS NOT NULL GROUP BY minute ORDER BY minute", params)
             last = max((k["last"] for k in kinds if k["last"] is not None), default=None)
             last_scan_at = None if last is None else await scalar(
                 db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?)", (last,))
         admitted = sum(r["n"] for r in arrivals)
-        admissions = sum(k["n"] for k in kinds if k["decision"] == Decision.ADMITTED)
+        admissions = sum(k["n"] for k in kinds
+                         if k["decision"] == Decision.ADMITTED and k["direction"] == Direction.IN)
         rejected = {r["reason"]: r["n"] for r in reasons}
         return {"session_id": session_id, "name": session["name"],
                 "registered": session["registered"], "admitted": admitted,
@@ -703,7 +825,10 @@ class ServerStore:
                 "rejected_by_reason": rejected, "not_arrived": session["not_arrived"],
                 "arrivals_per_minute": [[r["minute"], r["n"]] for r in arrivals],
                 "scans": sum(k["n"] for k in kinds),
-                "flagged": flagged, "last_scan_at": last_scan_at}
+                "flagged": flags["flagged"], "last_scan_at": last_scan_at,
+                "inside": session["inside"], "capacity": session["capacity"],
+                "overrides": flags["overrides"], "over_capacity": flags["over_capacity"],
+                "double_admissions": flags["double_admissions"]}
 
     async def not_arrived(self, session_id: str, query: str = "", *, limit: int = 50,
                           offset: int = 0) -> tuple[int, list[Attendee]]:
@@ -713,7 +838,7 @@ class ServerStore:
         waiting = ("FROM attendees AS a WHERE EXISTS (SELECT 1 FROM registrants AS r"
                    " WHERE r.session_id = ? AND r.code = a.code AND r.deleted = 0)"
                    " AND NOT EXISTS (SELECT 1 FROM scans AS c WHERE c.session_id = ?"
-                   " AND c.code = a.code AND c.decision = ?)"
+                   " AND c.decision = ? AND c.direction = 'in' AND c.code = a.code)"
                    + (f" AND {condition}" if condition else ""))
         head = [session_id, session_id, Decision.ADMITTED, *params]
         async with self._read() as db:
@@ -759,9 +884,14 @@ class ServerStore:
         """The next *limit* attendees (by code, after *after*) who are the session's
         registrants or were scanned for it: ``code, name, email`` (``None`` for a code
         no attendee has), ``registered``, ``first_admitted_at`` (the door's time) and
-        ``door`` of their first admission by time, ``reentries``, ``rejected``."""
+        ``door`` of their first admission by time, ``reentries``, ``rejected``,
+        ``overrides`` and ``time_in_session`` (seconds). Admissions are entrances'."""
         params = {"session": session_id, "after": after, "limit": limit}
         async with self._read() as db:
+            window = next(iter(await db.execute_fetchall(
+                "SELECT starts_at, ends_at, (SELECT max(julianday(scanned_at)) FROM scans"
+                "  WHERE session_id = :session) AS last FROM sessions"
+                " WHERE session_id = :session", params)), None)
             codes = [r["code"] for r in await db.execute_fetchall(
                 "SELECT code FROM registrants WHERE session_id = :session AND deleted = 0"
                 " AND code > :after UNION SELECT code FROM scans"
@@ -777,15 +907,22 @@ class ServerStore:
                 f" AND code IN ({marks})", head)}
             # min() makes the bare columns those of the earliest admission (SQLite's rule).
             admitted = {r["code"]: r for r in await db.execute_fetchall(
-                "SELECT code, min(julianday(scanned_at)), scanned_at, device_id, count(*) AS n"
-                " FROM scans WHERE session_id = ? AND decision = ?"
+                "SELECT code, min(julianday(scanned_at)), scanned_at, device_id, count(*) AS n,"
+                " count(*) FILTER (WHERE reason = ?) AS overrides"
+                " FROM scans WHERE session_id = ? AND decision = ? AND direction = 'in'"
                 f" AND code IN ({marks}) GROUP BY code",
-                [session_id, Decision.ADMITTED, *codes])}
+                [Reason.OVERRIDE, session_id, Decision.ADMITTED, *codes])}
+            moves = _moves(await db.execute_fetchall(
+                "SELECT code, decision, direction, reason, scanned_at FROM scans"
+                f" WHERE session_id = ? AND decision = ? AND code IN ({marks})",
+                [session_id, Decision.ADMITTED, *codes]))
+            last = None if window is None or window["last"] is None else await scalar(
+                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?)", (window["last"],))
             rejected = {r["code"]: r["n"] for r in await db.execute_fetchall(
                 "SELECT code, count(*) AS n FROM scans WHERE session_id = ? AND decision = ?"
                 f" AND code IN ({marks}) GROUP BY code",
                 [session_id, Decision.REJECTED, *codes])}
-        rows = []
+        rows, now = [], wall_stamp()
         for code in codes:
             person, first = people.get(code), admitted.get(code)
             rows.append({"code": code, "name": person["name"] if person else None,
@@ -794,7 +931,11 @@ class ServerStore:
                          "first_admitted_at": first["scanned_at"] if first else None,
                          "door": first["device_id"] if first else None,
                          "reentries": first["n"] - 1 if first else 0,
-                         "rejected": rejected.get(code, 0)})
+                         "rejected": rejected.get(code, 0),
+                         "overrides": first["overrides"] if first else 0,
+                         "time_in_session": time_in_session(
+                             moves[code], window["starts_at"], window["ends_at"], last, now)
+                         if first and window and code in moves else 0})
         return rows
 
     async def scans_export_page(self, session_id: str | None = None, after: int = 0,
@@ -806,7 +947,8 @@ class ServerStore:
         async with self._read() as db:
             rows = await db.execute_fetchall(
                 "SELECT rowid AS position, scan_id, device_id, session_id, code, decision,"
-                " reason, scanned_at, received_at, disagreement, clock_flag,"
+                " reason, scanned_at, received_at, disagreement, clock_flag, direction,"
+                " override_of, double_admission, over_capacity,"
                 " (julianday(received_at) - julianday(scanned_at)) * 86400.0 > :late"
                 "  AS uploaded_late"
                 " FROM scans WHERE rowid > :after"
@@ -827,12 +969,22 @@ async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> Ses
     if session_id is None:
         return None
     rows = await db.execute_fetchall(
-        "SELECT session_id, name, validate_registrants, starts_at, ends_at FROM sessions"
-        " WHERE session_id = ? AND deleted = 0", (session_id,))
+        "SELECT session_id, name, validate_registrants, starts_at, ends_at, capacity"
+        " FROM sessions WHERE session_id = ? AND deleted = 0", (session_id,))
     row = next(iter(rows), None)
     if row is None:
         return None
     return SessionInfo(**dict(row) | {"validate_registrants": bool(row["validate_registrants"])})
+
+
+async def _snapshot(db: aiosqlite.Connection, session_id: str | None) -> tuple[
+        int, SessionInfo | None, list[str], list[str]]:
+    cursor = await scalar(db, "SELECT seq FROM meta")
+    session = await _session_info(db, session_id)
+    attendees = [r["code"] for r in await db.execute_fetchall("SELECT code FROM attendees")]
+    registrants = [] if session is None else [r["code"] for r in await db.execute_fetchall(
+        "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0", (session_id,))]
+    return cursor, session, attendees, registrants
 
 
 async def _prune(db: aiosqlite.Connection, upto_seq: int) -> int:
@@ -929,6 +1081,33 @@ async def _codes_among(db: aiosqlite.Connection, select: str, params: list[Any],
         found.update(r["code"] for r in await db.execute_fetchall(
             f"{select} code IN ({_marks(chunk)})", [*params, *chunk]))
     return found
+
+
+def _moves(scans: Iterable[dict[str, Any]]) -> dict[str, list[tuple[str, bool]]]:
+    """Each code's entries (True) and exits (False) by door time, from scan rows."""
+    moves: dict[str, list[tuple[str, bool]]] = {}
+    for s in scans:
+        if s["decision"] != Decision.ADMITTED:
+            continue
+        if s["direction"] == Direction.IN:
+            moves.setdefault(s["code"], []).append((s["scanned_at"], True))
+        elif s["reason"] == Reason.REGISTERED:
+            moves.setdefault(s["code"], []).append((s["scanned_at"], False))
+    return moves
+
+
+def _times_in_session(scans: list[dict[str, Any]], starts_at: str | None,
+                      ends_at: str | None) -> dict[str, int]:
+    """{code: seconds in the session} for every code with an entry among *scans* (all of
+    the session's: the last of them bounds a stay still open when the session has no end)."""
+    last = max(scans, key=lambda s: instant(s["scanned_at"]))["scanned_at"] if scans else None
+    now = wall_stamp()
+    return {code: time_in_session(moves, starts_at, ends_at, last, now)
+            for code, moves in _moves(scans).items() if any(entry for _, entry in moves)}
+
+
+def _maybe_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
 
 
 def _marks(values: Iterable[Any]) -> str:

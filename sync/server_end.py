@@ -199,8 +199,15 @@ class ServerEnd(ProtocolEnd[ServerAction]):
                    for s in message.scans if isinstance(s, BadScan)]
         self._actions.append(StoreScans(message.batch, scans, refused))
 
+    @property
+    def wants_admissions(self) -> bool:
+        """The device's hello said it applies its session's admissions: its snapshot and
+        changes carry them (presence rows, kind ``admission``); an older door's do not."""
+        return self.hello is not None and bool(self.hello.admissions)
+
     def changed(self) -> None:
-        """The device's registrants, attendees or session changed on the server."""
+        """The device's registrants, attendees, session or admissions changed on the
+        server."""
         if self.state is ServerState.LIVE and not self._fetching:
             self._fetching = True
             self._actions.append(SendChanges(self.sent_cursor))
@@ -210,16 +217,25 @@ class ServerEnd(ProtocolEnd[ServerAction]):
     # -- answers to actions ----------------------------------------------------
 
     def send_snapshot(self, cursor: int, session: SessionInfo | None,
-                      attendees: list[str], registrants: list[str]) -> None:
-        """Queue the device's whole cache as of *cursor*, in parts."""
+                      attendees: list[str], registrants: list[str],
+                      admissions: list[str] | None = None,
+                      exits: list[str] | None = None) -> None:
+        """Queue the device's whole cache as of *cursor*, in parts. *admissions* (codes
+        inside) and *exits* (codes admitted who left) go only to a device that asked for
+        them (:attr:`wants_admissions`), as lists (empty too: the snapshot replaces what
+        the door knew); each list is split across the parts like the others."""
         self._expect_fetch()
+        shared = self.wants_admissions
+        lists = [attendees, registrants, *((admissions or [], exits or []) if shared else ())]
         step = MAX_ITEMS_PER_MESSAGE
-        parts = max(1, -(-len(attendees) // step), -(-len(registrants) // step))
+        parts = max(1, *(-(-len(items) // step) for items in lists))
         for index in range(parts):
+            part = [items[index * step:(index + 1) * step] for items in lists]
             self._send(Snapshot(epoch=self.view.epoch, cursor=cursor, part=index,
                                 last=index == parts - 1, session=session,
-                                attendees=attendees[index * step:(index + 1) * step],
-                                registrants=registrants[index * step:(index + 1) * step]))
+                                attendees=part[0], registrants=part[1],
+                                admissions=part[2] if shared else None,
+                                exits=part[3] if shared else None))
         self._fetched(cursor)
 
     def send_changes(self, since: int, cursor: int, changes: Iterable[Change]) -> None:
