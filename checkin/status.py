@@ -70,6 +70,7 @@ def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
     lines = [
         ("device", device_id),
         ("session", session),
+        ("inside", inside(s)),
         ("registrants cached", f"{s.registrants} (attendees {s.attendees})"),
         ("cursor", f"{s.cursor} (server epoch {s.epoch or 'none yet'})"),
         ("link", link_text),
@@ -80,6 +81,16 @@ def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
         ("last frame", _when(s.last_frame_at, now)),
     ]
     return "".join(f"{key + ':':<20}{value}\n" for key, value in lines)
+
+
+def inside(s: DeviceStatus) -> str:
+    """How many people the door counts inside its session, against the capacity."""
+    if s.session_id is None:
+        return "-"
+    if s.capacity is None:
+        return f"{s.inside} (no capacity set)"
+    full = " (full: newcomers are refused)" if s.inside >= s.capacity else ""
+    return f"{s.inside} of capacity {s.capacity}{full}"
 
 
 def _age(stamp: str | None, now: datetime) -> float | None:

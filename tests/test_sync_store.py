@@ -10,11 +10,12 @@ from dataclasses import replace
 
 import pytest
 
+from checkin import status as status_command
 from core.rules import Decision, Direction
 from sync.device_end import ApplyChanges, ApplySnapshot
 from sync.device_store import STORE_FILE, ScanRecord, UploadState
 from sync.messages import Change, ScanResult, SessionInfo
-from sync.store import SyncStore
+from sync.store import DeviceStatus, SyncStore
 from tests.conftest import CHECKIN
 from tests.system import process_env
 
@@ -122,12 +123,25 @@ def test_checkin_status_reports_the_device(tmp_path, make_config) -> None:
     lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
     assert lines["session"].strip() == 's1 "Workshop" (Validate Registrants on)'
     assert lines["registrants cached"].strip() == "1 (attendees 2)"
+    assert lines["inside"].strip() == "1 (no capacity set)"  # its own admission of A1
     assert lines["cursor"].strip() == "7 (server epoch e1)"
     assert lines["link"].strip() == "connected"
     assert lines["scans waiting"].strip() == "1"
     assert lines["scans quarantined"].strip() == "0"
     assert lines["last frame"].strip() == "never"
     assert "last sync" in lines
+
+
+def test_status_shows_inside_against_the_capacity() -> None:
+    status = DeviceStatus(
+        session_id="s1", session_name="W", validate_registrants=True, attendees=0,
+        registrants=0, epoch=None, cursor=0, connected=False, last_sync_at=None,
+        last_error=None, updated_at=None, scans_waiting=0, scans_quarantined=0,
+        scans_stored=0, last_frame_at=None, door_started_at=None, inside=3, capacity=40)
+    assert status_command.inside(status) == "3 of capacity 40"
+    assert status_command.inside(replace(status, inside=40)) == (
+        "40 of capacity 40 (full: newcomers are refused)")
+    assert status_command.inside(replace(status, session_id=None)) == "-"
 
 
 async def test_concurrent_writers_on_one_connection_take_turns(store) -> None:
