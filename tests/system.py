@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import select
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,12 @@ import pytest
 
 from checkin import harness
 from checkin.badges import Look
-from checkin.harness import decisions, free_port, wait_for
+from checkin.harness import Process, WaitFailed, decisions, free_port, wait_for
 from sync.device_end import CacheState, DeviceEnd, RecordResults
 from sync.messages import Scan
 
-__all__ = ["ADMIN", "Device", "Server", "free_port", "private_ca", "process_env",
-           "read_only_query", "wait_for"]
+__all__ = ["ADMIN", "Device", "DoorLines", "Server", "free_port", "private_ca",
+           "process_env", "read_only_query", "wait_for"]
 
 ADMIN = "test-admin-token"
 
@@ -60,18 +63,66 @@ class Server(harness.Server):
         return process_env()  # this module's, looked up at each start: a test may patch it
 
 
+class DoorLines:
+    """The decisions a running ``checkin door`` (started with a pipe) prints, read as they
+    come: :meth:`next` waits for the next one."""
+
+    def __init__(self, process: Process) -> None:
+        assert process.stdout is not None, "started without a pipe"
+        self.process = process
+        self._fd = process.stdout.fileno()
+        self._buffer = b""
+
+    def next(self, timeout: float = 60.0, what: str = "the door's next decision") -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitFailed(f"timed out waiting for {what} ({timeout:g} s)\n"
+                                 f"{self.process.tail()}")
+            readable, _, _ = select.select([self._fd], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    raise WaitFailed(f"waiting for {what}: {self.process} closed its output "
+                                     f"(exit {self.process.poll()})\n{self.process.tail()}")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def pending(self) -> bytes:
+        """What the door printed and :meth:`next` has not returned (read without waiting)."""
+        while select.select([self._fd], [], [], 0)[0]:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                break
+            self._buffer += chunk
+        return self._buffer
+
+
 class Device(harness.Device):
     """One door's files and processes, syncing with *sync_url* quickly (*server*: more
-    ``[server]`` keys)."""
+    ``[server]`` keys; *door* and *gpio*: ``[door]`` and ``[gpio]`` keys)."""
+
+    #: The mock override button of a door made with ``override=True``, and the file whose
+    #: every appended byte presses it (``[gpio] press_file``).
+    OVERRIDE_PIN = 5
+    PRESS_FILE = "press"
 
     def __init__(self, root: Path, device_id: str, sync_url: str, *, auth_retry: float = 0.5,
-                 debounce_seconds: float = 0.1, **server: Any) -> None:
+                 debounce_seconds: float = 0.1, door: Mapping[str, Any] | None = None,
+                 override: bool = False, **server: Any) -> None:
+        gpio = {"override_button": self.OVERRIDE_PIN, "press_file": self.PRESS_FILE} \
+            if override else {}
         super().__init__(root, device_id, server_url=sync_url,
                          camera={"fps": 40, "frames_per_image": 2},
                          scanner={"debounce_seconds": debounce_seconds},
                          server={"retry_min_seconds": 0.1, "retry_max_seconds": 0.5,
                                  "status_seconds": 1, "auth_retry_seconds": auth_retry,
-                                 **server})
+                                 **server},
+                         door=dict(door or {}), gpio=gpio)
+        self.press_file = root / self.PRESS_FILE
+        self.lines: DoorLines | None = None
 
     def start_sync(self) -> Device:
         super().start_sync("-v", env=process_env())
@@ -80,6 +131,23 @@ class Device(harness.Device):
     def stop_sync(self) -> int:
         assert self.sync is not None
         return self.sync.stop()
+
+    def start_live_door(self) -> DoorLines:
+        """Start ``checkin door`` for good (not ``--exit-when-done``): badges shown from
+        now on are decided as they come; read the decisions with :attr:`lines`."""
+        self.clear_frames()
+        self.lines = DoorLines(self.start_door("-v", env=process_env()))
+        return self.lines
+
+    def press(self) -> None:
+        """Press the door's (mock) override button once (a door made with ``override``)."""
+        with self.press_file.open("ab") as presses:
+            presses.write(b"p")
+
+    def presence(self) -> dict[str, bool]:
+        """Who this door's store counts inside (``True``) or gone out (``False``)."""
+        return {code: bool(inside)
+                for code, inside in self.query("SELECT code, inside FROM admissions")}
 
     def door(self, *payloads: str | bytes | None,
              look: Callable[[str | bytes | None], Look] = lambda payload: Look(),
