@@ -171,3 +171,46 @@ async def test_exports_page_through_large_logs(tmp_path: Path) -> None:
         assert rows[1][6] == "1" and rows[1000][6] == "0"  # C0000 scanned twice
     finally:
         await store.close()
+
+
+async def test_exports_show_exits_overrides_flags_and_minutes_in_session(tmp_path: Path) -> None:
+    """Issue 14: exits are not admissions; each attendee's whole minutes in the session and
+    staff overrides; each scan's direction, the scan an override overrules, its flags."""
+    from server.exports import attendance_csv, scans_csv
+
+    store = await ServerStore.open(tmp_path)
+    try:
+        await store.upsert_attendees([Attendee(c, c) for c in ("A1", "B2", "C3")])
+        await store.put_session(SessionInfo("s1", "Talk", False, "2026-11-28T10:00:00Z",
+                                            "2026-11-28T11:00:00Z", capacity=1))
+        start = datetime(2026, 11, 28, 10, tzinfo=UTC)
+        out = Scan("door-1-3", 3, "A1", "s1", "admitted", "registered",
+                   (start + timedelta(minutes=25, seconds=50)).isoformat(), 3, "b",
+                   direction="out")
+        override = Scan("door-2-2", 2, "B2", "s1", "admitted", "override",
+                        (start + timedelta(minutes=30)).isoformat(), 2, "b",
+                        override_of="door-2-1")
+        await store.store_scans(Device("door-1", "s1"), [
+            _scan(1, "A1", "s1", Decision.ADMITTED, Reason.REGISTERED, start), out])
+        await store.store_scans(Device("door-2", "s1"), [
+            _scan(1, "B2", "s1", Decision.REJECTED, Reason.FULL, start, "door-2"), override,
+            _scan(3, "C3", "s1", Decision.ADMITTED, Reason.REGISTERED,
+                  start - timedelta(minutes=5), "door-2")])
+        rows = _read(b"".join([c async for c in await attendance_csv(store, "s1")]))
+        by_code = {r[0]: dict(zip(ATTENDANCE_HEADER, r, strict=True)) for r in rows[1:]}
+        assert {c: (r["minutes_in_session"], r["overrides"], r["reentries"])
+                for c, r in by_code.items()} == {
+            "A1": ("25", "0", "0"),   # 25 min 50 s: whole minutes
+            "B2": ("30", "1", "0"),   # in by override at 10:30, to the end (11:00)
+            "C3": ("60", "0", "0")}   # before the start counts from the start
+        rows = _read(b"".join([c async for c in await scans_csv(store, "s1")]))
+        scans = {r[0]: dict(zip(SCANS_HEADER, r, strict=True)) for r in rows[1:]}
+        assert scans["door-1-3"]["direction"] == "out"
+        assert scans["door-1-1"]["direction"] == "in"
+        assert scans["door-2-2"]["override_of"] == "door-2-1"
+        # A1 had left (door-1's scans came first): B2 fits, C3 (uploaded after) does not.
+        assert scans["door-2-2"]["over_capacity"] == ""
+        assert scans["door-2-3"]["over_capacity"] == "2 inside, past the capacity of 1"
+        assert scans["door-1-1"]["double_admission"] == ""
+    finally:
+        await store.close()

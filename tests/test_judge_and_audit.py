@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -96,6 +97,24 @@ def test_no_disagreement_over_reasons_that_do_not_depend_on_membership(
     reason: Reason, validate: bool, attendee: bool, registrant: bool
 ) -> None:
     assert disagreement(scan(reason=reason), validate, attendee, registrant) is None
+
+
+@pytest.mark.parametrize(
+    ("validate", "attendee", "registrant"), list(itertools.product([True, False], repeat=3))
+)
+@pytest.mark.parametrize("reason", list(Reason))
+def test_no_disagreement_over_exits(reason: Reason, validate: bool, attendee: bool,
+                                    registrant: bool) -> None:
+    """An exit door refuses nobody: a person leaving is no admission to dispute."""
+    exit_scan = dataclasses.replace(scan(reason=reason), direction="out",
+                                    decision=reason.decision)
+    assert disagreement(exit_scan, validate, attendee, registrant) is None
+
+
+@pytest.mark.parametrize("reason", [Reason.OVERRIDE, Reason.FULL])
+def test_no_disagreement_over_overrides_and_capacity(reason: Reason) -> None:
+    for facts in itertools.product([True, False], repeat=3):
+        assert disagreement(scan(reason=reason), *facts) is None
 
 
 @pytest.mark.parametrize("reason", list(Reason))

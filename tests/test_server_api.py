@@ -111,6 +111,41 @@ def test_attendance_has_the_contract_shape(server) -> None:
     assert server.client.get("/api/sessions/nope/attendance").status_code == 404
 
 
+def test_a_session_capacity_is_an_integer_or_null(server) -> None:
+    sid = new_id("s")
+    created = server.api("PUT", f"/api/sessions/{sid}",
+                         {"name": "Room", "validate_registrants": False, "capacity": 40},
+                         expect=201)
+    assert created["capacity"] == 40
+    listed = {s["session_id"]: s for s in server.api("GET", "/api/sessions")}
+    assert listed[sid]["capacity"] == 40
+    for bad in (-1, 1.5, "40", True, 10_000_001):
+        answer = server.client.put(f"/api/sessions/{sid}", json={
+            "name": "Room", "validate_registrants": False, "capacity": bad})
+        assert answer.status_code == 400, bad
+        assert "capacity" in answer.json()["error"] and "integer" in answer.json()["error"]
+    assert server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants":
+                                                       False, "capacity": None})["capacity"] is None
+    unlimited = server.api("PUT", f"/api/sessions/{sid}", {"name": "Room",
+                                                            "validate_registrants": False})
+    assert unlimited["capacity"] is None  # left out: no limit, as null
+    server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants": False,
+                                               "capacity": 0}, expect=200)
+    listed = {s["session_id"]: s for s in server.api("GET", "/api/sessions")}
+    assert listed[sid]["capacity"] == 0
+
+
+def test_attendance_adds_the_doors_acting_as_one(server) -> None:
+    sid = new_id("s")
+    server.api("PUT", f"/api/sessions/{sid}", {"name": "T", "validate_registrants": False},
+               expect=201)
+    attendance = server.api("GET", f"/api/sessions/{sid}/attendance", expect=200)
+    assert {k: attendance[k] for k in ("inside", "overrides", "over_capacity",
+                                       "double_admissions", "time_in_session")} == {
+        "inside": 0, "overrides": 0, "over_capacity": [], "double_admissions": [],
+        "time_in_session": {}}
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
                                      {"Authorization": f"Basic {ADMIN}"},
                                      {"Authorization": "Bearer"}])

@@ -678,3 +678,55 @@ def test_a_reassigned_device_gets_a_snapshot_of_its_new_session() -> None:
     pump(device, server)
     assert device.actions()[-1] == ApplySnapshot("E1", 60, workshop, ["B1"], [])
     assert device.session_id == "workshop-2"
+
+
+# -- shared admissions (issue 14) -----------------------------------------------------
+
+
+def test_admissions_go_only_to_a_device_that_asked_for_them() -> None:
+    old = greeted(epoch=None)
+    assert not old.wants_admissions
+    old.data_to_send()
+    old.send_snapshot(100, KEYNOTE, ["A1"], [], ["A1"], ["B2"])
+    [text] = old.data_to_send()
+    assert not {"admissions", "exits"} & set(json.loads(text))  # as an older server's
+
+    new = greeted(epoch=None, admissions=True, allow_reentry=False)
+    assert new.wants_admissions and new.hello is not None and new.hello.allow_reentry is False
+    new.data_to_send()
+    new.send_snapshot(100, KEYNOTE, ["A1", "B2"], [])  # none inside yet: empty, not left out
+    [part] = frames(new)
+    assert (part.admissions, part.exits) == ([], [])
+
+
+def test_a_snapshot_splits_admissions_and_exits_into_parts_like_the_rest() -> None:
+    step = MAX_ITEMS_PER_MESSAGE
+    admissions = [f"I{i}" for i in range(2 * step + 5)]
+    exits = [f"O{i}" for i in range(step + 1)]
+    device = DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0), admissions=True)
+    server = ServerEnd(VIEW)
+    pump(device, server)
+    assert server.actions() == [SendSnapshot()] and server.wants_admissions
+    server.send_snapshot(100, KEYNOTE, ["A1"], ["A1"], admissions, exits)
+    texts = server.data_to_send()
+    parts = [parse_server_message(t) for t in texts]
+    assert [len(p.admissions) for p in parts] == [step, step, 5]
+    assert [len(p.exits) for p in parts] == [step, 1, 0]
+    assert [len(p.attendees) for p in parts] == [1, 0, 0]
+    device.actions()
+    for text in texts:
+        device.receive(text)
+    assert device.actions() == [ApplySnapshot("E1", 100, KEYNOTE, ["A1"], ["A1"], admissions,
+                                              exits)]
+
+
+def test_admission_changes_reach_the_device_in_the_change_stream() -> None:
+    end = greeted(cursor=60, admissions=True)
+    assert end.actions() == [SendChanges(60)]
+    changes = [Change(61, "admission", code="A1", inside=True),
+               Change(62, "admission", code="B2", inside=False)]
+    end.send_changes(60, 62, changes)
+    [_, sent] = frames(end)
+    assert sent == Changes(epoch="E1", since=60, cursor=62, changes=changes)
+    end.changed()  # another door's admission: the changes since what was sent
+    assert end.actions() == [SendChanges(62)]

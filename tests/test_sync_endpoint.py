@@ -7,6 +7,7 @@ understands; a well-behaved device connected beside it keeps being served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from sync.device_end import ApplyChanges, ApplySnapshot
+from sync.device_end import ApplyChanges, ApplySnapshot, CacheState, DeviceEnd
 from sync.messages import Scan
 from tests.system import Server, SyncClient
 
@@ -148,3 +149,40 @@ async def test_bad_peers_do_not_disturb_a_connected_device(server) -> None:
         assert [(c.kind, c.code, c.deleted) for c in change.changes] == [
             ("registrant", "A1", False)]
     server.api("DELETE", "/api/sessions/s1/registrants/A1", expect=204)
+
+
+async def test_an_admission_at_one_door_reaches_the_sessions_other_doors(server) -> None:
+    """Issue 14: doors whose hello asks for admissions hear of each other's at once (the
+    hub's fan-out after the scans are stored); an older door is sent none; the hello's
+    allow_reentry lets the audit flag an admission another door's earlier one refuses."""
+    session = f"s-{uuid.uuid4().hex[:8]}"
+    server.api("PUT", f"/api/sessions/{session}", {"name": "Doors", "validate_registrants":
+                                                    False, "capacity": 1})
+    (one_id, one_token), (two_id, two_token), (old_id, old_token) = (
+        device(server, session) for _ in range(3))
+    async with (open_ws(server, one_token) as ws1, open_ws(server, two_token) as ws2,
+                open_ws(server, old_token) as ws3):
+        one, two, old = SyncClient(ws1, one_id), SyncClient(ws2, two_id), SyncClient(ws3, old_id)
+        for client in (one, two):
+            client.end = DeviceEnd(client.end.device_id, "test", CacheState(None, None, 0),
+                                   admissions=True, allow_reentry=False)
+        for client in (one, two, old):
+            snapshot = await client.until(ApplySnapshot)
+            assert snapshot.session is not None and snapshot.session.capacity == 1
+        first = scan(session)
+        await one.push(first)
+        change = await two.until(ApplyChanges, timeout=5)
+        assert [(c.kind, c.code, c.inside) for c in change.changes] == [("admission", "A1",
+                                                                        True)]
+        # Door two, offline before, uploads its own earlier admission of A1.
+        earlier = Scan(str(uuid.uuid4()), 1, "A1", session, "admitted", "registered",
+                       "2020-01-01T00:00:00+00:00", 1, "boot")
+        await two.push(earlier)
+        await old.flush()
+        with contextlib.suppress(TimeoutError):
+            while True:  # the older door may hear that the cursor moved, never admissions
+                changed = await old.until(ApplyChanges, timeout=1)
+                assert all(c.kind != "admission" for c in changed.changes)
+    attendance = server.attendance(session)
+    assert attendance["double_admissions"] == [first.scan_id]
+    assert attendance["inside"] == 1 and attendance["over_capacity"] == []
