@@ -116,7 +116,7 @@ def import_attendees(seen: Visit) -> None:
     seen.shoot("attendees")
 
 
-def create_session(seen: Visit, name: str, *, validate: bool) -> str:
+def create_session(seen: Visit, name: str, *, validate: bool, capacity: str = "") -> str:
     """Create a session on the page; its id (made from the name)."""
     page = seen.page
     page.click("#main-nav >> text=Sessions")
@@ -125,6 +125,7 @@ def create_session(seen: Visit, name: str, *, validate: bool) -> str:
     page.fill("#starts_at", "2026-06-11T14:00")
     page.fill("#ends_at", "2026-06-11T15:30")
     page.set_checked("#validate_registrants", validate)
+    page.fill("#capacity", capacity)
     if validate:
         seen.shoot("session-new")
     page.click("#session-save")
@@ -132,6 +133,14 @@ def create_session(seen: Visit, name: str, *, validate: bool) -> str:
     expect(page.locator("#session-name")).to_have_text(name)
     expect(page.locator("#validate-state")).to_have_text("on" if validate else "off")
     expect(page.locator("#registered-count")).to_have_text("0")
+    expect(page.locator("#inside-count")).to_have_text("0")
+    if capacity:
+        expect(page.locator("#inside")).to_have_text(f"Inside now: 0 of {capacity}",
+                                                     use_inner_text=True)
+    else:
+        expect(page.locator("#inside")).to_have_text("Inside now: 0 (no capacity limit)",
+                                                     use_inner_text=True)
+    expect(page.locator("#capacity")).to_have_value(capacity)
     return page.url.rsplit("/", 1)[1].split("?")[0].split("#")[0]
 
 
@@ -299,7 +308,8 @@ def test_walkthrough(chromium: Browser, browsing: Visit) -> None:
     page = browsing.page
     sign_in(browsing)
     import_attendees(browsing)
-    workshop = create_session(browsing, "Workshop: Writing Good Tests", validate=True)
+    workshop = create_session(browsing, "Workshop: Writing Good Tests", validate=True,
+                              capacity="30")
     add_by_search(browsing, "turing", ["Alan Turing"], shoot="session-add-registrants")
     add_by_search(browsing, "ada", ["Ada Lovelace"])
     import_registrants(browsing, workshop)
@@ -318,6 +328,7 @@ def test_walkthrough(chromium: Browser, browsing: Visit) -> None:
     row = table.locator(f"tr[data-session-id='{workshop}']")
     expect(row.locator("td").nth(column(table, "Validate Registrants"))).to_have_text("on")
     expect(row.locator("td").nth(column(table, "Registered"))).to_have_text("5")
+    expect(row.locator("td").nth(column(table, "Inside"))).to_have_text("0 of 30")
     browsing.shoot("sessions")
     # The server agrees with the pages: what the doors will get.
     rows = read_only_query(browsing.server.data_dir / SERVER_FILE,
@@ -386,3 +397,34 @@ def test_delete_page_removes_the_registrants_in_one_click(browsing: Visit) -> No
     expect(page.locator("#flash")).to_contain_text("Session “Moved online” deleted")
     page.goto(f"/sessions/{session_id}")
     expect(page.locator("#error-message")).to_contain_text("no session")
+
+
+def test_capacity_is_checked_by_the_browser_and_by_the_server(browsing: Visit) -> None:
+    """The Capacity field: the browser itself refuses a negative number (the form is not
+    sent); a value that reaches the server anyway is refused with a page naming the field;
+    a good one is saved, and emptied means no limit again."""
+    page = browsing.page
+    sign_in(browsing)
+    session_id = create_session(browsing, "Small room", validate=False, capacity="12")
+    page.fill("#capacity", "-3")
+    page.click("#session-save")
+    assert page.locator("#capacity").evaluate("field => !field.validity.valid")
+    expect(page).to_have_url(re.compile(re.escape(f"/sessions/{session_id}") + "$"))
+    # Past the browser's check (an old browser, a script): the server's own.
+    page.locator("#capacity").evaluate("field => { field.removeAttribute('min'); "
+                                       "field.type = 'text'; field.value = 'lots'; }")
+    page.click("#session-save")
+    expect(page.locator("#error-message")).to_contain_text(
+        "capacity 'lots': expected a whole number of people from 0 to 10,000,000, or "
+        "empty for no limit")
+    page.go_back()
+    page.reload()
+    expect(page.locator("#capacity")).to_have_value("12")
+    page.fill("#capacity", "")
+    page.click("#session-save")
+    expect(page.locator("#flash")).to_contain_text("Session saved")
+    expect(page.locator("#inside")).to_have_text("Inside now: 0 (no capacity limit)",
+                                                 use_inner_text=True)
+    capacity = {s["session_id"]: s["capacity"] for s in browsing.server.api("GET",
+                                                                            "/api/sessions")}
+    assert capacity[session_id] is None

@@ -10,18 +10,25 @@ Timeouts here only stop a hang; nothing asserts on speed (bench/live.py measures
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
+from websockets.asyncio.client import connect
 
 from checkin.harness import door_config, toml
+from sync.device_end import ApplySnapshot
+from sync.messages import Scan
 from tests.browser import STEP_TIMEOUT_MS, Visit
-from tests.system import ADMIN, Device, Server, process_env, wait_for
+from tests.system import ADMIN, Device, Server, SyncClient, process_env, wait_for
 
 expect.set_options(timeout=STEP_TIMEOUT_MS)
 
@@ -198,7 +205,7 @@ def check_exports(page: Page) -> None:
     assert set(attendance) == {"ATT-0001", "ATT-0002", "ATT-0003", "ATT-0004", "ATT-0005"}
     assert list(next(iter(attendance.values()))) == [
         "code", "name", "email", "registered", "first_admitted_at", "door", "reentries",
-        "rejected_attempts"]
+        "rejected_attempts", "minutes_in_session", "overrides"]
     for code, row in attendance.items():
         name, email = HOSTILE[code]
         assert (row["name"], row["email"]) == (safe(name), safe(email)), row
@@ -215,3 +222,100 @@ def check_exports(page: Page) -> None:
         ("ATT-0001", "admitted", "registered", "door-1", SESSION),
         ("ATT-0004", "rejected", "not_registered", "door-1", SESSION)]
     assert {r["uploaded_late"] for r in scans} == {"no"}
+
+
+# -- two doors of one session: inside now, capacity, overrides, the audit's flags ---------
+
+
+def door_scan(code: str, seq: int, minutes_ago: float, *, reason: str = "registered",
+              decision: str = "admitted", direction: str | None = None,
+              override_of: str | None = None) -> Scan:
+    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return Scan(str(uuid.uuid4()), seq, code, "hall", decision, reason, at.isoformat(), seq,
+                "boot", direction=direction, override_of=override_of)
+
+
+def push(server: Server, device_id: str, *scans: Scan) -> None:
+    """*scans* uploaded by door *device_id* over the sync protocol (as its daemon would),
+    from a thread of its own: the browser's driver keeps this one."""
+
+    async def upload() -> None:
+        token = server.provision(device_id, "hall")
+        async with connect(server.sync_url,
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            door = SyncClient(ws, device_id)
+            await door.until(ApplySnapshot)
+            stored = await door.push(*scans)
+            assert {r.result for r in stored.results} == {"accepted"}, stored
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, upload()).result()
+
+
+def test_inside_now_capacity_overrides_and_flags_follow_the_doors(browsing: Visit,
+                                                                  server: Server) -> None:
+    """A hall of capacity 2 with an entrance at the front, one at the side and an exit:
+    the live page counts who is inside against the capacity, says "full", counts the
+    staff overrides, and shows the audit's flags (the side door was offline: its
+    admissions went past the capacity, and one admitted someone the front had admitted)
+    with the scan log naming the door and the scan, all without a reload."""
+    server.api("POST", "/api/attendees",
+               [{"code": code, "name": name} for code, (name, _) in HOSTILE.items()],
+               expect=200)
+    server.api("PUT", "/api/sessions/hall", {"name": "Main hall", "validate_registrants": False,
+                                            "capacity": 2}, expect=201)
+    page = browsing.page
+    sign_in(page)
+    page.goto("/sessions/hall/live")
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    expect(page.locator("#inside")).to_have_text("Inside now: 0 of 2", use_inner_text=True)
+    expect(page.locator("#at-capacity")).to_be_hidden()
+    expect(page.locator("#audit-flags")).to_be_hidden()
+    expect(page.locator("#overrides-count")).to_have_text("0")
+    page.evaluate("window.__same_page = true")
+
+    first = door_scan("ATT-0001", 1, 20)
+    push(server, "front", first, door_scan("ATT-0002", 2, 19))
+    expect(page.locator("#inside-count")).to_have_text("2")
+    expect(page.locator("#at-capacity")).to_be_visible()
+    expect(page.locator("#inside")).to_have_text("Inside now: 2 of 2 full",
+                                                 use_inner_text=True)
+
+    # The side door, offline meanwhile, let two in (one of them admitted at the front
+    # already), refused a third as full and staff overrode it.
+    refused = door_scan("ATT-0004", 3, 15, decision="rejected", reason="full")
+    push(server, "side", door_scan("ATT-0003", 1, 18), door_scan("ATT-0001", 2, 17), refused,
+         door_scan("ATT-0004", 4, 14.9, reason="override", override_of=refused.scan_id))
+    expect(page.locator("#overrides-count")).to_have_text("1")
+    expect(page.locator("#audit-flags")).to_be_visible()
+    expect(page.locator("#double-admissions-count")).to_have_text("1")
+    # Over capacity: ATT-0003 (3 inside) and the override (4); ATT-0001 was inside already.
+    expect(page.locator("#over-capacity-count")).to_have_text("2")
+    expect(page.locator("#inside-count")).to_have_text("4")
+
+    # Two leave through the exit door.
+    push(server, "exit", door_scan("ATT-0002", 1, 5, direction="out"),
+         door_scan("ATT-0003", 2, 4, direction="out"))
+    expect(page.locator("#inside")).to_have_text("Inside now: 2 of 2 full",
+                                                 use_inner_text=True)
+    assert page.evaluate("window.__same_page === true"), "the page was reloaded"
+    browsing.shoot("live-attendance-capacity")
+
+    # The flags lead to the scans: which door, which scan.
+    page.click("#double-admissions-link")
+    rows = page.locator("#scans-table tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("side")
+    expect(rows.first).to_contain_text("double admission")
+    page.locator("#scan-filters a[data-show=all]").click()
+    expect(rows).to_have_count(8)
+    exit_row = page.locator('#scans-table tr.exit[data-code="ATT-0002"]')
+    expect(exit_row.locator("td.direction")).to_have_text("out")
+    override = page.locator('#scans-table tr[data-code="ATT-0004"]', has_text="override of")
+    expect(override).to_contain_text(f"override of {refused.scan_id[:8]}")
+    browsing.shoot("scan-log")
+
+    page.goto(OVERVIEW_PAGE)
+    row = page.locator('#overview-table tr[data-session-id="hall"]')
+    expect(row).to_contain_text("2 of 2")
+    expect(row.locator(".flag-mark")).to_have_text("3 flagged")

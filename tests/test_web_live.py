@@ -298,8 +298,8 @@ def test_the_scan_log_shows_each_door_direction_override_and_flag(
         rows = rows_of(page.text, "scans-table")
         assert set(rows) == {s.scan_id for s in hall.values()}
         out = rows[hall["ann_out"].scan_id]
-        assert 'class="exit"' in out and '<td class="direction">out</td>' in out
-        assert '<td class="direction">in</td>' in rows[hall["ann_in"].scan_id]
+        assert 'class="exit"' in out and '<td class="direction" data-label="In/out">out</td>' in out
+        assert '<td class="direction" data-label="In/out">in</td>' in rows[hall["ann_in"].scan_id]
         assert "<code>front</code>" in out
         override = rows[hall["d4_override"].scan_id]
         assert "<code>side</code>" in override
@@ -384,12 +384,12 @@ def test_time_in_session_per_attendee(server: Server, hall: dict[str, Scan]) -> 
         assert page.status_code == 200, page.text
         rows = rows_of(page.text, "attendance-table")
         assert {"A1", "C3", "D4", XSS.replace("<", "&lt;").replace(">", "&gt;")} >= set(rows)
-        minutes = {code: re.search(r'class="num minutes">([^<]*)<', row).group(1)
+        minutes = {code: re.search(r'class="num minutes"[^>]*>([^<]*)<', row).group(1)
                    for code, row in rows.items()}
         # Ann: in 30 minutes ago, out 10 minutes later, in again 15 minutes ago until the
         # session's end 3 minutes ago: 10 + 12 minutes. Cleo: 25 - 3.
         assert (minutes["A1"], minutes["C3"]) == ("22", "22")
-        assert 'class="num">1</td>' in rows["D4"]  # one override
+        assert 'data-label="Overrides">1</td>' in rows["D4"]  # one override
         assert "Traceback" not in page.text and XSS not in page.text
         bad = client.get("/sessions/hall/attendance", params={"after": "\x01"})
         assert bad.status_code == 400 and "after" in bad.text
