@@ -315,6 +315,19 @@ def test_inside_now_capacity_overrides_and_flags_follow_the_doors(browsing: Visi
     expect(override).to_contain_text(f"override of {refused.scan_id[:8]}")
     browsing.shoot("scan-log")
 
+    # Minutes in session: stays from an entrance to the exit; a stay still open counts up
+    # to the session's last scan (the hall has no end time).
+    page.goto("/sessions/hall/live")
+    page.click("#time-in-session-link")
+    minutes = {code: page.locator(f'#attendance-table tr[data-code="{code}"] td.minutes')
+               for code in ("ATT-0001", "ATT-0002", "ATT-0003", "ATT-0004")}
+    for code, expected in (("ATT-0001", "16"), ("ATT-0002", "14"), ("ATT-0003", "14"),
+                           ("ATT-0004", "10")):
+        expect(minutes[code]).to_have_text(expected)
+    expect(page.locator('#attendance-table tr[data-code="ATT-0002"]')).to_contain_text(
+        "<script>alert('x')</script> Turing")
+    browsing.shoot("time-in-session")
+
     page.goto(OVERVIEW_PAGE)
     row = page.locator('#overview-table tr[data-session-id="hall"]')
     expect(row).to_contain_text("2 of 2")
