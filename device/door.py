@@ -25,7 +25,6 @@ import json
 import logging
 import signal
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -56,6 +55,19 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between attempts to reopen a failing camera or store.
 MAX_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One new payload, decided and recorded (or not) on the store's thread."""
+
+    scan_id: str
+    code: str
+    #: The door's wall time of the decision (ISO 8601).
+    at: str
+    #: What was wrong with an invalid payload.
+    detail: str | None
+    decided: Decided
 
 
 @dataclass
@@ -112,7 +124,7 @@ class Door:
                         retry = min(retry * 2, MAX_RETRY_SECONDS)
                         continue
                 try:
-                    at_ns, payloads = await asyncio.to_thread(self._capture, source)
+                    at_ns, outcomes = await self._next_frame(source)
                 except SourceExhausted:
                     log.info("frame source exhausted")
                     if exit_when_done:
@@ -132,7 +144,7 @@ class Door:
                 retry = 0.5
                 self._frame_seen()
                 frames_since_note += 1
-                if await self._handle_frame(at_ns, payloads):
+                if self._signal_all(outcomes):
                     source.flush()
                 if at_ns - last_note_ns >= self.config.door.heartbeat_seconds * 1e9:
                     await self._note(last_frame_at=wall_now().isoformat(), frames=frames_since_note)
@@ -184,6 +196,7 @@ class Door:
             self.store = None
 
     def _capture(self, source: FrameSource) -> tuple[int, list[bytes]]:
+        # on a worker thread: the store's, or asyncio's while the store is not open
         with source.capture(self.config.camera.timeout) as frame:
             return frame.at_ns, self.decoder.decode(frame.pixels)
 
@@ -194,16 +207,37 @@ class Door:
             self._ready_sent = True
         notify("WATCHDOG=1")
 
-    async def _handle_frame(self, at_ns: int, payloads: list[bytes]) -> bool:
-        decided = False
-        for raw in payloads:
-            if self.debouncer.is_new(raw, at_ns):
-                await self.handle_payload(raw)
-                decided = True
-        return decided
+    async def _next_frame(self, source: FrameSource) -> tuple[int, list[Outcome]]:
+        """Capture and decode the next frame, and decide and record each new payload in
+        it: one hop to the store's thread and back (the door's own thread, where the
+        store's connection lives), so the LED waits for no other thread."""
+        desk = self.desk
+        if desk is not None:
+            return await desk.run(self._capture_and_decide, source, desk)
+        # No store yet: capture anywhere, then try to open it for each new payload.
+        at_ns, payloads = await asyncio.to_thread(self._capture, source)
+        return at_ns, [await self._decide(raw) for raw in self._new(at_ns, payloads)]
+
+    def _capture_and_decide(self, source: FrameSource,
+                            desk: DoorStore) -> tuple[int, list[Outcome]]:
+        at_ns, payloads = self._capture(source)  # on the store's thread
+        return at_ns, [self._decide_here(desk, raw) for raw in self._new(at_ns, payloads)]
+
+    def _new(self, at_ns: int, payloads: list[bytes]) -> list[bytes]:
+        return [raw for raw in payloads if self.debouncer.is_new(raw, at_ns)]
 
     async def handle_payload(self, raw: bytes) -> Reason:
         """Decide, record and signal one new payload; return the reason signalled."""
+        return self._signal(await self._decide(raw))
+
+    async def _decide(self, raw: bytes) -> Outcome:
+        desk = await self._ensure_desk()
+        if desk is None:
+            return self._decide_here(None, raw)
+        return await desk.run(self._decide_here, desk, raw)
+
+    def _decide_here(self, desk: DoorStore | None, raw: bytes) -> Outcome:
+        """Look up, decide and record one payload, on the store's thread."""
         payload = parse_payload(raw)
         now = wall_now()
         scan_id = str(uuid.uuid4())
@@ -219,34 +253,40 @@ class Door:
                 decision=reason.decision, reason=reason.value, scanned_at=now.isoformat(),
                 monotonic_ns=monotonic_ns(), boot_id=boot_id(), direction=direction)
 
-        decided = await self._decide_and_record(payload.code, judge, record)
+        try:
+            if desk is None:
+                raise StoreError("the store is not open")
+            decided = desk.decide_and_record_in_thread(payload.code, judge, record)
+        except StoreError as exc:
+            decided = Decided(Facts(session=None), Reason.NOT_READY, None, str(exc))
+        return Outcome(scan_id, code, now.isoformat(), payload.error, decided)
+
+    def _signal_all(self, outcomes: list[Outcome]) -> bool:
+        for outcome in outcomes:
+            self._signal(outcome)
+        return bool(outcomes)
+
+    def _signal(self, outcome: Outcome) -> Reason:
+        """Show, print and count a recorded decision (or not_ready if it was not
+        recorded); then let the sync daemon know, off the frame-to-LED path."""
+        decided = outcome.decided
         reason = decided.reason if decided.seq is not None else Reason.NOT_READY
         if decided.seq is None:
-            log.error("cannot record the scan of %s (%s): signalling not_ready", code,
+            log.error("cannot record the scan of %s (%s): signalling not_ready", outcome.code,
                       decided.error)
             self.stats.unrecorded += 1
         self.indicators.show(reason)
-        self._emit(scan_id, decided.seq, code, decided.facts.session_id, reason,
-                   now.isoformat(), payload.error, direction)
+        self._emit(outcome.scan_id, decided.seq, outcome.code, decided.facts.session_id,
+                   reason, outcome.at, outcome.detail, self.policy.direction)
         self._count(reason)
-        if self.overrides.may_override(reason, decided.seq is not None,
-                                       decided.facts.session_id):
-            assert decided.facts.session_id is not None
-            self.overrides.rejected(Rejection(scan_id, code, decided.facts.session_id, reason,
-                                              monotonic_ns()))
+        session_id = decided.facts.session_id
+        if session_id is not None and self.overrides.may_override(
+                reason, decided.seq is not None, session_id):
+            self.overrides.rejected(Rejection(outcome.scan_id, outcome.code, session_id,
+                                              reason, monotonic_ns()))
         if decided.seq is not None:
-            self.poker.poke()  # after the signal: off the frame-to-LED path
+            self.poker.poke()
         return reason
-
-    async def _decide_and_record(self, code: str | None, judge: Callable[[Facts], Reason],
-                                 record: Callable[[Facts, Reason], ScanRecord]) -> Decided:
-        try:
-            desk = await self._ensure_desk()
-            if desk is None:
-                raise StoreError("the store is not open")
-            return await desk.decide_and_record(code, judge, record)
-        except StoreError as exc:
-            return Decided(Facts(session=None), Reason.NOT_READY, None, str(exc))
 
     def press(self, at_ns: int) -> None:
         """The override button was pressed at monotonic *at_ns* (called on the loop)."""

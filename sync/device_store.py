@@ -132,7 +132,7 @@ class DoorStore:
     async def open(cls, data_dir: Path | str) -> Self:
         store = cls(Path(data_dir) / STORE_FILE)
         try:
-            await store._call(store._connect)
+            await store.run(store._connect)
         except StoreError:
             store._thread.shutdown(wait=False)
             raise
@@ -153,20 +153,23 @@ class DoorStore:
             raise
         self._db = db
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store's thread, where it may call the ``*_in_thread``
+        methods (the door captures, decodes and decides there in one hop)."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._call(self._db.close)
+        db, self._db = self._db, None
+        if db is not None:
+            await self.run(db.close)
         self._thread.shutdown(wait=True)
 
     async def facts(self, code: str | None) -> Facts:
         """What the decision needs to know about *code* (the lookup alone)."""
-        return await self._call(self._facts, code)
+        return await self.run(self.facts_in_thread, code)
 
     async def decide_and_record(
         self, code: str | None, judge: Callable[[Facts], Reason],
@@ -178,27 +181,35 @@ class DoorStore:
         lookup that fails raises :class:`StoreError`; a write that fails is returned
         as ``Decided(seq=None, error=...)``, with what was looked up and decided.
         """
-        return await self._call(self._decide_and_record, code, judge, record)
+        return await self.run(self.decide_and_record_in_thread, code, judge, record)
 
     async def record(self, scan: ScanRecord) -> int:
         """Commit *scan* durably (e.g. a staff override); return its seq."""
-        return await self._call(self._insert, scan)
+        return await self.run(self._insert, scan)
 
-    def _facts(self, code: str | None) -> Facts:
-        assert self._db is not None
+    def facts_in_thread(self, code: str | None) -> Facts:
+        """:meth:`facts`, called on the store's thread (inside :meth:`run`)."""
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is closed")
         return facts_of(self._db.execute(FACTS_SQL, {"code": code or ""}).fetchall())
 
     def _insert(self, scan: ScanRecord) -> int:
-        assert self._db is not None
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is closed")
         seq = self._db.execute(_INSERT_SCAN, _scan_row(scan)).lastrowid
         assert seq is not None
         return seq
 
-    def _decide_and_record(
+    def decide_and_record_in_thread(
         self, code: str | None, judge: Callable[[Facts], Reason],
         record: Callable[[Facts, Reason], ScanRecord],
     ) -> Decided:
-        facts = self._facts(code)
+        """:meth:`decide_and_record`, called on the store's thread (inside :meth:`run`;
+        elsewhere sqlite3 refuses the connection)."""
+        try:
+            facts = self.facts_in_thread(code)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
         reason = judge(facts)
         try:
             return Decided(facts, reason, self._insert(record(facts, reason)))
