@@ -12,6 +12,7 @@ from device.config import GpioConfig
 from device.indicators.mirror import read_pins
 from device.indicators.patterns import PATTERNS, Step
 from device.indicators.signals import IndicatorError, Indicators, make_pin_factory
+from device.override import press_mock_pin
 
 GREEN, RED, BUZZER = 17, 27, 22
 
@@ -149,3 +150,22 @@ async def test_mirrored_mock_pins_publish_their_levels_for_another_process(tmp_p
 def test_a_mirror_file_that_cannot_be_made_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(IndicatorError, match="cannot open pin mirror file"):
         make_pin_factory("mock", mirror_file=tmp_path / "missing" / "pins")
+
+
+def test_the_override_button_is_an_input_pressed_low() -> None:
+    ind = Indicators.from_config(GpioConfig("mock", GREEN, RED, BUZZER, override_button=5))
+    try:
+        assert ind.button is not None and not ind.button.is_pressed
+        presses: list[int] = []
+        ind.button.when_pressed = lambda: presses.append(1)
+        press_mock_pin(ind.button.pin)
+        assert presses == [1] and not ind.button.is_pressed  # released again
+    finally:
+        ind.close()
+    assert ind.button.closed
+
+
+def test_an_override_button_on_a_pin_in_use_is_a_clear_error() -> None:
+    # the config refuses this; the adapter still says what went wrong, never a traceback
+    with pytest.raises(IndicatorError, match="cannot set up the override button on pin 17"):
+        Indicators.from_config(GpioConfig("mock", GREEN, RED, BUZZER, override_button=GREEN))

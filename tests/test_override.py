@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ from core.rules import Reason, SessionRules
 from device.config import parse_config
 from device.door import Door
 from device.indicators.signals import Indicators
-from device.override import Overrides, Rejection
+from device.override import PRESS_FILE_INTERVAL, Overrides, PressFile, Rejection
 from device.scanner.decoders import make_decoder
 from sync.device_store import Store
 from tests.conftest import fill_store
@@ -206,3 +207,26 @@ def test_a_door_subprocess_is_pressed_through_its_press_file(tmp_path) -> None:
     assert admitted["code"] == "A1"  # the next line: the second press printed nothing
     assert "nothing to override (the latest was overridden already)" in \
         device.door_log.read_text()
+
+
+async def test_the_press_file_presses_once_per_byte_appended_after_the_start(tmp_path) -> None:
+    path = tmp_path / "presses"
+    path.write_bytes(b"old")  # there before the door started: not presses
+    presses: list[int] = []
+    press_file = PressFile(path, lambda: presses.append(1))
+    press_file.start()
+    try:
+        with path.open("ab") as f:
+            f.write(b"ppp")
+        while len(presses) < 3:
+            await asyncio.sleep(0.01)
+        (tmp_path / "new").write_bytes(b"p")
+        (tmp_path / "new").replace(path)  # replaced by a shorter file: counting starts again
+        await asyncio.sleep(PRESS_FILE_INTERVAL * 3)
+        with path.open("ab") as f:
+            f.write(b"p")
+        while len(presses) < 4:
+            await asyncio.sleep(0.01)
+    finally:
+        await press_file.stop()
+    assert len(presses) == 4
