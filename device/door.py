@@ -5,10 +5,11 @@ scan is committed to the store *before* the LEDs, the buzzer and the output
 line say anything, and a scan that cannot be recorded is signalled
 ``not_ready``: the door never admits anyone it cannot count.
 
-Capturing and decoding run in a worker thread (zxing-cpp releases the GIL), so
-the event loop stays free. The lookup, the decision and the durable write are one
-call on the door's own database thread (:class:`sync.device_store.DoorStore`);
-the rest of the store (the door's status notes) is reached through aiosqlite.
+Each frame is one hop to the door's own database thread
+(:class:`sync.device_store.DoorStore`) and back: there the frame is captured and
+decoded (zxing-cpp releases the GIL) and each new payload looked up, decided and
+committed, so the event loop stays free and the LED waits for no other thread.
+The rest of the store (the door's status notes) is reached through aiosqlite.
 After signalling, the door pokes the sync daemon (:mod:`sync.wake`), off the
 frame-to-LED path.
 
