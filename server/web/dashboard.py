@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from core.database import StoreError
+from core.rules import Direction, Reason
 from core.shapes import identifier
 from server import exports
 from server.live import CHANGED, Live, session_topic
@@ -152,9 +153,8 @@ async def overview_data(store: ServerStore, connected: frozenset[str]) -> dict[s
             "registered": attendance["registered"], "admitted": attendance["admitted"],
             "not_arrived": attendance["not_arrived"], "rejected": attendance["rejected"],
             "reentries": attendance["reentries"],
-            "inside": attendance.get("inside", 0), "capacity": attendance.get("capacity"),
-            "flagged_admissions": (attendance.get("over_capacity", 0)
-                                   + attendance.get("double_admissions", 0)),
+            "inside": attendance["inside"], "capacity": attendance["capacity"],
+            "flagged_admissions": attendance["over_capacity"] + attendance["double_admissions"],
             "doors": len(mine), "doors_online": sum(1 for d in mine if d["connected"]),
             "not_final": bool(_unsettled(mine))})
     return {"sessions": sessions, "at": _stamp(datetime.now(UTC))}
@@ -379,12 +379,11 @@ ScanRow = dict[str, Any]
 SCAN_FILTERS: dict[str, tuple[str, Callable[[ScanRow], bool]]] = {
     "all": ("Every scan", lambda s: True),
     "flagged": ("Scans the audit flagged", lambda s: bool(
-        s.get("double_admission") or s.get("over_capacity") or s.get("disagreement")
-        or s.get("clock_flag"))),
-    "double_admission": ("Double admissions", lambda s: bool(s.get("double_admission"))),
-    "over_capacity": ("Admissions over capacity", lambda s: bool(s.get("over_capacity"))),
-    "override": ("Overrides", lambda s: s.get("reason") == "override"),
-    "exit": ("Exits", lambda s: s.get("direction") == "out"),
+        s["double_admission"] or s["over_capacity"] or s["disagreement"] or s["clock_flag"])),
+    "double_admission": ("Double admissions", lambda s: bool(s["double_admission"])),
+    "over_capacity": ("Admissions over capacity", lambda s: bool(s["over_capacity"])),
+    "override": ("Overrides", lambda s: s["reason"] == Reason.OVERRIDE),
+    "exit": ("Exits", lambda s: s["direction"] == Direction.OUT),
 }
 #: Scans one page of the log reads at most looking for matches: a filter matching few
 #: of a million scans stops there and offers to search on (a page is never slow).
