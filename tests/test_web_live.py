@@ -33,7 +33,8 @@ XSS = "<script>alert(1)</script>"
 FORMULA = "=HYPERLINK(\"http://evil.example\")"
 LIVE_PAGES = ["/live", "/doors/live", "/sessions/s1/live", "/live/overview", "/live/doors",
               "/live/sessions/s1", "/live/sessions/s1/not-arrived",
-              "/sessions/s1/attendance.csv", "/scans.csv"]
+              "/sessions/s1/attendance.csv", "/scans.csv", "/sessions/s1/scans",
+              "/sessions/s1/attendance"]
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +392,11 @@ def test_time_in_session_per_attendee(server: Server, hall: dict[str, Scan]) -> 
         assert (minutes["A1"], minutes["C3"]) == ("22", "22")
         assert 'data-label="Overrides">1</td>' in rows["D4"]  # one override
         assert "Traceback" not in page.text and XSS not in page.text
-        bad = client.get("/sessions/hall/attendance", params={"after": "\x01"})
+        # A page may end at any code a door recorded, a hostile one too: the next goes on.
+        after = client.get("/sessions/hall/attendance", params={"after": XSS})
+        assert after.status_code == 200 and XSS not in after.text
+        assert set(rows_of(after.text, "attendance-table")) == {"A1", "C3", "D4"}
+        bad = client.get("/sessions/hall/attendance", params={"after": "x" * 401})
         assert bad.status_code == 400 and "after" in bad.text
 
 

@@ -32,9 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from core.codes import MAX_RECORDED_CODE
 from core.database import StoreError
 from core.rules import Direction, Reason
-from core.shapes import identifier
+from core.shapes import identifier, text
 from server import exports
 from server.live import CHANGED, Live, session_topic
 from server.store import NotFound, ServerStore
@@ -56,7 +57,6 @@ from server.web.pages import (
     public,
     read_form,
 )
-from sync.messages import attendee_code
 
 log = logging.getLogger("checkin.server")
 
@@ -455,9 +455,8 @@ async def attendance_page(request: Request) -> Response:
     """Every attendee registered for the session or scanned at its doors, by code, a page
     at a time: arrival, door, re-entries, overrides and minutes in the session."""
     session_id = await _session_id(request)
-    after = request.query_params.get("after", "")
-    if after:
-        _checked("after", after, attendee_code)
+    # Any code a door recorded may end a page (a hostile badge's too): not only valid ones.
+    after = _checked("after", request.query_params.get("after", ""), text(MAX_RECORDED_CODE))
     rows = await _store(request).attendance_export_page(session_id, after, PAGE_SIZE)
     for row in rows:
         row["minutes"] = minutes_in_session(row)
