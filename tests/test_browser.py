@@ -116,8 +116,10 @@ def import_attendees(seen: Visit) -> None:
     seen.shoot("attendees")
 
 
-def create_session(seen: Visit, name: str, *, validate: bool, capacity: str = "") -> str:
-    """Create a session on the page; its id (made from the name)."""
+def create_session(seen: Visit, name: str, *, validate: bool, capacity: str = "",
+                   shoot: str = "") -> str:
+    """Create a session on the page (*shoot*: the form's screenshot); its id (made from
+    the name)."""
     page = seen.page
     page.click("#main-nav >> text=Sessions")
     page.click("#new-session-link")
@@ -126,8 +128,8 @@ def create_session(seen: Visit, name: str, *, validate: bool, capacity: str = ""
     page.fill("#ends_at", "2026-06-11T15:30")
     page.set_checked("#validate_registrants", validate)
     page.fill("#capacity", capacity)
-    if validate:
-        seen.shoot("session-new")
+    if shoot:  # only when asked: the hostile-name test's form is no page for the guide
+        seen.shoot(shoot)
     page.click("#session-save")
     expect(page.locator("#flash")).to_contain_text(f"Session “{name}” created")
     expect(page.locator("#session-name")).to_have_text(name)
@@ -309,7 +311,7 @@ def test_walkthrough(chromium: Browser, browsing: Visit) -> None:
     sign_in(browsing)
     import_attendees(browsing)
     workshop = create_session(browsing, "Workshop: Writing Good Tests", validate=True,
-                              capacity="30")
+                              capacity="30", shoot="session-new")
     add_by_search(browsing, "turing", ["Alan Turing"], shoot="session-add-registrants")
     add_by_search(browsing, "ada", ["Ada Lovelace"])
     import_registrants(browsing, workshop)
