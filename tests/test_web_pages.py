@@ -485,6 +485,8 @@ def test_attacker_controlled_text_is_escaped_on_every_page(server: Server, page:
              page.post(upload.headers["location"], {"column": XSS, "match": "code"},
                        expect=422),
              page.get("/no-such/" + XSS, expect=404),
+             page.get("/sessions/xss/attendance"), page.get("/sessions/xss/scans"),
+             page.get("/sessions/xss/scans", show=XSS, expect=400),
              Page(server).get(url.removeprefix(server.url))]
     for shown in pages:
         assert XSS not in shown.text, shown.url
