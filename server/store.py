@@ -711,9 +711,13 @@ class ServerStore:
         codes = sorted({s.code for s in scans})
         attendees = {r["code"] for r in await db.execute_fetchall(
             f"SELECT code FROM attendees WHERE code IN ({_marks(codes)})", codes)}
-        registrants = {(r["session_id"], r["code"]) for r in await db.execute_fetchall(
-            f"SELECT session_id, code FROM registrants WHERE deleted = 0 AND code IN"
-            f" ({_marks(codes)})", codes)}
+        registrants: set[tuple[str | None, str]] = set()
+        # By session (a device's batch names one): the primary key finds each code, where
+        # "code IN" alone read every session's registrants for every batch.
+        for session_id in {s.session_id for s in scans if s.session_id is not None}:
+            registrants.update((session_id, r["code"]) for r in await db.execute_fetchall(
+                "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
+                f" AND code IN ({_marks(codes)})", [session_id, *codes]))
         validate = {r["session_id"]: r["validate_registrants"] for r in await db.execute_fetchall(
             "SELECT session_id, validate_registrants FROM sessions")}
         return [disagreement(s, bool(validate.get(s.session_id, False)), s.code in attendees,
