@@ -239,8 +239,8 @@ async def put_session(request: Request) -> Response:
     created = await _store(request).put_session(session)
     request.app.state.hub.changed(session_id)
     _session_changed(request, session_id)
-    return JSONResponse({"session_id": session_id, "capacity": None, **fields,
-                         "created": created}, status_code=201 if created else 200)
+    return JSONResponse({"session_id": session_id, **fields, "created": created},
+                        status_code=201 if created else 200)
 
 
 @admin

@@ -21,7 +21,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from core.clock import wall_now
 from core.database import StoreError
-from core.rules import Decision
 from server.hub import Hub
 from server.live import Live, session_topic
 from server.store import Device, ServerStore
@@ -181,6 +180,10 @@ class DeviceLink:
             log.warning("device %s sent no hello within %g s", self.device_id, HELLO_TIMEOUT)
             await self.close(CLOSE_POLICY, f"no hello within {HELLO_TIMEOUT:g} s")
 
+    @property
+    def wants_admissions(self) -> bool:
+        return self.end.wants_admissions
+
     def changed(self) -> None:
         self.end.changed()
         self._wake.set()
@@ -230,6 +233,7 @@ class DeviceLink:
                 return
             self.end.send_changes(action.since, *found)
         elif isinstance(action, StoreScans):
+            presence = self.store.presence_version(self.session_id)
             stored = (await self.store.store_scans(self.device, action.scans, self.end.anchor)
                       if action.scans else [])
             self.end.send_results(action.batch, stored + action.refused)
@@ -237,13 +241,12 @@ class DeviceLink:
             self._publish(*{session_topic(s.session_id) for s in action.scans
                             if s.scan_id in accepted and s.session_id is not None},
                           "sessions")
-            # An admission or exit may have changed who is inside: every door of the
-            # session (this one too: harmless) asks for the changes, as after a
+            # Who is inside changed (this batch's admissions or exits, or another's
+            # committed with it: a spare fetch is harmless): every door of the session that
+            # applies admissions (this one too) asks for the changes, as after a
             # registrant change.
-            if self.hub is not None and any(
-                    s.scan_id in accepted and s.session_id is not None
-                    and s.decision == Decision.ADMITTED for s in action.scans):
-                self.hub.changed(self.session_id)
+            if self.hub is not None and self.store.presence_version(self.session_id) != presence:
+                self.hub.changed(self.session_id, admissions=True)
         elif isinstance(action, NoteStatus):
             await self.store.note_status(self.device_id, status_record(action.status,
                                                                        wall_now()))

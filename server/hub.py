@@ -19,6 +19,8 @@ class Link(Protocol):
 
     device_id: str
     session_id: str | None
+    #: The device applies its session's admissions (its hello said so).
+    wants_admissions: bool
 
     def changed(self) -> None: ...
 
@@ -49,9 +51,16 @@ class Hub:
         if self._links.get(link.device_id) is link:
             del self._links[link.device_id]
 
-    def changed(self, session_id: str | None = None) -> None:
-        """Data changed for *session_id* (``None``: for every device, e.g. attendees)."""
+    def changed(self, session_id: str | None = None, *, admissions: bool = False) -> None:
+        """Data changed for *session_id* (``None``: for every device, e.g. attendees).
+
+        *admissions*: only who is inside changed, which only the devices that apply
+        admissions are sent: an older door is not woken for a change it never gets (with
+        hundreds of doors on one session, every admission would make each of them read
+        the change stream for nothing)."""
         for link in list(self._links.values()):
+            if admissions and not link.wants_admissions:
+                continue
             if session_id is None or link.session_id == session_id:
                 link.changed()
 

@@ -91,6 +91,7 @@ class ServerStore:
         self._scan_queue: list[tuple[Device, list[Scan], ClockAnchor | None,
                                      asyncio.Future[list[ScanResult]]]] = []
         self._scan_writer: asyncio.Task[None] | None = None
+        self._presence_versions: dict[str, int] = {}
 
     @classmethod
     async def open(cls, data_dir: Path | str) -> ServerStore:
@@ -652,6 +653,12 @@ class ServerStore:
                          (received, device.device_id))
         return results
 
+    def presence_version(self, session_id: str | None) -> int:
+        """A number that changes whenever stored scans change who is inside the session
+        (a presence row new or changed: news for its doors), once they are committed or
+        about to be: compared before and after :meth:`store_scans`."""
+        return self._presence_versions.get(session_id, 0) if session_id else 0
+
     async def _audit_admissions(self, db: aiosqlite.Connection, device: Device,
                                 scans: list[Scan]) -> AdmissionAudit:
         """Read what :func:`audit_admissions` needs about the batch's admitted codes (a
@@ -692,6 +699,8 @@ class ServerStore:
         """Store the batch's presence (a new seq for each row a door must hear of) and
         the flags it put on scans stored before."""
         told = [code for code, (_, _, tell) in audit.presence.items() if tell]
+        if told and session_id is not None:
+            self._presence_versions[session_id] = self._presence_versions.get(session_id, 0) + 1
         first = await self._next_seqs(db, len(told)) if told else 0
         seqs = {code: first + i for i, code in enumerate(told)}
         await db.executemany(

@@ -193,10 +193,15 @@ async def test_admissions_reach_the_change_stream_only_when_asked(store) -> None
 
 
 async def test_a_reentry_changes_nothing_the_doors_must_hear(store) -> None:
+    before = store.presence_version("s1")
     await store.store_scans(DOOR1, [scan("A1", "10:00:00")])
+    version = store.presence_version("s1")
+    assert version != before  # the endpoint wakes the session's doors
     cursor, _ = await store.changes_since("s1", 0, admissions=True)
-    await store.store_scans(DOOR2, [scan("A1", "10:05:00", "reentry")])
+    await store.store_scans(DOOR2, [scan("A1", "10:05:00", "reentry"),
+                                    scan("B2", "10:06:00", "unknown_code", "rejected")])
     assert await store.changes_since("s1", cursor, admissions=True) == (cursor, [])
+    assert store.presence_version("s1") == version  # nobody is woken for nothing
 
 
 async def test_double_admissions_both_orders_and_the_doors_policy(store) -> None:

@@ -126,9 +126,11 @@ def test_a_session_capacity_is_an_integer_or_null(server) -> None:
         assert "capacity" in answer.json()["error"] and "integer" in answer.json()["error"]
     assert server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants":
                                                        False, "capacity": None})["capacity"] is None
-    unlimited = server.api("PUT", f"/api/sessions/{sid}", {"name": "Room",
-                                                            "validate_registrants": False})
-    assert unlimited["capacity"] is None  # left out: no limit, as null
+    server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants": False,
+                                               "capacity": 5})
+    server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants": False})
+    listed = {s["session_id"]: s for s in server.api("GET", "/api/sessions")}
+    assert listed[sid]["capacity"] is None  # left out: no limit, as null
     server.api("PUT", f"/api/sessions/{sid}", {"name": "Room", "validate_registrants": False,
                                                "capacity": 0}, expect=200)
     listed = {s["session_id"]: s for s in server.api("GET", "/api/sessions")}

@@ -186,3 +186,29 @@ async def test_an_admission_at_one_door_reaches_the_sessions_other_doors(server)
     attendance = server.attendance(session)
     assert attendance["double_admissions"] == [first.scan_id]
     assert attendance["inside"] == 1 and attendance["over_capacity"] == []
+
+
+def test_the_hub_wakes_only_the_doors_that_apply_admissions_for_an_admission() -> None:
+    """Who is inside changed: only the session's doors that apply admissions are woken (an
+    older door would read the change stream for nothing); other changes wake them all."""
+    from server.hub import Hub
+
+    class Link:
+        def __init__(self, device_id: str, session_id: str, wants: bool) -> None:
+            self.device_id, self.session_id, self.wants_admissions = device_id, session_id, wants
+            self.woken = 0
+
+        def changed(self) -> None:
+            self.woken += 1
+
+        async def close(self, code: int, reason: str) -> None:
+            pass
+
+    hub = Hub()
+    links = [Link("new", "s1", True), Link("old", "s1", False), Link("other", "s2", True)]
+    for link in links:
+        asyncio.run(hub.attach(link, replaced_code=4003))
+    hub.changed("s1", admissions=True)
+    assert [link.woken for link in links] == [1, 0, 0]
+    hub.changed("s1")
+    assert [link.woken for link in links] == [2, 1, 0]
