@@ -138,7 +138,12 @@ def audit_admissions(scans: Sequence[Scan], device_id: str, reentry_allowed: boo
                 first_entry[scan.code] = scan
         old = state.get(scan.code)
         if old is not None and at < old[2]:
-            continue  # an older scan uploaded late: the presence it gives is out of date
+            # An older scan uploaded late: the presence it gives is out of date. Its door
+            # counted it already (and may count it again over a snapshot, with its other
+            # scans not yet uploaded): if it says otherwise, tell the doors again.
+            if old[0] != entry:
+                audit.presence[scan.code] = (old[0], old[1], True)
+            continue
         was_inside = old is not None and old[0]
         state[scan.code] = (entry, scan.scanned_at, at)
         stored = presence.get(scan.code)

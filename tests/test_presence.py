@@ -62,7 +62,11 @@ def test_entries_and_exits_make_presence_and_the_count() -> None:
 def test_an_older_scan_uploaded_late_does_not_change_presence() -> None:
     stored = {"A1": Presence(False, at("10:30:00"), 7)}
     audit = audit_admissions([scan("A1", "10:00:00")], "door-1", True, stored, [], 0, None)
-    assert audit.presence == {} and audit.occupancy == 0
+    # Unchanged, but told again (a new seq): the door that sent it counts A1 inside.
+    assert audit.presence == {"A1": (False, at("10:30:00"), True)} and audit.occupancy == 0
+    same = audit_admissions([scan("A1", "10:00:00", direction="out")], "door-1", True,
+                            stored, [], 0, None)
+    assert same.presence == {} and same.occupancy == 0
 
 
 def test_a_tie_goes_to_the_scan_received_last_and_unchanged_rows_keep_their_seq() -> None:

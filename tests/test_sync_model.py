@@ -7,12 +7,17 @@ pure in-memory models around them, driven the way ``sync/daemon.py`` and
 ``server/endpoint.py`` drive the ends:
 
 - :class:`ModelServer` keeps what ``server/store.py`` keeps (one seq counter,
-  rows with their latest seq, tombstones, scans by id with their owner) and
-  answers ``snapshot``, ``changes_since`` and ``store_scans`` with the same
-  semantics (``store_scans`` through the real :func:`judge_scans`). One per
-  epoch: a history reset starts a new one with fresh data and none of the scans.
+  rows with their latest seq, tombstones, scans by id with their owner, and each
+  attendee's presence in a session: inside or out, by the latest door time, with
+  a new seq when it changes) and answers ``snapshot``, ``changes_since`` and
+  ``store_scans`` with the same semantics (``store_scans`` through the real
+  :func:`judge_scans`). One per epoch: a history reset starts a new one with
+  fresh data and none of the scans.
 - :class:`ModelDoor` is the device's disk: the cache (applied one action at a
-  time, atomically, like ``SyncStore``) and the outbox of scans.
+  time, atomically, like ``SyncStore``, with the session's admissions: the
+  server's, and its own the moment it makes them) and the outbox of scans.
+- Another door of the session (``door-2``) admits and lets out attendees,
+  sometimes uploading late (an earlier door time than what the server holds).
 - :class:`Link` is one connection: two queues of frames in flight, and the
   server's pump (its actions, each read from the store and then answered in two
   steps, with organizer changes and hub pushes free to land in between).
@@ -32,7 +37,8 @@ protocol ends agree with the cache they sit on; and a healthy link with nothing
 left in flight has brought the cache up to date (push, not poll). At the end of
 every run, and now and then in between, the network turns perfect: the link
 that is up runs until quiet, then a fresh one does, and no scan is left waiting,
-and the cache (session, attendees, registrants, epoch, cursor) is the server's.
+and the cache (session, attendees, registrants, admissions, epoch, cursor) is the
+server's.
 
 What building the model turned up is pinned down by the fixed sequences at the end.
 ``CHECKIN_MODEL_EXAMPLES`` (e.g. 2000) makes the runs heavier (``make chaos``).
@@ -48,7 +54,7 @@ import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,8 @@ from sync.server_end import (
 
 DEVICE = "door-1"
 OTHER_DEVICE = "door-9"
+#: Another door of the device's session, whose admissions the device must come to know.
+SECOND_DOOR = "door-2"
 SOFTWARE = "checkin-model"
 T0 = "2026-11-28T10:00:00+01:00"
 #: When frames reach the server end (the model has no clock; nothing here depends on it).
@@ -141,6 +149,18 @@ class SessionRow:
     seq: int
 
 
+def door_time(tick: int) -> str:
+    """The door time of the model's *tick*: later ticks are later instants."""
+    return (NOW + timedelta(seconds=tick)).isoformat()
+
+
+@dataclass
+class PresenceRow:
+    inside: bool
+    at: str  # door time of the scan it comes from
+    seq: int
+
+
 @dataclass
 class ModelServer:
     """What ``ServerStore`` keeps, in memory; one instance per epoch (database file)."""
@@ -154,6 +174,7 @@ class ModelServer:
     devices: dict[str, str] = field(default_factory=dict)  # device -> assigned session
     scans: dict[str, tuple[str, Scan]] = field(default_factory=dict)  # id -> (owner, scan)
     inserted: list[str] = field(default_factory=list)  # every scan id ever inserted
+    presence: dict[tuple[str, str], PresenceRow] = field(default_factory=dict)
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -170,17 +191,25 @@ class ModelServer:
         return {code for (sid, code), (deleted, _) in self.registrants.items()
                 if sid == session_id and not deleted}
 
-    # ServerStore.snapshot
-    def snapshot(self, session_id: str | None) -> tuple[int, SessionInfo | None,
-                                                         list[str], list[str]]:
+    def session_presence(self, session_id: str | None) -> dict[str, bool]:
+        return {code: row.inside for (sid, code), row in self.presence.items()
+                if sid == session_id}
+
+    # ServerStore.snapshot_with_admissions: (cursor, session, attendees, registrants,
+    # codes inside, codes gone out)
+    def snapshot(self, session_id: str | None) -> tuple[int, SessionInfo | None, list[str],
+                                                         list[str], list[str], list[str]]:
         session = self.session_info(session_id)
         registrants = [] if session is None else sorted(self.live_registrants(session_id))
-        return self.seq, session, sorted(self.attendees), registrants
+        presence = self.session_presence(session_id) if session is not None else {}
+        return (self.seq, session, sorted(self.attendees), registrants,
+                sorted(c for c, inside in presence.items() if inside),
+                sorted(c for c, inside in presence.items() if not inside))
 
     # ServerStore.changes_since: every row above *since*, in its latest state, by seq;
     # None when deletions after *since* were pruned
-    def changes_since(self, session_id: str | None,
-                      since: int) -> tuple[int, list[Change]] | None:
+    def changes_since(self, session_id: str | None, since: int,
+                      admissions: bool = True) -> tuple[int, list[Change]] | None:
         if since < self.horizon:
             return None
         changes = [Change(seq, "attendee", code=code, deleted=False)
@@ -191,7 +220,32 @@ class ModelServer:
         row = self.sessions.get(session_id) if session_id is not None else None
         if row is not None and row.seq > since:
             changes.append(Change(row.seq, "session", session=self.session_info(session_id)))
+        if admissions:
+            changes += [Change(p.seq, "admission", code=code, inside=p.inside)
+                        for (sid, code), p in self.presence.items()
+                        if sid == session_id and p.seq > since]
         return self.seq, sorted(changes, key=lambda c: c.seq)
+
+    # ServerStore's presence rule (server/presence.py): the latest door time wins, a tie
+    # goes to the scan received last; a new seq only when the doors must hear of it: the
+    # row is new or changed, or an older scan uploaded late says otherwise (its door
+    # counts the code as that scan says).
+    def note_presence(self, scan: Scan) -> None:
+        if scan.decision != "admitted" or scan.session_id is None:
+            return
+        inside = scan.direction != "out"
+        if not inside and scan.reason != Reason.REGISTERED:
+            return
+        key = (scan.session_id, scan.code)
+        row = self.presence.get(key)
+        at = datetime.fromisoformat(scan.scanned_at)
+        if row is not None and at < datetime.fromisoformat(row.at):
+            if row.inside != inside:
+                row.seq = self._next_seq()
+            return
+        changed = row is None or row.inside != inside
+        self.presence[key] = PresenceRow(inside, scan.scanned_at,
+                                         self._next_seq() if changed else row.seq)
 
     # ServerStore.store_scans (judged by the device's session as the link saw it at connect)
     def store_scans(self, device_id: str, session_id: str | None,
@@ -205,6 +259,7 @@ class ModelServer:
                 assert owner is None and scan.session_id in (None, session_id), (scan, result)
                 self.scans[scan.scan_id] = (device_id, scan)
                 self.inserted.append(scan.scan_id)
+                self.note_presence(scan)
             elif result.result == ScanOutcome.DUPLICATE:
                 assert owner == device_id, (scan, result, owner)
             else:
@@ -304,6 +359,8 @@ class ModelDoor:
     epoch: str | None = None
     cursor: int = 0
     outbox: dict[str, OutboxScan] = field(default_factory=dict)  # in scan seq order
+    #: The session's admissions: code -> inside (True) or gone out (False).
+    admissions: dict[str, bool] = field(default_factory=dict)
 
     def cache_state(self) -> CacheState:
         return CacheState(self.session.session_id if self.session else None, self.epoch,
@@ -315,14 +372,38 @@ class ModelDoor:
         self.attendees = set(action.attendees)
         self.registrants = set(action.registrants) if action.session is not None else set()
         self.epoch, self.cursor = action.epoch, action.cursor
+        self.admissions = {}
+        if action.session is not None:
+            self.admissions.update(dict.fromkeys(action.admissions or (), True))
+            self.admissions.update(dict.fromkeys(action.exits or (), False))
+            shared = action.admissions is not None or action.exits is not None
+            self.reapply_own(waiting_only=shared)
+
+    # REAPPLY_OWN (sync/device_store.py): this door's admissions of its session, in order
+    def reapply_own(self, *, waiting_only: bool) -> None:
+        for entry in self.outbox.values():
+            if not waiting_only or entry.state == WAITING:
+                self.note_own(entry.scan)
+
+    # the scans_presence trigger: an admission counts the moment the door records it
+    def note_own(self, scan: Scan) -> None:
+        if (scan.decision == "admitted" and self.session is not None
+                and scan.session_id == self.session.session_id):
+            self.admissions[scan.code] = scan.direction != "out"
 
     # SyncStore.apply_changes
     def apply_changes(self, action: ApplyChanges) -> None:
         for change in action.changes:
             if change.kind == "session":
-                self.session = change.session
+                before, self.session = self.session, change.session
                 if change.session is None:
                     self.registrants.clear()
+                    self.admissions.clear()
+                elif before is None or before.session_id != change.session.session_id:
+                    self.admissions.clear()
+                    self.reapply_own(waiting_only=False)
+            elif change.kind == "admission":
+                self.admissions[change.code] = change.inside
             elif change.kind == "attendee" and change.deleted:
                 self.attendees.discard(change.code)
             elif change.kind == "attendee":
@@ -406,6 +487,9 @@ class TcpSyncModel(RuleBasedStateMachine):
         self.zombies: list[tuple[str, ServerView, StoreScans]] = []
         self.backup: ModelServer | None = None
         self.scan_count = 0
+        self.second_door_scans = 0
+        #: The model's clock: every scan, at either door, happens one tick later.
+        self.tick = 0
         self.boot = 1
 
     # -- plumbing --------------------------------------------------------------------
@@ -422,7 +506,8 @@ class TcpSyncModel(RuleBasedStateMachine):
     def _connect(self) -> None:
         assert self.server is not None and self.link is None
         view = self.server.view(DEVICE)
-        end = DeviceEnd(DEVICE, SOFTWARE, self.door.cache_state())
+        end = DeviceEnd(DEVICE, SOFTWARE, self.door.cache_state(), admissions=True,
+                        allow_reentry=False)
         self.link = Link(end, ServerEnd(view), view)
         self._flush()
 
@@ -470,13 +555,14 @@ class TcpSyncModel(RuleBasedStateMachine):
             if isinstance(action, SendSnapshot):
                 link.reading = action, server.snapshot(session_id)
             elif isinstance(action, SendChanges):
-                found = server.changes_since(session_id, action.since)
+                found = server.changes_since(session_id, action.since,
+                                             link.server.wants_admissions)
                 if found is None:  # history pruned: closed (4002), a snapshot on reconnect
                     self._cut(zombies=True)
                     return
                 link.reading = action, found
             elif isinstance(action, StoreScans):
-                link.reading = action, server.store_scans(DEVICE, session_id, action.scans)
+                link.reading = action, self._store_scans(DEVICE, session_id, action.scans)
             else:
                 assert isinstance(action, NoteStatus), action
             return
@@ -552,11 +638,21 @@ class TcpSyncModel(RuleBasedStateMachine):
                 return
         raise AssertionError(f"the link never went quiet in {QUIET_LIMIT} steps")
 
+    def _store_scans(self, device_id: str, session_id: str | None,
+                     scans: list[Scan]) -> list[ScanResult]:
+        """``ServerStore.store_scans``, then, if presence changed, the endpoint's word to
+        the hub after the commit: every link of the session hears of it (the sender too)."""
+        before = self.server.seq
+        results = self.server.store_scans(device_id, session_id, scans)
+        if self.server.seq != before and session_id is not None:
+            self._hub_changed(session_id)
+        return results
+
     def _commit_zombies(self) -> None:
-        for epoch, view, action in self.zombies:
+        zombies, self.zombies = self.zombies, []
+        for epoch, view, action in zombies:
             if epoch == self.server.epoch:  # a reset server lost them with its process
-                self.server.store_scans(DEVICE, view.session_id, action.scans)
-        self.zombies.clear()
+                self._store_scans(DEVICE, view.session_id, action.scans)
 
     # -- rules: setup and the door -----------------------------------------------------
 
@@ -568,12 +664,39 @@ class TcpSyncModel(RuleBasedStateMachine):
     def door_scans(self, code: str) -> None:
         """The door decides on its cache and records the scan, connected or not."""
         self.scan_count += 1
+        self.tick += 1
         reason = self.door.decide(code)
         scan = Scan(scan_id=f"scan-{self.scan_count}", seq=self.scan_count, code=code,
                     session_id=self.door.session.session_id if self.door.session else None,
-                    decision=reason.decision, reason=reason.value, scanned_at=T0,
-                    monotonic_ns=self.scan_count, boot_id=f"boot-{self.boot}")
+                    decision=reason.decision, reason=reason.value,
+                    scanned_at=door_time(self.tick), monotonic_ns=self.scan_count,
+                    boot_id=f"boot-{self.boot}")
         self.door.outbox[scan.scan_id] = OutboxScan(scan)
+        self.door.note_own(scan)
+
+    @rule(code=st.sampled_from(CODES), out=st.booleans(), late=st.integers(0, 3))
+    def second_door(self, code: str, out: bool, late: int) -> None:
+        """Another door of the device's session admits *code*, or lets it out; with
+        *late*, the scan was made *late* ticks ago (that door was offline) and reaches
+        the server only now: the server shares it with the session's doors."""
+        self._second_door(code, out, late)
+
+    def _second_door(self, code: str, out: bool, late: int) -> None:
+        server = self.server
+        session_id = server.devices[DEVICE]
+        self.tick += 1
+        if server.session_info(session_id) is None:
+            return  # no door admits anyone to a deleted session
+        self.second_door_scans += 1
+        n = self.second_door_scans
+        scan = Scan(scan_id=f"second-{server.epoch}-{n}", seq=n, code=code,
+                    session_id=session_id, decision="admitted", reason="registered",
+                    scanned_at=door_time(self.tick - late), monotonic_ns=n, boot_id="boot-2",
+                    direction="out" if out else None)
+        server.scans[scan.scan_id] = (SECOND_DOOR, scan)
+        server.inserted.append(scan.scan_id)
+        server.note_presence(scan)
+        self._hub_changed(session_id)
 
     # -- rules: the connection ---------------------------------------------------------
 
@@ -642,7 +765,7 @@ class TcpSyncModel(RuleBasedStateMachine):
                                            ("to_device", link.to_device)) if queue]
         if self._can_push():
             events.append("push")
-        return [*events, "registrant change"] if events else events
+        return [*events, "registrant change", "second door"] if events else events
 
     def _event(self, event: str, data: st.DataObject) -> None:
         if event == "to_server":
@@ -653,6 +776,10 @@ class TcpSyncModel(RuleBasedStateMachine):
             self._deliver_to_device(self.link.to_device.pop(0))
         elif event == "push":
             self._push(data.draw(st.integers(1, 3), label="limit"))
+        elif event == "second door":
+            self._second_door(data.draw(st.sampled_from(CODES), label="code"),
+                              data.draw(st.booleans(), label="out"),
+                              data.draw(st.integers(0, 3), label="late"))
         else:
             assert event == "registrant change", event
             self._registrant_change(data)
@@ -766,7 +893,7 @@ class TcpSyncModel(RuleBasedStateMachine):
             candidates = [i for i in self.door.outbox if i not in server.scans]
             if candidates:
                 scan = self.door.outbox[data.draw(st.sampled_from(candidates))].scan
-                server.store_scans(OTHER_DEVICE, scan.session_id, [scan])
+                self._store_scans(OTHER_DEVICE, scan.session_id, [scan])
         else:
             self._settle()
 
@@ -855,10 +982,24 @@ class TcpSyncModel(RuleBasedStateMachine):
                     server.live_registrants(session_id))
         got = (door.epoch, door.session, door.attendees, door.registrants)
         assert got == expected, f"device cache {got} != server {expected}"
+        if expected[1] is not None:
+            self._check_admissions(session_id)
         if live:  # changes of other sessions move the seq but do not wake the link
             assert door.cursor <= server.seq, (door.cursor, server.seq)
         else:
             assert door.cursor == server.seq, (door.cursor, server.seq)
+
+    def _check_admissions(self, session_id: str) -> None:
+        """The door's admissions are the server's presence of its session, but for codes
+        of its own admissions the server does not hold: waiting to upload (they count at
+        once) or quarantined (refused: only a snapshot forgets them)."""
+        own = {e.scan.code for e in self.door.outbox.values()
+               if e.state != STORED and e.scan.decision == "admitted"
+               and e.scan.session_id == session_id}
+        expected = {c: inside for c, inside in self.server.session_presence(session_id).items()
+                    if c not in own}
+        got = {c: inside for c, inside in self.door.admissions.items() if c not in own}
+        assert got == expected, f"door admissions {got} != server presence {expected}"
 
     def teardown(self) -> None:
         if sys.exc_info()[1] is None:  # not on top of a failure already being reported
@@ -1003,9 +1144,11 @@ async def sync_over_perfect_link(store: ServerStore, device: Device, door: Model
         actions = server_end.actions()
         for action in actions:  # DeviceLink._carry_out
             if isinstance(action, SendSnapshot):
-                server_end.send_snapshot(*await store.snapshot(device.session_id))
+                server_end.send_snapshot(*await store.snapshot_with_admissions(
+                    device.session_id))
             elif isinstance(action, SendChanges):
-                found = await store.changes_since(device.session_id, action.since)
+                found = await store.changes_since(device.session_id, action.since,
+                                                  server_end.wants_admissions)
                 if found is None:  # the endpoint closes (4002): the daemon reconnects
                     return await sync_over_perfect_link(store, device, door)
                 server_end.send_changes(action.since, *found)
@@ -1015,6 +1158,39 @@ async def sync_over_perfect_link(store: ServerStore, device: Device, door: Model
             apply_device_actions(device_end, door)
         if not (up or actions or down):
             return server_end, device_end
+
+
+async def test_a_late_admission_overruled_by_a_later_exit_is_told_again(
+        tmp_path: Path) -> None:
+    """Found by the model once a second door admitted and let out people: a door's own
+    admission not yet uploaded is applied again over a snapshot (so that it is not
+    forgotten), even where the snapshot holds a later exit at another door. Uploaded, the
+    admission changes nothing at the server (the exit is later); unless the server tells
+    the doors again, this door counts the attendee inside for good."""
+    store, device = await server_with_registrant(tmp_path)
+    try:
+        await store.put_device(SECOND_DOOR, "s1")
+        door = ModelDoor()
+        await sync_over_perfect_link(store, device, door, device_end=DeviceEnd(
+            DEVICE, SOFTWARE, door.cache_state(), admissions=True))
+        own = Scan("own-1", 1, "A1", "s1", "admitted", "registered", door_time(0), 1, "boot-1")
+        door.outbox[own.scan_id] = OutboxScan(own)  # made offline
+        door.note_own(own)
+        leaving = Scan("exit-1", 1, "A1", "s1", "admitted", "registered", door_time(5), 1,
+                       "boot-2", direction="out")
+        await store.store_scans(Device(SECOND_DOOR, "s1"), [leaving])
+        cursor, session, attendees, registrants, inside, out = \
+            await store.snapshot_with_admissions("s1")
+        door.apply_snapshot(ApplySnapshot(store.epoch, cursor, session, attendees, registrants,
+                                          admissions=inside, exits=out))
+        assert door.admissions == {"A1": True}  # its own waiting admission, over the exit
+
+        door.record_results(await store.store_scans(device, [own]), store.epoch)
+        await sync_over_perfect_link(store, device, door, device_end=DeviceEnd(
+            DEVICE, SOFTWARE, door.cache_state(), admissions=True))
+        assert door.admissions == {"A1": False}
+    finally:
+        await store.close()
 
 
 async def server_with_registrant(data_dir: Path) -> tuple[ServerStore, Device]:
