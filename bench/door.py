@@ -4,7 +4,8 @@
   there (as the door does it) -> back on the event loop -> looked up, decided and
   committed with ``synchronous=FULL`` in one call on the door's database thread
   (``DoorStore``) -> LED on. The overhead is each frame's time beyond its own decode
-  (timed in the same call); the goal is at most one fsync plus 1 ms at p99. Side by
+  (timed in the same call); the goal is at most one fsync plus 1 ms at p99 (the fsync
+  timed on the same disk after every frame, so both see the same moments). Side by
   side, interleaved frame by frame: the path before issue 14 (lookup and write as two
   aiosqlite round trips, ``Store.facts`` then ``Store.record_scan``).
 * Lookup: the door's one query (``DoorStore.facts_in_thread``) as the door makes it,
@@ -28,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -75,15 +77,12 @@ def _config(data_dir: Path) -> object:
                         data_dir / "door.toml")
 
 
-def _fsync_seconds(folder: Path, rounds: int) -> float:
-    times = []
-    with open(folder / "fsync-probe", "wb") as f:
-        for _ in range(rounds):
-            f.write(b"x" * 4096)
-            started = time.perf_counter()
-            os.fsync(f.fileno())
-            times.append(time.perf_counter() - started)
-    return percentile(times, 50)
+def _fsync_seconds(probe: BinaryIO) -> float:
+    """One fsync of a freshly written page on the store's disk."""
+    probe.write(b"x" * 4096)
+    started = time.perf_counter()
+    os.fsync(probe.fileno())
+    return time.perf_counter() - started
 
 
 def _available_and_decoded(decoder, grey: np.ndarray) -> tuple[float, float, list[bytes]]:
@@ -141,7 +140,7 @@ class _TimedDecoder:
 
 
 async def frame_to_signal(quick: bool) -> list[Row]:
-    n = (20 if quick else 200) + WARM_UP
+    n = (20 if quick else 1000) + WARM_UP
     frames = [np.asarray(render_badge(c, Look(angle=i * 9 % 60), seed=i))
               for i, c in enumerate(codes(n))]
     decoder = make_decoder(ScannerConfig().decoder)  # the door's default
@@ -152,34 +151,48 @@ async def frame_to_signal(quick: bool) -> list[Row]:
         indicators = Indicators.from_config(GpioConfig("mock", 17, 27, 22))
         door = Door(_config(folder), timed, indicators, io.StringIO())
         await door._ensure_desk()
-        bare, piped, overhead, before = [], [], [], []
-        for grey in frames:  # interleaved, so all three see the same machine state
+        bare, piped, overhead, before, fsyncs = [], [], [], [], []
+        probe = (folder / "fsync-probe").open("wb")
+        for i, grey in enumerate(frames):  # interleaved: all see the same machine state
             started = time.perf_counter()
             decoder.decode(grey)
             bare.append(time.perf_counter() - started)
-            # The door's own path: the frame is captured, decoded, decided and recorded on
-            # the door's store thread, and signalled back on the event loop.
-            camera = _HeldFrame(grey)
-            _, outcomes = await door._next_frame(camera)
-            door._signal_all(outcomes)
-            assert outcomes and (indicators.green.is_lit or indicators.red.is_lit)
-            piped.append(time.perf_counter() - camera.available)
-            overhead.append(piped[-1] - timed.seconds)
-            # Before: decoded in a worker thread, then two aiosqlite round trips.
-            started, decoding, payloads = await asyncio.to_thread(_available_and_decoded,
-                                                                  decoder, grey)
-            for raw in payloads:
-                await _before(store, indicators, door.policy, raw)
-            before.append(time.perf_counter() - started - decoding)
+
+            async def door_path(grey: np.ndarray = grey) -> None:
+                # The door's own path: the frame is captured, decoded, decided and
+                # recorded on the door's store thread, and signalled back on the loop.
+                camera = _HeldFrame(grey)
+                _, outcomes = await door._next_frame(camera)
+                door._signal_all(outcomes)
+                assert outcomes and (indicators.green.is_lit or indicators.red.is_lit)
+                piped.append(time.perf_counter() - camera.available)
+                overhead.append(piped[-1] - timed.seconds)
+
+            async def path_before(grey: np.ndarray = grey) -> None:
+                # Decoded in a worker thread, then two aiosqlite round trips.
+                started, decoding, payloads = await asyncio.to_thread(
+                    _available_and_decoded, decoder, grey)
+                for raw in payloads:
+                    await _before(store, indicators, door.policy, raw)
+                before.append(time.perf_counter() - started - decoding)
+
+            # Which commit comes first after a pause matters on a busy disk (it pays for
+            # the file system's journal): take turns.
+            for path in (door_path, path_before) if i % 2 else (path_before, door_path):
+                await path()
+            fsyncs.append(_fsync_seconds(probe))
+        probe.close()
         indicators.close()
         await door._close_store()
         await store.close()
-        fsync = _fsync_seconds(folder, 50 if quick else 200)
     # The first frames pay for threads' and decoders' first use: not what a door in
     # service sees.
-    bare, piped, overhead, before = (x[WARM_UP:] for x in (bare, piped, overhead, before))
+    bare, piped, overhead, before, fsyncs = (
+        x[WARM_UP:] for x in (bare, piped, overhead, before, fsyncs))
     p50, p99 = percentile(piped, 50), percentile(piped, 99)
-    goal = fsync + 0.001
+    # The door must wait for one fsync per scan; the goal is what it adds beyond that, on
+    # the same disk at the same moments (an fsync timed after every frame).
+    goal = percentile(fsyncs, 99) + 0.001
     over99 = percentile(overhead, 99)
     return [
         Row("frame to LED on, p50", p50 * 1e3, percentile(bare, 50) * 1e3, "bare decode", "ms",
@@ -191,7 +204,9 @@ async def frame_to_signal(quick: bool) -> list[Row]:
         Row("overhead beyond the frame's decode, p99", over99 * 1e3,
             percentile(before, 99) * 1e3, "before: two aiosqlite hops", "ms", "", None),
         Row("overhead beyond the frame's decode, p99, against the goal", over99 * 1e3,
-            goal * 1e3, "one fsync + 1 ms", "ms", "<= one fsync + 1 ms", over99 <= goal),
+            goal * 1e3, "one fsync + 1 ms, p99", "ms", "<= one fsync + 1 ms", over99 <= goal),
+        Row("  one fsync of a page on the store's disk, p50", percentile(fsyncs, 50) * 1e3,
+            None, "", "ms", "", None),
     ]
 
 

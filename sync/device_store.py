@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +115,47 @@ class Decided:
     error: str | None = None
 
 
+class _OwnThread:
+    """One thread running the calls it is given, in order: the leanest hop there is
+    (a queue put there, a ``call_soon_threadsafe`` back), as aiosqlite's own thread."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            loop, future, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                loop.call_soon_threadsafe(_fail, future, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result)
+
+    def stop(self) -> None:
+        """Finish the calls queued, then end the thread."""
+        self._calls.put(None)
+        self._thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # its awaiter may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class DoorStore:
     """The door's own connection to the store, used on one thread of its own.
 
@@ -125,7 +167,7 @@ class DoorStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="door-store")
+        self._thread = _OwnThread("door-store")
         self._db: sqlite3.Connection | None = None
 
     @classmethod
@@ -134,7 +176,7 @@ class DoorStore:
         try:
             await store.run(store._connect)
         except StoreError:
-            store._thread.shutdown(wait=False)
+            store._thread.stop()
             raise
         return store
 
@@ -157,7 +199,7 @@ class DoorStore:
         """``fn(*args)`` on the store's thread, where it may call the ``*_in_thread``
         methods (the door captures, decodes and decides there in one hop)."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+            return await self._thread.call(fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use store {self.path}: {exc}") from exc
 
@@ -165,7 +207,7 @@ class DoorStore:
         db, self._db = self._db, None
         if db is not None:
             await self.run(db.close)
-        self._thread.shutdown(wait=True)
+        self._thread.stop()
 
     async def facts(self, code: str | None) -> Facts:
         """What the decision needs to know about *code* (the lookup alone)."""
