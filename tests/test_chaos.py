@@ -1,4 +1,6 @@
-"""A short chaos run in the suite: every kind of fault once, against the real system.
+"""A short chaos run in the suite: every kind of fault once, against the real system, with
+two sessions of two doors each (one with a capacity, one with an exit door), checking the
+cross-door invariants after every trial.
 
 The full run (``make chaos``: 60 randomised trials) is in tests/chaos.py.
 """
@@ -13,7 +15,7 @@ from tests.chaos import FAULTS, run
 
 def test_nothing_is_lost_or_duplicated_under_every_kind_of_fault(tmp_path) -> None:
     log = io.StringIO()
-    figures = asyncio.run(run(tmp_path, trials=len(FAULTS) + 2, doors=2, seed=20261128,
+    figures = asyncio.run(run(tmp_path, trials=len(FAULTS) + 2, doors=4, seed=20261128,
                               log=log, every_fault=True))
     for fault in FAULTS:
         assert f": {fault}" in log.getvalue()
@@ -23,6 +25,10 @@ def test_nothing_is_lost_or_duplicated_under_every_kind_of_fault(tmp_path) -> No
     assert figures["duplicated"] == 0
     assert figures["not stored or quarantined"] == 0
     assert figures["caches differing from the server"] == 0
+    # The doors of each session agreed with the server and each other after every trial.
+    assert figures["cross-door checks"] == figures["trials"]
+    assert figures["cross-door invariant violations"] == 0, log.getvalue()
+    assert figures["exits"] > 0
     assert figures["registrant changes"] > 0
     assert figures["flap resets"] > 0
     # No transaction left open by a link cut at the wrong moment: the server writes after
