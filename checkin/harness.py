@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -218,6 +219,44 @@ class Process(subprocess.Popen):
         """CPU time the process has used so far (user and system, all its threads)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class DoorLines:
+    """The decisions a running ``checkin door`` (started with a pipe) prints, read as they
+    come, off any event loop: :meth:`next` waits for the next one (a limit on waiting,
+    never on speed)."""
+
+    def __init__(self, process: Process) -> None:
+        assert process.stdout is not None, "started without a pipe"
+        self.process = process
+        self._fd = process.stdout.fileno()
+        self._buffer = b""
+
+    def next(self, timeout: float = 60.0, what: str = "the door's next decision") -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitFailed(f"timed out waiting for {what} ({timeout:g} s)\n"
+                                 f"{self.process.tail()}")
+            readable, _, _ = select.select([self._fd], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    raise WaitFailed(f"waiting for {what}: {self.process} closed its output "
+                                     f"(exit {self.process.poll()})\n{self.process.tail()}")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def pending(self) -> bytes:
+        """What the door printed and :meth:`next` has not returned (read without waiting)."""
+        while select.select([self._fd], [], [], 0)[0]:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                break
+            self._buffer += chunk
+        return self._buffer
 
 
 def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0,

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import select
 import sqlite3
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import pytest
 
 from checkin import harness
 from checkin.badges import Look
-from checkin.harness import Process, WaitFailed, decisions, free_port, wait_for
+from checkin.harness import DoorLines, decisions, free_port, wait_for
 from sync.device_end import CacheState, DeviceEnd, RecordResults
 from sync.messages import Scan
 
@@ -61,43 +58,6 @@ class Server(harness.Server):
 
     def environment(self) -> dict[str, str]:
         return process_env()  # this module's, looked up at each start: a test may patch it
-
-
-class DoorLines:
-    """The decisions a running ``checkin door`` (started with a pipe) prints, read as they
-    come: :meth:`next` waits for the next one."""
-
-    def __init__(self, process: Process) -> None:
-        assert process.stdout is not None, "started without a pipe"
-        self.process = process
-        self._fd = process.stdout.fileno()
-        self._buffer = b""
-
-    def next(self, timeout: float = 60.0, what: str = "the door's next decision") -> dict:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitFailed(f"timed out waiting for {what} ({timeout:g} s)\n"
-                                 f"{self.process.tail()}")
-            readable, _, _ = select.select([self._fd], [], [], min(left, 0.5))
-            if readable:
-                chunk = os.read(self._fd, 65536)
-                if not chunk:
-                    raise WaitFailed(f"waiting for {what}: {self.process} closed its output "
-                                     f"(exit {self.process.poll()})\n{self.process.tail()}")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def pending(self) -> bytes:
-        """What the door printed and :meth:`next` has not returned (read without waiting)."""
-        while select.select([self._fd], [], [], 0)[0]:
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                break
-            self._buffer += chunk
-        return self._buffer
 
 
 class Device(harness.Device):
