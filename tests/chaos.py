@@ -65,8 +65,8 @@ FLAP_SECONDS = (0.02, 0.08)
 #: ... for a while drawn from this one: long enough for a few hundred resets of the links
 #: of two doors (on the unfixed server of issue 10, about 1 in 100 left a transaction open).
 FLAP_HOLD_SECONDS = (6.0, 12.0)
-#: The first session's capacity (of its 100 registrants): its doors come to refuse 'full'.
-CAPACITY = 60
+#: The first session's capacity (of its 100 registrants): its doors soon refuse 'full'.
+CAPACITY = 30
 #: After a trial, how long the doors and the server have to agree again.
 CONVERGE_SECONDS = 60.0
 
@@ -177,7 +177,9 @@ class Chaos:
         while True:
             await self.active.wait()
             for door in self.doors:
-                door.show(self.rng.choice([*self.attendees, "ZZZ-UNKNOWN"]))
+                # Mostly the sessions' first 100 registrants: people come back, to the other
+                # door too (re-entry refused, or flagged when a door was offline).
+                door.show(self.rng.choice([*self.attendees[:120], "ZZZ-UNKNOWN"]))
                 door.frame(door.shown - 8).unlink(missing_ok=True)
             await asyncio.sleep(self.rng.uniform(0.15, 0.4))
 
