@@ -260,6 +260,9 @@ class Door:
             decided = desk.decide_and_record_in_thread(payload.code, judge, record)
         except StoreError as exc:
             decided = Decided(Facts(session=None), Reason.NOT_READY, None, str(exc))
+        # Committed (or not): the LED says so now, from this thread; the loop plays the
+        # rest of the pattern and prints the line when it hears of it.
+        self.indicators.light(decided.reason if decided.seq is not None else Reason.NOT_READY)
         return Outcome(scan_id, code, now.isoformat(), payload.error, decided)
 
     def _signal_all(self, outcomes: list[Outcome]) -> bool:

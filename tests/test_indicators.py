@@ -169,3 +169,15 @@ def test_an_override_button_on_a_pin_in_use_is_a_clear_error() -> None:
     # the config refuses this; the adapter still says what went wrong, never a traceback
     with pytest.raises(IndicatorError, match="cannot set up the override button on pin 17"):
         Indicators.from_config(GpioConfig("mock", GREEN, RED, BUZZER, override_button=GREEN))
+
+
+async def test_a_decision_lit_from_another_thread_holds_the_pins_until_shown(
+        indicators: Indicators) -> None:
+    indicators.show(Reason.NOT_REGISTERED)  # red and buzzer, then red alone after 0.6 s
+    await asyncio.to_thread(indicators.light, Reason.REGISTERED)  # the store's thread
+    assert levels(indicators) == (True, False, False)
+    await asyncio.sleep(0.7)  # the old pattern's next step came due: it left the pins alone
+    assert levels(indicators) == (True, False, False)
+    indicators.show(Reason.REGISTERED)  # the loop takes over and plays it to its end
+    await indicators.idle()
+    assert levels(indicators) == (False, False, False)

@@ -3,7 +3,9 @@
 Patterns (:mod:`device.indicators.patterns`) play in the background as an
 asyncio task; a new decision pre-empts the one still showing. The first step
 is applied before :meth:`Indicators.show` returns, so the LED is on the moment
-the decision is made, not a loop iteration later.
+the decision is made, not a loop iteration later. The door goes one better:
+:meth:`Indicators.light` sets the first step from the thread that committed the
+scan, before the event loop hears of it.
 
 Example, without hardware::
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +68,8 @@ def make_pin_factory(name: str, work_dir: Path | None = None,
     raise IndicatorError(f"unknown pin factory {name!r}")
 
 
+#: Everything off: the end of every pattern.
+OFF = Step(False, False, False, 0)
 #: A push button's contacts settle within this long; edges closer together are one press.
 BUTTON_BOUNCE_SECONDS = 0.05
 
@@ -78,6 +83,10 @@ class Indicators:
         self.green, self.red, self.buzzer = green, red, buzzer
         self.button = button
         self._playing: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        #: A decision was lit from another thread and :meth:`show` has not taken it over
+        #: yet: the pattern still playing leaves the pins alone meanwhile.
+        self._lit = False
 
     @classmethod
     def from_config(cls, gpio: GpioConfig, work_dir: Path | None = None) -> Indicators:
@@ -102,21 +111,33 @@ class Indicators:
                                  f"{gpio.override_button}: {exc}") from None
         return cls(*outputs, button)
 
+    def light(self, reason: Reason) -> None:
+        """Set *reason*'s first step now, from any thread: the door's store thread lights
+        the LED the moment the scan is committed, without waiting for the event loop to
+        wake. :meth:`show`, on the loop, must follow: it plays the pattern."""
+        with self._lock:
+            self._lit = True
+            self._apply(PATTERNS[reason][0])
+
     def show(self, reason: Reason) -> None:
         """Show *reason*'s pattern, pre-empting whatever is showing. Needs a running loop."""
         self.show_pattern(PATTERNS[reason])
 
     def show_pattern(self, pattern: Pattern) -> None:
         self._cancel()
-        self._apply(pattern[0])
+        with self._lock:
+            self._lit = False
+            self._apply(pattern[0])
         self._playing = asyncio.get_running_loop().create_task(self._play(pattern))
 
     async def _play(self, pattern: Pattern) -> None:
         await asyncio.sleep(pattern[0].seconds)
-        for step in pattern[1:]:
-            self._apply(step)
+        for step in (*pattern[1:], OFF):
+            with self._lock:
+                if self._lit:  # a newer decision is on the pins: its show() comes next
+                    return
+                self._apply(step)
             await asyncio.sleep(step.seconds)
-        self.off()
 
     async def idle(self) -> None:
         """Wait until the pattern showing has finished."""
@@ -138,7 +159,8 @@ class Indicators:
         self._playing = None
 
     def off(self) -> None:
-        self._apply(Step(False, False, False, 0))
+        with self._lock:
+            self._apply(OFF)
 
     def close(self) -> None:
         """Stop any pattern, turn everything off and release the pins."""
