@@ -175,7 +175,9 @@ def test_the_live_session_page_has_its_elements_and_exports(server: Server) -> N
         page = client.get("/sessions/s1/live")
         for element in ("admitted-count", "registered-count", "not-arrived-table", "not-final",
                         "arrivals-chart", "rejected-table", "export-attendance", "export-scans",
-                        "not-arrived-search"):
+                        "not-arrived-search", "inside-count", "capacity-of", "no-capacity",
+                        "at-capacity", "overrides-count", "audit-flags", "over-capacity-count",
+                        "double-admissions-count", "scan-log-link", "time-in-session-link"):
             assert f'id="{element}"' in page.text, element
         search = client.get("/live/sessions/s1/not-arrived", params={"q": "ann"})
         assert search.status_code == 200
