@@ -156,7 +156,21 @@ class ServerStore:
                 " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
                 " capacity = excluded.capacity, deleted = 0, seq = excluded.seq",
                 new | {"session_id": session.session_id, "seq": seq})
+            if old is not None and old["deleted"] == 1:
+                await self._retell_presence(db, session.session_id)
             return old is None or old["deleted"] == 1
+
+    async def _retell_presence(self, db: aiosqlite.Connection, session_id: str) -> None:
+        """A deleted session comes back: its doors forgot who was inside when it went (and
+        hear only of rows changed since): each presence row gets a new seq, after the
+        session's own."""
+        codes = [r["code"] for r in await db.execute_fetchall(
+            "SELECT code FROM presence WHERE session_id = ? ORDER BY seq", (session_id,))]
+        if codes:
+            first = await self._next_seqs(db, len(codes))
+            await db.executemany(
+                "UPDATE presence SET seq = ? WHERE session_id = ? AND code = ?",
+                [(first + i, session_id, code) for i, code in enumerate(codes)])
 
     async def delete_session(self, session_id: str) -> None:
         async with self._write() as db:

@@ -281,6 +281,10 @@ class ModelServer:
         if row is not None and not row.deleted and row.info == info:
             return
         self.sessions[info.session_id] = SessionRow(info, False, self._next_seq())
+        if row is not None and row.deleted:  # back: its doors hear of who is inside again
+            for (sid, _), presence in sorted(self.presence.items(), key=lambda i: i[1].seq):
+                if sid == info.session_id:
+                    presence.seq = self._next_seq()
 
     def delete_session(self, session_id: str) -> bool:
         row = self.sessions.get(session_id)
@@ -1189,6 +1193,35 @@ async def test_a_late_admission_overruled_by_a_later_exit_is_told_again(
         await sync_over_perfect_link(store, device, door, device_end=DeviceEnd(
             DEVICE, SOFTWARE, door.cache_state(), admissions=True))
         assert door.admissions == {"A1": False}
+    finally:
+        await store.close()
+
+
+async def test_a_session_deleted_and_created_again_tells_its_doors_who_is_inside(
+        tmp_path: Path) -> None:
+    """Found by the model: a door forgets the admissions of a session that is deleted;
+    created again (the same id), the session came back to the door, but who was inside
+    did not (those rows had not changed since the door's cursor)."""
+    store = await ServerStore.open(tmp_path)
+    try:
+        await store.put_session(SessionInfo("s1", "One", False))
+        await store.upsert_attendees([Attendee(code, f"Name {code}") for code in CODES])
+        await store.put_device(DEVICE, "s1")
+        await store.put_device(SECOND_DOOR, "s1")
+        device, door = Device(DEVICE, "s1"), ModelDoor()
+        ends = await sync_over_perfect_link(store, device, door, device_end=DeviceEnd(
+            DEVICE, SOFTWARE, door.cache_state(), admissions=True))
+        await store.store_scans(Device(SECOND_DOOR, "s1"), [Scan(
+            "second-1", 1, "A1", "s1", "admitted", "registered", door_time(1), 1, "boot-2")])
+        for change in (None, lambda: store.delete_session("s1"),
+                       lambda: store.put_session(SessionInfo("s1", "One", False))):
+            if change is not None:
+                await change()
+            ends[0].changed()  # the hub's push
+            ends = await sync_over_perfect_link(store, device, door, *ends)
+            if change is None:
+                assert door.admissions == {"A1": True}
+        assert door.session is not None and door.admissions == {"A1": True}
     finally:
         await store.close()
 
