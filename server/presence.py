@@ -128,7 +128,8 @@ def audit_admissions(scans: Sequence[Scan], device_id: str, reentry_allowed: boo
     first_entry: dict[str, Scan] = {}
     state = {code: (p.inside, p.at, instant(p.at)) for code, p in presence.items()}
     for scan in scans:
-        entry, leaving = is_entry(scan), is_exit(scan)
+        entry = is_entry(scan)
+        leaving = not entry and is_exit(scan)
         if not (entry or leaving):
             continue
         at = instant(scan.scanned_at)

@@ -43,8 +43,6 @@ from server.presence import (
     PriorAdmission,
     audit_admissions,
     instant,
-    is_entry,
-    is_exit,
     time_in_session,
 )
 from server.schema import LINK_SECRET_FILE, MIGRATIONS, SERVER_FILE
@@ -678,7 +676,8 @@ class ServerStore:
         """Read what :func:`audit_admissions` needs about the batch's admitted codes (a
         few statements per batch, never per scan: a backlog of 50,000 drains as fast)."""
         session_id = device.session_id
-        moving = [s for s in scans if is_entry(s) or is_exit(s)]
+        # Every admission (audit_admissions tells entries from exits, once per scan).
+        moving = [s for s in scans if s.decision == Decision.ADMITTED and s.session_id]
         if session_id is None or not moving:
             return AdmissionAudit()
         codes = list(dict.fromkeys(s.code for s in moving))
@@ -723,6 +722,11 @@ class ServerStore:
             " at = excluded.at, seq = iif(excluded.seq < 0, seq, excluded.seq)",
             [(session_id, code, inside, at, seqs.get(code, -1))  # -1: keeps its seq
              for code, (inside, at, _) in audit.presence.items()])
+        if audit.presence:  # the batch's count, from the one it read in this transaction
+            await db.execute(
+                "INSERT INTO occupancy (session_id, inside) VALUES (?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET inside = excluded.inside",
+                (session_id, audit.occupancy))
         await db.executemany(
             "UPDATE scans SET double_admission = ? WHERE scan_id = ?"
             " AND double_admission IS NULL",
