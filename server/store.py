@@ -835,8 +835,8 @@ class ServerStore:
                 " count(*) FILTER (WHERE double_admission IS NOT NULL) AS double_admissions"
                 " FROM scans INDEXED BY scans_session WHERE session_id = :session",
                 params | {"override": Reason.OVERRIDE})))
-            # Each attendee's first admission, from the index alone (session, decision, code,
-            # scanned_at): their count is the distinct attendees admitted.
+            # Each attendee's first admission, from the index alone (session, decision,
+            # direction, code, scanned_at): their count is the distinct attendees admitted.
             arrivals = await db.execute_fetchall(
                 "SELECT strftime('%Y-%m-%dT%H:%M:00Z', first) AS minute, count(*) AS n"
                 " FROM (SELECT min(julianday(scanned_at)) AS first FROM scans"
