@@ -920,9 +920,8 @@ class ServerStore:
         params = {"session": session_id, "after": after, "limit": limit}
         async with self._read() as db:
             window = next(iter(await db.execute_fetchall(
-                "SELECT starts_at, ends_at, (SELECT max(julianday(scanned_at)) FROM scans"
-                "  WHERE session_id = :session) AS last FROM sessions"
-                " WHERE session_id = :session", params)), None)
+                "SELECT starts_at, ends_at FROM sessions WHERE session_id = :session",
+                params)), None)
             codes = [r["code"] for r in await db.execute_fetchall(
                 "SELECT code FROM registrants WHERE session_id = :session AND deleted = 0"
                 " AND code > :after UNION SELECT code FROM scans"
@@ -943,15 +942,19 @@ class ServerStore:
                 " FROM scans WHERE session_id = ? AND decision = ? AND direction = 'in'"
                 f" AND code IN ({marks}) GROUP BY code",
                 [Reason.OVERRIDE, session_id, Decision.ADMITTED, *codes])}
+            # "direction IN": the index (session, decision, direction, code) finds each code.
             moves = _moves(await db.execute_fetchall(
                 "SELECT code, decision, direction, reason, scanned_at FROM scans"
-                f" WHERE session_id = ? AND decision = ? AND code IN ({marks})",
-                [session_id, Decision.ADMITTED, *codes]))
-            last = None if window is None or window["last"] is None else await scalar(
-                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?)", (window["last"],))
+                " WHERE session_id = ? AND decision = ? AND direction IN ('in', 'out')"
+                f" AND code IN ({marks})", [session_id, Decision.ADMITTED, *codes]))
+            # An open stay of a session without an end counts to its last scan: read (the
+            # whole session's index) only when this page may need it.
+            last = None if window is None or window["ends_at"] or not moves else await scalar(
+                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', max(julianday(scanned_at)))"
+                    " FROM scans WHERE session_id = ?", (session_id,))
             rejected = {r["code"]: r["n"] for r in await db.execute_fetchall(
                 "SELECT code, count(*) AS n FROM scans WHERE session_id = ? AND decision = ?"
-                f" AND code IN ({marks}) GROUP BY code",
+                f" AND direction IN ('in', 'out') AND code IN ({marks}) GROUP BY code",
                 [session_id, Decision.REJECTED, *codes])}
         rows, now = [], wall_stamp()
         for code in codes:
