@@ -309,3 +309,24 @@ async def test_the_migration_makes_everyone_admitted_before_inside(tmp_path) -> 
         assert (await store.attendance("s1"))["time_in_session"]["A1"] == 1800
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("sql", [
+    # not arrived: a registrant's entrance admissions
+    "SELECT 1 FROM registrants AS r WHERE r.session_id = 's1' AND NOT EXISTS (SELECT 1"
+    " FROM scans AS c WHERE c.session_id = 's1' AND c.decision = 'admitted'"
+    " AND c.direction = 'in' AND c.code = r.code)",
+    # distinct attendees admitted, each one's first admission
+    "SELECT min(julianday(scanned_at)) FROM scans WHERE session_id = 's1'"
+    " AND decision = 'admitted' AND direction = 'in' GROUP BY code",
+    # an export page's admissions, exits and rejections by code
+    "SELECT code, count(*) FROM scans WHERE session_id = 's1' AND decision = 'rejected'"
+    " AND direction IN ('in', 'out') AND code IN ('A1', 'B2') GROUP BY code",
+])
+async def test_admission_counts_stay_index_only(store, sql: str) -> None:
+    """Direction joined the admissions index between decision and code: the counts that
+    were read from the index alone still are, each code found by the index."""
+    async with store._read() as db:
+        plan = " | ".join(r[3] for r in await db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING COVERING INDEX scans_session_code" in plan, plan
+    assert "direction=?" in plan, plan
