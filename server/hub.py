@@ -64,6 +64,11 @@ class Hub:
             if session_id is None or link.session_id == session_id:
                 link.changed()
 
+    async def disconnect_session(self, session_id: str, code: int, reason: str) -> None:
+        """Close the connection of every device assigned to *session_id*."""
+        for link in [x for x in self._links.values() if x.session_id == session_id]:
+            await link.close(code, reason)
+
     async def disconnect(self, device_id: str, code: int, reason: str) -> None:
         """Close *device_id*'s connection, if it has one (reassigned, revoked)."""
         link = self._links.get(device_id)

@@ -16,7 +16,6 @@ from core.rules import Direction
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
 from sync.device_store import (
     REAPPLY_OWN,
-    UPSERT_ADMISSION,
     UPSERT_SESSION,
     SessionRow,
     Store,
@@ -76,7 +75,7 @@ class SyncStore(Store):
         """Apply changes in seq order and store the new cursor, atomically."""
         db = self._db
         async with self.write():
-            for change in changes.changes:
+            for change in session_first(changes.changes):
                 if change.kind == "session":
                     await _apply_session(db, change.session)
                 elif change.kind == "admission":
@@ -149,6 +148,17 @@ FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
 """
 
 
+def session_first(changes: list[Change]) -> list[Change]:
+    """*changes* in seq order, but the session's own first: the rest are of that session.
+
+    A row comes in its latest state at its latest seq, so a session deleted, created again,
+    given registrants and then renamed arrives with its registrants before it: applied in
+    seq order on a door that had no session, they would have nothing to belong to. (A
+    deleted session has no registrants, so none can need the old session instead.)
+    """
+    return sorted(changes, key=lambda change: change.kind != "session")
+
+
 def _session_row(session: SessionInfo | None) -> SessionRow | None:
     if session is None:
         return None
@@ -173,6 +183,10 @@ async def _apply_session(db: Any, session: SessionInfo | None) -> None:
 
 
 async def _apply_admission(db: Any, change: Change) -> None:
-    """Another door's admission or exit (or this door's own, back from the server)."""
-    await db.execute(UPSERT_ADMISSION, (change.code, int(change.inside)))
+    """Another door's admission or exit (or this door's own, back from the server); only
+    while the door has a session (they are that session's), as registrants."""
+    await db.execute("INSERT INTO admissions (code, inside) SELECT ?, ?"
+                     " WHERE EXISTS (SELECT 1 FROM session)"
+                     " ON CONFLICT (code) DO UPDATE SET inside = excluded.inside",
+                     (change.code, int(change.inside)))
 

@@ -111,6 +111,7 @@ from sync.server_end import (
     StoreScans,
     judge_scans,
 )
+from sync.store import SyncStore, session_first
 
 DEVICE = "door-1"
 OTHER_DEVICE = "door-9"
@@ -276,15 +277,17 @@ class ModelServer:
         self.attendees[code] = self._next_seq()
         return True
 
-    def put_session(self, info: SessionInfo) -> None:
+    def put_session(self, info: SessionInfo) -> bool:
+        """Create or update a session; say whether it was created (or brought back)."""
         row = self.sessions.get(info.session_id)
         if row is not None and not row.deleted and row.info == info:
-            return
+            return False
         self.sessions[info.session_id] = SessionRow(info, False, self._next_seq())
         if row is not None and row.deleted:  # back: its doors hear of who is inside again
             for (sid, _), presence in sorted(self.presence.items(), key=lambda i: i[1].seq):
                 if sid == info.session_id:
                     presence.seq = self._next_seq()
+        return row is None or row.deleted
 
     def delete_session(self, session_id: str) -> bool:
         row = self.sessions.get(session_id)
@@ -395,9 +398,9 @@ class ModelDoor:
                 and scan.session_id == self.session.session_id):
             self.admissions[scan.code] = scan.direction != "out"
 
-    # SyncStore.apply_changes
+    # SyncStore.apply_changes (the session's own change first)
     def apply_changes(self, action: ApplyChanges) -> None:
-        for change in action.changes:
+        for change in session_first(action.changes):
             if change.kind == "session":
                 before, self.session = self.session, change.session
                 if change.session is None:
@@ -406,7 +409,7 @@ class ModelDoor:
                 elif before is None or before.session_id != change.session.session_id:
                     self.admissions.clear()
                     self.reapply_own(waiting_only=False)
-            elif change.kind == "admission":
+            elif change.kind == "admission" and self.session is not None:
                 self.admissions[change.code] = change.inside
             elif change.kind == "attendee" and change.deleted:
                 self.attendees.discard(change.code)
@@ -851,7 +854,9 @@ class TcpSyncModel(RuleBasedStateMachine):
                 self._hub_changed(None)
         elif kind == "put_session":
             session_id, name, validate = args
-            server.put_session(SessionInfo(session_id, name, validate))
+            created = server.put_session(SessionInfo(session_id, name, validate))
+            if created and self.link is not None and self.link.view.session_id == session_id:
+                self.link.doomed = True  # hub.disconnect_session: it reconnects for a snapshot
             self._hub_changed(session_id)
         elif kind == "delete_session":
             if server.delete_session(*args):
@@ -1226,6 +1231,27 @@ async def test_a_session_deleted_and_created_again_tells_its_doors_who_is_inside
         await store.close()
 
 
+async def test_changes_that_bring_a_session_back_bring_its_registrants_and_admissions(
+        tmp_path: Path) -> None:
+    """Found by the model: a session deleted, created again, given registrants and then
+    renamed comes to a door as one changes message whose registrants (and admissions)
+    precede the session in seq order (each row at its latest seq). Applied in that order
+    on a door that had no session, they had nothing to belong to and were lost."""
+    keynote = SessionInfo("S1", "Keynote", True)
+    store = await SyncStore.open(tmp_path)
+    try:
+        await store.apply_snapshot(ApplySnapshot("E1", 3, None, ["A1", "A2"], [],
+                                                 admissions=[], exits=[]))
+        await store.apply_changes(ApplyChanges(9, [
+            Change(6, "registrant", "A1"), Change(7, "admission", "A2", inside=True),
+            Change(9, "session", session=keynote)]))
+        facts = await store.facts("A1")
+        assert facts.session_id == "S1" and facts.is_registrant
+        assert (await store.facts("A2")).inside
+    finally:
+        await store.close()
+
+
 async def server_with_registrant(data_dir: Path) -> tuple[ServerStore, Device]:
     store = await ServerStore.open(data_dir)
     await store.put_session(SessionInfo("s1", "One", True))
@@ -1335,6 +1361,45 @@ async def test_a_device_changed_while_its_link_opens_is_closed_at_once(
             f"{parse_server_message(answer['text'])}")
         assert answer["code"] == code
         assert not app.state.hub.connected()
+    finally:
+        await received.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(link, 10)
+        await api.aclose()
+        await store.close()
+
+
+async def test_a_session_created_again_makes_its_connected_doors_resync(tmp_path: Path) -> None:
+    """Found by the model: changes after a session came back bring its registrants before
+    it (each row at its latest seq: the session's is last once renamed), and in several
+    parts when many; a door that had dropped the deleted session had nothing to put them
+    in. Its connected doors are closed (4002) and reconnect for a snapshot."""
+    app = create_app(tmp_path, "admin-token")
+    store = await ServerStore.open(tmp_path)
+    app.state.store, app.state.hub, app.state.admin_token = store, Hub(), "admin-token"
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server",
+                            headers={"Authorization": "Bearer admin-token"})
+    keynote = {"name": "Keynote", "validate_registrants": True}
+    await api.put("/api/sessions/s1", json=keynote)
+    token = (await api.put(f"/api/devices/{DEVICE}", json={"session_id": "s1"})).json()["token"]
+    received: asyncio.Queue[dict] = asyncio.Queue()
+    sent: asyncio.Queue[dict] = asyncio.Queue()
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws",
+             "http_version": "1.1", "path": "/sync", "raw_path": b"/sync", "root_path": "",
+             "query_string": b"", "headers": [(b"authorization", f"Bearer {token}".encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "subprotocols": []}
+    await received.put({"type": "websocket.connect"})
+    link = asyncio.create_task(app(scope, received.get, sent.put))
+    try:
+        assert (await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.accept"
+        end = DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0), admissions=True)
+        for frame in end.data_to_send():
+            await received.put({"type": "websocket.receive", "text": frame})
+        assert (await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.send"  # welcome
+        assert (await api.delete("/api/sessions/s1")).status_code == 204
+        assert (await api.put("/api/sessions/s1", json=keynote)).status_code == 201
+        while (answer := await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.send":
+            pass  # the snapshot, the deletion
+        assert (answer["type"], answer["code"]) == ("websocket.close", CLOSE_REASSIGNED)
     finally:
         await received.put({"type": "websocket.disconnect", "code": 1000})
         await asyncio.wait_for(link, 10)
