@@ -71,10 +71,10 @@ class Device(harness.Device):
 
     def __init__(self, root: Path, device_id: str, sync_url: str, *, auth_retry: float = 0.5,
                  debounce_seconds: float = 0.1, door: Mapping[str, Any] | None = None,
-                 override: bool = False, **server: Any) -> None:
+                 override: bool = False, data_dir: str = "data", **server: Any) -> None:
         gpio = {"override_button": self.OVERRIDE_PIN, "press_file": self.PRESS_FILE} \
             if override else {}
-        super().__init__(root, device_id, server_url=sync_url,
+        super().__init__(root, device_id, server_url=sync_url, data_dir=data_dir,
                          camera={"fps": 40, "frames_per_image": 2},
                          scanner={"debounce_seconds": debounce_seconds},
                          server={"retry_min_seconds": 0.1, "retry_max_seconds": 0.5,

@@ -101,6 +101,21 @@ def test_offline_door_keeps_deciding_and_every_scan_arrives_once(tmp_path, serve
     assert (attendance["admitted"], attendance["rejected"]) == (2, 3)
 
 
+def test_without_its_wake_socket_the_daemon_still_uploads(tmp_path, server, devices) -> None:
+    """The door's poke is a hint: a daemon that cannot bind its socket (here: a data dir
+    path too long for a Unix socket) says so and finds the scans by looking now and then."""
+    event(server)
+    device = Device(tmp_path / "door-1", "door-1", server.sync_url, data_dir="d" * 110)
+    device.token_file.write_text(server.provision("door-1", "s1") + "\n")
+    devices.append(device)
+    device.start_sync()
+    wait_for(lambda: device.registrants() == {"A1"}, what="first snapshot")
+    decisions = device.door("A1", "B2")
+    wait_for(lambda: device.waiting() == 0, what="scans uploaded without pokes")
+    assert_each_scan_once(server, "s1", decisions)
+    assert "instead of being woken by the door" in device.log()
+
+
 def test_a_server_with_a_new_database_makes_the_device_resync(tmp_path, server,
                                                               devices) -> None:
     event(server)
