@@ -237,13 +237,7 @@ async def put_session(request: Request) -> Response:
     session = SessionInfo(session_id=session_id, **fields)
     _check_window(session.starts_at, session.ends_at)
     created = await _store(request).put_session(session)
-    if created:
-        # A deleted session back (a new one has no doors yet): its doors dropped it, and
-        # changes would bring its registrants before it (each row at its latest seq, the
-        # session's last when it was renamed since): they reconnect for a snapshot.
-        await request.app.state.hub.disconnect_session(
-            session_id, CLOSE_REASSIGNED, f"session {session_id} created again")
-    request.app.state.hub.changed(session_id)
+    await request.app.state.hub.session_saved(session_id, created=created, code=CLOSE_REASSIGNED)
     _session_changed(request, session_id)
     return JSONResponse({"session_id": session_id, **fields, "created": created},
                         status_code=201 if created else 200)

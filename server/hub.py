@@ -64,6 +64,17 @@ class Hub:
             if session_id is None or link.session_id == session_id:
                 link.changed()
 
+    async def session_saved(self, session_id: str, *, created: bool, code: int) -> None:
+        """A session was saved; *created*: it did not exist, or was deleted and is back.
+
+        A deleted session's doors dropped it, and changes would bring its registrants
+        before it (each row at its latest seq): its connected doors are closed with
+        *code* (the reassignment code) to reconnect for a snapshot. Otherwise its doors
+        are sent the change."""
+        if created:
+            await self.disconnect_session(session_id, code, f"session {session_id} created again")
+        self.changed(session_id)
+
     async def disconnect_session(self, session_id: str, code: int, reason: str) -> None:
         """Close the connection of every device assigned to *session_id*."""
         for link in [x for x in self._links.values() if x.session_id == session_id]:

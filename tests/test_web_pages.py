@@ -4,6 +4,7 @@ attendee's schedule link. (The real-browser walkthrough is tests/test_browser.py
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import Iterator
@@ -13,8 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
-from tests.system import ADMIN, Device, Server, private_ca, wait_for
+from sync.device_end import ApplyChanges, ApplySnapshot
+from sync.messages import CLOSE_REASSIGNED
+from tests.system import ADMIN, Device, Server, SyncClient, private_ca, wait_for
 
 XSS = "<script>alert(1)</script>"
 PAGES_NEEDING_SIGN_IN = ["/", "/sessions", "/sessions/new", "/sessions/s1", "/sessions/s1/delete",
@@ -250,6 +254,33 @@ def test_sessions_are_created_listed_and_edited(server: Server, page: Page) -> N
     page.get("/sessions/new")
     again = page.post("/sessions", {"session_id": "talk-1", "name": "Other"}, expect=409)
     assert "a session with this id exists" in again.text
+
+
+def test_a_deleted_sessions_id_used_again_makes_its_connected_doors_resync(
+        server: Server, page: Page) -> None:
+    """As through the API: a door that dropped the deleted session would be sent its
+    registrants before the session itself; the form closes its link (4002) instead, and
+    the door reconnects for a snapshot."""
+    _session(server, "phoenix", "Phoenix")
+    token = server.provision("door-phoenix", "phoenix")
+
+    async def door_sees_the_session_come_back() -> int | None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(server.sync_url, additional_headers=headers) as ws:
+            door = SyncClient(ws, "door-phoenix")
+            await door.until(ApplySnapshot)
+            await asyncio.to_thread(api, server, "DELETE", "/api/sessions/phoenix")
+            await door.until(ApplyChanges)  # the session gone
+            await asyncio.to_thread(page.get, "/sessions/new")
+            await asyncio.to_thread(page.post, "/sessions",
+                                    {"session_id": "phoenix", "name": "Phoenix again"})
+            with pytest.raises(websockets.ConnectionClosed):
+                async with asyncio.timeout(20):
+                    while True:
+                        await ws.recv()
+            return ws.close_code
+
+    assert asyncio.run(door_sees_the_session_come_back()) == CLOSE_REASSIGNED
 
 
 def _capacity(server: Server, session_id: str) -> Any:

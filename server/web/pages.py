@@ -493,7 +493,9 @@ async def create_session(request: Request) -> Response:
     if await _store(request).session_exists(session_id):
         raise WebError(409, f"session id {_show(session_id)}: a session with this id exists; "
                             "choose another id or edit that session")
-    await _store(request).put_session(info)
+    created = await _store(request).put_session(info)
+    # A deleted session's id used again: its doors reconnect for a snapshot.
+    await request.app.state.hub.session_saved(session_id, created=created, code=CLOSE_REASSIGNED)
     _changed(request, session_id)
     request.state.session.say(f"Session “{info.name}” created.")
     return _redirect(f"/sessions/{session_id}")
