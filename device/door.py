@@ -224,6 +224,12 @@ class Door:
         at_ns, payloads = self._capture(source)  # on the store's thread
         return at_ns, [self._decide_here(desk, raw) for raw in self._new(at_ns, payloads)]
 
+    async def _handle_frame(self, at_ns: int, payloads: list[bytes]) -> bool:
+        """Decide, record and signal the new payloads of a frame already decoded (tests
+        hand the door frames this way); say whether any was new."""
+        outcomes = [await self._decide(raw) for raw in self._new(at_ns, payloads)]
+        return self._signal_all(outcomes)
+
     def _new(self, at_ns: int, payloads: list[bytes]) -> list[bytes]:
         return [raw for raw in payloads if self.debouncer.is_new(raw, at_ns)]
 
