@@ -139,5 +139,10 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO admissions (code, inside)
     SELECT DISTINCT code, 1 FROM scans
     WHERE decision = 'admitted' AND session_id = (SELECT session_id FROM session);
+
+    -- The other doors' admissions made before this upgrade are behind this door's cursor:
+    -- the server sends admissions after it only. Forgetting the epoch brings one snapshot,
+    -- which carries them all.
+    UPDATE sync_state SET epoch = NULL;
     """,
 )

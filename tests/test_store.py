@@ -26,6 +26,7 @@ from sync.device_store import (
     StoreError,
     UploadState,
 )
+from sync.store import SyncStore
 
 SESSION = SessionRules("keynote", validate_registrants=True)
 
@@ -348,12 +349,16 @@ async def test_migrating_counts_the_admissions_made_before(tmp_path: Path) -> No
             db.execute("INSERT INTO scans (scan_id, code, session_id, decision, reason,"
                        " scanned_at, monotonic_ns, boot_id) VALUES (?, ?, 'keynote', ?, 'r',"
                        " 't', 0, 'b')", (f"s{n}", code, decision))
+        db.execute("UPDATE sync_state SET epoch = 'e1', cursor = 42")
     db.close()
-    store = await Store.open(tmp_path)
+    store = await SyncStore.open(tmp_path)
     try:
         facts = await store.facts("A1")
         assert facts.inside and facts.occupancy == 2
         assert not (await store.facts("A2")).admitted_before
         assert {s["direction"] for s in await store.scans()} == {"in"}
+        # The other doors' admissions before the upgrade are behind the cursor: the
+        # forgotten epoch brings a snapshot that carries them.
+        assert (await store.cache_state()).epoch is None
     finally:
         await store.close()
