@@ -23,14 +23,11 @@ MAX_KEEP_DELETED_DAYS = 36500
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from checkin.logs import setup
+
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one DEBUG line per statement
+    setup(verbose=getattr(args, "verbose", False), log_format=args.log_format)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -40,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="checkin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"checkin {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (under systemd: no timestamps of our own, priorities for "
+                             "journald) or json (one object per line, for shipping)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     door = commands.add_parser("door", help="run a door: camera, decision, LEDs and buzzer")
@@ -84,6 +84,37 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
+
+    config = commands.add_parser("config", help="work with a device config file")
+    config_commands = config.add_subparsers(required=True, metavar="ACTION")
+    check = config_commands.add_parser(
+        "check", help="check a device config file without starting anything (exit 0 when "
+                      "valid, 2 when not); touches no hardware and no network")
+    check.add_argument("file", metavar="FILE", help="the device config (TOML)")
+    check.set_defaults(handler=_config_check)
+
+    doctor = commands.add_parser("doctor", help="self-test a door: config, store, server, "
+                                                "clock, camera, LEDs and buzzer, disk")
+    doctor.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor.set_defaults(handler=_doctor)
+
+    provision = commands.add_parser(
+        "provision", help="create or reassign doors on the server and write each one's "
+                          "config and token (admin token from $CHECKIN_ADMIN_TOKEN)")
+    provision.add_argument("--server", required=True, metavar="URL",
+                           help="the server's base URL (https://HOST:PORT)")
+    provision.add_argument("--template", required=True, metavar="FILE",
+                           help="a door config (TOML) every door's config is made from")
+    provision.add_argument("--devices", required=True, metavar="CSV",
+                           help="one row per door: device_id,session_id")
+    provision.add_argument("--out", required=True, metavar="DIR",
+                           help="where each door's config and token file are written")
+    provision.add_argument("--rotate", action="store_true",
+                           help="revoke and issue again every listed door's token")
+    provision.add_argument("--ca-file", metavar="PEM",
+                           help="the CA certificate the server's TLS certificate is checked with")
+    provision.set_defaults(handler=_provision)
 
     demo = commands.add_parser("demo", help="the whole system on this machine: a server and "
                                             "two doors with scripted cameras")
@@ -191,6 +222,24 @@ def _status(args: argparse.Namespace) -> int:
 
     return asyncio.run(show_status(_load_config_or_exit(args.config), sys.stdout,
                                    as_json=args.json))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from checkin.configcheck import run
+
+    return run(args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from checkin.doctor import run
+
+    return run(args)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from checkin.provision import run
+
+    return run(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
