@@ -1311,6 +1311,23 @@ async def test_a_server_restored_from_a_backup_with_a_new_epoch_resyncs_its_devi
         await store.close()
 
 
+async def _open_sync_link(app: Any, token: str) -> tuple[asyncio.Queue[dict],
+                                                         asyncio.Queue[dict], asyncio.Task]:
+    """A /sync websocket into *app* in this process (ASGI messages, no socket): the queue
+    the test puts the device's messages on, the queue of the app's answers, and the
+    endpoint's task, once the app accepted the link."""
+    received: asyncio.Queue[dict] = asyncio.Queue()
+    sent: asyncio.Queue[dict] = asyncio.Queue()
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws",
+             "http_version": "1.1", "path": "/sync", "raw_path": b"/sync", "root_path": "",
+             "query_string": b"", "headers": [(b"authorization", f"Bearer {token}".encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "subprotocols": []}
+    await received.put({"type": "websocket.connect"})
+    link = asyncio.create_task(app(scope, received.get, sent.put))
+    assert (await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.accept"
+    return received, sent, link
+
+
 @pytest.mark.parametrize(("change", "code"), [("reassigned", CLOSE_REASSIGNED),
                                               ("revoked", CLOSE_UNAUTHORIZED)])
 async def test_a_device_changed_while_its_link_opens_is_closed_at_once(
@@ -1343,16 +1360,8 @@ async def test_a_device_changed_while_its_link_opens_is_closed_at_once(
         return view
 
     monkeypatch.setattr(ServerStore, "view", view_then_changed)
-    received: asyncio.Queue[dict] = asyncio.Queue()
-    sent: asyncio.Queue[dict] = asyncio.Queue()
-    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws",
-             "http_version": "1.1", "path": "/sync", "raw_path": b"/sync", "root_path": "",
-             "query_string": b"", "headers": [(b"authorization", f"Bearer {token}".encode())],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "subprotocols": []}
-    await received.put({"type": "websocket.connect"})
-    link = asyncio.create_task(app(scope, received.get, sent.put))
+    received, sent, link = await _open_sync_link(app, token)
     try:
-        assert (await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.accept"
         for frame in DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0)).data_to_send():
             await received.put({"type": "websocket.receive", "text": frame})
         answer = await asyncio.wait_for(sent.get(), 10)
@@ -1381,16 +1390,8 @@ async def test_a_session_created_again_makes_its_connected_doors_resync(tmp_path
     keynote = {"name": "Keynote", "validate_registrants": True}
     await api.put("/api/sessions/s1", json=keynote)
     token = (await api.put(f"/api/devices/{DEVICE}", json={"session_id": "s1"})).json()["token"]
-    received: asyncio.Queue[dict] = asyncio.Queue()
-    sent: asyncio.Queue[dict] = asyncio.Queue()
-    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws",
-             "http_version": "1.1", "path": "/sync", "raw_path": b"/sync", "root_path": "",
-             "query_string": b"", "headers": [(b"authorization", f"Bearer {token}".encode())],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "subprotocols": []}
-    await received.put({"type": "websocket.connect"})
-    link = asyncio.create_task(app(scope, received.get, sent.put))
+    received, sent, link = await _open_sync_link(app, token)
     try:
-        assert (await asyncio.wait_for(sent.get(), 10))["type"] == "websocket.accept"
         end = DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0), admissions=True)
         for frame in end.data_to_send():
             await received.put({"type": "websocket.receive", "text": frame})
