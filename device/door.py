@@ -49,6 +49,7 @@ from device.scanner.frames import (
     open_source,
 )
 from device.scanner.payload import parse_payload
+from device.selftest import SELF_TEST, ControlListener
 from sync.device_store import Decided, DoorStore, ScanRecord, Store, StoreError
 from sync.wake import Poker
 
@@ -101,12 +102,14 @@ class Door:
         self.store: Store | None = None
         self.desk: DoorStore | None = None
         self.poker = Poker(config.data_dir)
+        self.control = ControlListener(config.data_dir, self.self_test)
         self._stopping = asyncio.Event()
         self._ready_sent = False
         self._presses: set[asyncio.Task[Reason | None]] = set()
 
     def stop(self) -> None:
         """Ask the loop to finish the frame in hand and return."""
+        notify("STOPPING=1")  # systemd: the unit is stopping, not hung
         self._stopping.set()
 
     async def run(self, *, exit_when_done: bool = False) -> int:
@@ -114,6 +117,9 @@ class Door:
         source = None
         await self._ensure_desk()
         await self._note(started_at=wall_now().isoformat())
+        if not self.control.open():  # the door runs on; only `checkin doctor` misses it
+            log.warning("cannot bind the control socket %s: checkin doctor cannot ask "
+                        "this door for its self-test", self.control.path)
         last_note_ns, frames_since_note = monotonic_ns(), 0
         retry = 0.5
         press_file = self._wire_button()
@@ -162,10 +168,19 @@ class Door:
                 with contextlib.suppress(Exception):
                     await task
             self._close_source(source)
+            self.control.close()
             self.indicators.close()
             self.poker.close()
             await self._close_store()
         return 1 if self.stats.unrecorded and exit_when_done else 0
+
+    def self_test(self) -> dict[str, object]:
+        """`checkin doctor` asked (device/selftest.py): play the self-test pattern and say
+        what the door is doing."""
+        self.indicators.show_pattern(SELF_TEST)
+        log.info("self-test pattern playing (asked by checkin doctor)")
+        return {"self_test": "playing", "frames": self.stats.frames,
+                "decisions": self.stats.decisions, "camera_errors": self.stats.camera_errors}
 
     def _wire_button(self) -> PressFile | None:
         """Route the override button's presses (gpiozero calls from its own thread) to

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from starlette.routing import WebSocketRoute
 
 from core.clock import wall_now
 from core.database import StoreError
+from core.notify import notify, pet_watchdog, watchdog_seconds
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
 from server.hub import Hub
@@ -167,21 +169,40 @@ def _timed_h11() -> type:
 
 
 def _ending_streams() -> type:
-    """uvicorn's server that, when it starts to stop, first ends the live pages' event
-    streams: they never finish by themselves, and would hold the stop for the whole
-    graceful timeout."""
+    """uvicorn's server that tells systemd (``Type=notify``) READY=1 once it listens,
+    pets its watchdog from a task on the server's event loop (a wedged loop stops the
+    pets: systemd restarts the server) and says STOPPING=1 when it starts to stop; and
+    then first ends the live pages' event streams: they never finish by themselves, and
+    would hold the stop for the whole graceful timeout."""
     import uvicorn
 
     class Server(uvicorn.Server):  # type: ignore[misc]
         def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
             super().__init__(config)
             self.app = app
+            self._petting: asyncio.Task[None] | None = None
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if not self.started:  # it could not listen: no READY=1, systemd sees it fail
+                return
+            every = watchdog_seconds(os.environ, os.getpid())
+            if every:
+                self._petting = asyncio.create_task(pet_watchdog(every))
+            notify("READY=1")
 
         async def shutdown(self, sockets: list | None = None) -> None:
+            notify("STOPPING=1")
             live = getattr(self.app.state, "live", None)
             if live is not None:
                 live.close()
-            await super().shutdown(sockets)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if self._petting is not None:  # pets until the end: a slow stop is no hang
+                    self._petting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._petting
 
     return Server
 

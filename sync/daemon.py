@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from core import __version__
 from core.clock import boot_id, monotonic_ns, wall_now, wall_stamp
 from core.database import StoreError
+from core.notify import ready_and_watched
 from sync.backoff import Backoff
 from sync.config import DaemonConfig, ServerConfig, insecure_url_warning
 from sync.device_end import (
@@ -331,7 +332,10 @@ async def run_sync(config: DaemonConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.stop)
     try:
-        await daemon.run()
+        # systemd (Type=notify): up once the loop runs, connected or not; the watchdog is
+        # petted from this loop whatever the link does, so only a wedged daemon stops it.
+        async with ready_and_watched():
+            await daemon.run()
     finally:
         await store.close()
     return 0
