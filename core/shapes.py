@@ -15,12 +15,13 @@ dataclass is the one declaration: each field carries its check in its metadata
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import functools
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -216,8 +217,8 @@ def check_fields(
     for key, value in table.items():
         if key not in fields:
             problems.append(
-                f"{label}{name(key)} = {show(value)}: unknown key (expected one of: "
-                f"{', '.join(fields)})"
+                f"{label}{name(key)} = {show(value)}: unknown key{did_you_mean(key, fields)} "
+                f"(expected one of: {', '.join(fields)})"
             )
             continue
         try:
@@ -228,6 +229,15 @@ def check_fields(
         if required and key not in table:
             problems.append(f"{label}{key} is missing")
     return checked, problems
+
+
+def did_you_mean(given: Any, known: Iterable[str], template: str = "{}") -> str:
+    """``"; did you mean green?"`` when *given* is close to one of *known* (a typo such
+    as ``gren``), else ``""``. *template* shows the match (e.g. ``"[{}]"`` for a section)."""
+    if not isinstance(given, str):
+        return ""
+    close = difflib.get_close_matches(given.lower(), list(known), n=1, cutoff=0.6)
+    return f"; did you mean {template.format(close[0])}?" if close else ""
 
 
 def name(key: Any) -> str:

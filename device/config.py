@@ -8,6 +8,7 @@ See ``config/door.example.toml`` for every key with its default.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from core.shapes import (
     check_fields,
     checked,
     choice,
+    did_you_mean,
     fields_of,
     identifier,
     integer,
@@ -30,7 +32,7 @@ from core.shapes import (
 )
 from core.shapes import name as shown
 from core.shapes import path as file_path
-from sync.config import ServerConfig
+from sync.config import ServerConfig, server_file_problems
 
 DECODERS = ("pipeline", "zxing-cpp", "pyzbar")
 PIN_FACTORIES = ("mock", "lgpio")
@@ -157,9 +159,14 @@ OPTIONAL_SECTIONS = frozenset({"scanner", "door", "server"})
 
 def load_config(path: Path | str) -> DeviceConfig:
     """Read and check the config file at *path*; raise :class:`ConfigError` on any problem."""
+    return parse_config(read_document(path), path)
+
+
+def read_document(path: Path | str) -> dict[str, Any]:
+    """The TOML document at *path*; :class:`ConfigError` if it cannot be read or parsed."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -168,7 +175,6 @@ def load_config(path: Path | str) -> DeviceConfig:
         raise ConfigError(path, ["not valid TOML: nested too deeply"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    return parse_config(data, path)
 
 
 def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
@@ -178,7 +184,8 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DeviceConfig:
     sections = {name: _check_section(data, name, problems) for name in SCHEMA}
     for name, value in data.items():
         if name not in SCHEMA:
-            problems.append(f"[{shown(name)}] is an unknown section (expected: "
+            problems.append(f"[{shown(name)}] is an unknown section"
+                            f"{did_you_mean(name, SCHEMA, '[{}]')} (expected: "
                             f"{', '.join(SCHEMA)})")
         elif not isinstance(value, dict):
             problems.append(f"{name} = {show(value)}: expected a [{name}] table")
@@ -240,3 +247,45 @@ def _build(sections: dict[str, dict[str, Any]], base: Path, path: Path) -> Devic
         path=path,
     )
 
+
+
+def file_problems(data: dict[str, Any], path: Path | str) -> list[str]:
+    """What is wrong with the files a parsed document names, checked as far as its keys
+    are valid (those that are not are :func:`parse_config`'s problems): the camera's
+    ``images:`` path, and the ``[server]`` URL, token file and CA file
+    (:func:`sync.config.server_file_problems`). Reads files, never hardware or network.
+    """
+    base = Path(path).parent
+    problems = []
+    source = _valid_keys(data, "camera").get("source", "")
+    images = base / source.removeprefix("images:")
+    if source.startswith("images:") and not os.path.exists(images):  # never raises
+        problems.append(f"[camera] source = {show(source)}: no such file or folder "
+                        f"({images}; expected the images the door reads as frames)")
+    server = _valid_keys(data, "server")
+    if server:
+        problems.extend(server_file_problems(
+            server.get("url"),
+            base / server["token_file"] if "token_file" in server else None,
+            base / server["ca_file"] if "ca_file" in server else None))
+    return problems
+
+
+def start_warnings(config: DeviceConfig) -> list[str]:
+    """The ``[server]`` file problems the door and the daemon log at start: warnings there,
+    not errors (the token may be put in place while they run, and tests and the demo
+    write it with the default mode), errors in ``checkin config check``."""
+    server = config.server
+    if server is None:
+        return []
+    # The URL's warning is sync.daemon.run_sync's own (it logs it at every start).
+    return server_file_problems(None, server.token_file, server.ca_file)
+
+
+def _valid_keys(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """The keys of section *name* whose values pass their checks (others are ignored)."""
+    table = data.get(name)
+    if not isinstance(table, dict):
+        return {}
+    values, _problems = check_fields(table, SCHEMA[name])
+    return values

@@ -9,12 +9,15 @@ checks).
 from __future__ import annotations
 
 import ipaddress
+import os
+import ssl
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from core.shapes import checked, number
+from core.shapes import checked, number, show
 from core.shapes import path as file_path
 
 
@@ -98,3 +101,64 @@ def _is_loopback(host: str) -> bool:
         address = address.ipv4_mapped
     return address.is_loopback
 
+
+
+def server_file_problems(url: str | None, token_file: Path | None,
+                         ca_file: Path | None) -> list[str]:
+    """What the daemon will find wrong with the ``[server]`` section's URL and files.
+
+    Each argument is the checked, resolved value, or ``None`` when the key is absent or
+    already reported as invalid. Reads the files but never the network; ``checkin config
+    check`` reports these as errors, the door and the daemon log them as warnings at
+    start (the daemon reads the token again at every connection: a technician may put it
+    in place while it runs).
+    """
+    problems = []
+    if url is not None and (warning := insecure_url_warning(url)):
+        problems.append(warning)
+    if token_file is not None:
+        problems.extend(token_file_problems(token_file))
+    if ca_file is not None:
+        problems.extend(ca_file_problems(ca_file))
+    return problems
+
+
+def token_file_problems(path: Path) -> list[str]:
+    """The device token file: present, a file, one token, and private (mode & 0o077 == 0:
+    anyone who reads it can push scans as this door)."""
+    where = f"[server] token_file = {show(str(path))}"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8") if stat.S_ISREG(mode) else None
+    except FileNotFoundError:
+        return [f"{where}: no such file (expected the device token, e.g. written by "
+                f"checkin provision)"]
+    except OSError as exc:
+        return [f"{where}: cannot read it ({exc.strerror}; user id {os.geteuid()})"]
+    except UnicodeDecodeError:
+        return [f"{where}: expected one token as text, the file is not UTF-8 text"]
+    if text is None:
+        return [f"{where}: expected a file, it is not a regular file"]
+    problems = []
+    words = text.split()
+    if len(words) != 1:
+        problems.append(f"{where}: expected one token, the file holds "
+                        f"{'nothing' if not words else f'{len(words)} words'}")
+    if mode & 0o077:
+        problems.append(f"{where}: readable by group or others (mode {stat.S_IMODE(mode):04o});"
+                        f" expected mode 0600 or 0400 (chmod 600 {path}): whoever reads it "
+                        f"can push scans as this door")
+    return problems
+
+
+def ca_file_problems(path: Path) -> list[str]:
+    """The private CA file: present and holding PEM certificates TLS can load."""
+    where = f"[server] ca_file = {show(str(path))}"
+    if not os.path.exists(path):  # never raises
+        return [f"{where}: no such file (expected PEM CA certificates)"]
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        return [f"{where}: expected PEM CA certificates, cannot load them ({detail})"]
+    return []
