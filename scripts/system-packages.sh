@@ -2,7 +2,8 @@
 # Install the few system packages checkin needs that pip cannot: the venv module
 # (Debian and Ubuntu ship it separately), ZBar (for the pyzbar decoder) and Debian's
 # chromium, the real browser the organizer pages' tests drive through Playwright
-# (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md).
+# (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md)
+# and shellcheck, which the tests run on the shell scripts.
 # Run by `make` before it creates .venv; asks for sudo only if something is missing.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ missing=()
 ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing+=(libzbar0)
 # The tests look for it where Debian puts it (or at $CHECKIN_CHROMIUM).
 [ -x "${CHECKIN_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+# The tests lint the shell scripts (tests/test_install_script.py).
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
