@@ -147,13 +147,25 @@ def _load_config_or_exit(path: str):  # -> DeviceConfig, or exits 2
         sys.exit(EXIT_CONFIG)
 
 
+def _start_config(path: str, logger: str):  # -> DeviceConfig, or exits 2
+    """The config for a long-running process (door, sync): its errors exit 2; the
+    problems of the files it names are logged as warnings (`checkin config check` makes
+    them errors), as the token may be put in place while the process runs."""
+    from device.config import start_warnings
+
+    config = _load_config_or_exit(path)
+    for warning in start_warnings(config):
+        logging.getLogger(logger).warning("%s", warning)
+    return config
+
+
 def _door(args: argparse.Namespace) -> int:
     from device.door import run_door
     from device.indicators.signals import IndicatorError, Indicators
     from device.scanner.decoders import make_decoder
     from device.scanner.frames import CameraError
 
-    config = _load_config_or_exit(args.config)
+    config = _start_config(args.config, "checkin.door")
     log = logging.getLogger("checkin.door")
     try:
         indicators = Indicators.from_config(config.gpio, config.data_dir)
@@ -209,7 +221,7 @@ def _server(args: argparse.Namespace) -> int:
 def _sync(args: argparse.Namespace) -> int:
     from sync.daemon import run_sync
 
-    config = _load_config_or_exit(args.config)
+    config = _start_config(args.config, "checkin.sync")
     if config.server is None:
         print(f"config error in {config.path}: [server] is missing (the sync daemon needs "
               "url and token_file)", file=sys.stderr)

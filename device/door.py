@@ -55,6 +55,9 @@ from sync.wake import Poker
 
 log = logging.getLogger(__name__)
 
+#: The fields of a decision's log line (as ``extra``: --log-format json shows them).
+_DECISION_FIELDS = ("scan_id", "device_id", "session_id", "code", "decision", "reason",
+                    "direction", "recorded", "override_of")
 #: Longest pause between attempts to reopen a failing camera or store.
 MAX_RETRY_SECONDS = 10.0
 
@@ -384,6 +387,11 @@ class Door:
             line["detail"] = error
         self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.out.flush()
+        # The same decision for the journal (or --log-format json), one line.
+        log.info("%s: %s (%s), %s, session %s, scan %s%s", code, reason.decision,
+                 reason.value, direction.value, session_id, scan_id,
+                 "" if seq is not None else ", not recorded",
+                 extra={"event": "decision", **{k: line[k] for k in _DECISION_FIELDS if k in line}})
 
     async def _ensure_store(self) -> Store | None:
         if self.store is None:

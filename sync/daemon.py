@@ -93,10 +93,16 @@ def ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
 class _Failure(Exception):
     """Why one connection ended, and how soon to try again."""
 
-    def __init__(self, message: str, *, auth: bool = False, at_once: bool = False) -> None:
+    def __init__(self, message: str, *, auth: bool = False, at_once: bool = False,
+                 close_code: int | None = None) -> None:
         super().__init__(message)
         self.auth = auth
         self.at_once = at_once
+        self.close_code = close_code
+
+    def fields(self) -> dict[str, object]:
+        """Its log line's extra fields."""
+        return {"event": "disconnected", "reason": str(self), "close_code": self.close_code}
 
 
 class SyncDaemon:
@@ -135,11 +141,12 @@ class SyncDaemon:
                 continue  # returns only when stopped
             except _Failure as failure:
                 if failure.at_once:
-                    log.info("%s; reconnecting now", failure)
+                    log.info("%s; reconnecting now", failure, extra=failure.fields())
                     await self._note(connected=False, error=str(failure))
                     continue
                 delay = self.backoff.failure(auth=failure.auth)
-                log.warning("%s; retrying in %.1f s", failure, delay)
+                log.warning("%s; retrying in %.1f s", failure, delay,
+                            extra=failure.fields() | {"retry_seconds": round(delay, 3)})
                 await self._note(connected=False, error=str(failure))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -219,7 +226,10 @@ class SyncDaemon:
                 welcome = action.welcome
                 log.info("connected to %s as %s (session %s, %s)", self.server.url,
                          welcome.device_id, welcome.session_id,
-                         "full resync" if welcome.resync else f"changes after {link.end.cursor}")
+                         "full resync" if welcome.resync else f"changes after {link.end.cursor}",
+                         extra={"event": "connected", "device_id": welcome.device_id,
+                                "session_id": welcome.session_id, "resync": welcome.resync,
+                                "cursor": link.end.cursor})
                 warning = clock_warning(welcome.server_time, wall_now())
                 if warning:
                     log.warning("%s", warning)
@@ -230,15 +240,28 @@ class SyncDaemon:
                 await self.store.apply_snapshot(action)
                 log.info("snapshot applied: session %s, %d registrants, %d attendees, cursor %d",
                          action.session.session_id if action.session else None,
-                         len(action.registrants), len(action.attendees), action.cursor)
+                         len(action.registrants), len(action.attendees), action.cursor,
+                         extra={"event": "snapshot", "session_id": action.session.session_id
+                                if action.session else None,
+                                "registrants": len(action.registrants),
+                                "attendees": len(action.attendees), "cursor": action.cursor})
             elif isinstance(action, ApplyChanges):
                 await self.store.apply_changes(action)
-                log.info("applied %d change(s), cursor %d", len(action.changes), action.cursor)
+                log.info("applied %d change(s), cursor %d", len(action.changes), action.cursor,
+                         extra={"event": "changes", "count": len(action.changes),
+                                "cursor": action.cursor})
             elif isinstance(action, RecordResults):
                 await self.store.record_results(action.results)
                 for result in action.results:
                     if not result.stored:
-                        log.warning("scan %s quarantined: %s", result.scan_id, result.reason)
+                        log.warning("scan %s quarantined: %s", result.scan_id, result.reason,
+                                    extra={"event": "quarantined", "scan_id": result.scan_id,
+                                           "reason": result.reason})
+                stored = sum(result.stored for result in action.results)
+                log.info("batch answered: %d scan(s) stored, %d refused", stored,
+                         len(action.results) - stored, extra={
+                             "event": "batch", "batch": action.batch, "stored": stored,
+                             "refused": len(action.results) - stored})
                 self.wake.set()  # a batch slot is free
         except StoreError as exc:
             log.error("%s", exc)
@@ -311,10 +334,11 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
     reason = f"server closed the connection ({close.code}: {close.reason or 'no reason'})"
     if close.code == CLOSE_UNAUTHORIZED:
         return _Failure(f"refused: {close.reason or 'unknown or revoked device token'} "
-                        f"(close {close.code}); check the token in {token_file}", auth=True)
+                        f"(close {close.code}); check the token in {token_file}", auth=True,
+                        close_code=close.code)
     if close.code == CLOSE_REASSIGNED:
-        return _Failure(reason, at_once=True)
-    return _Failure(reason)
+        return _Failure(reason, at_once=True, close_code=close.code)
+    return _Failure(reason, close_code=close.code)
 
 
 async def run_sync(config: DaemonConfig) -> int:
