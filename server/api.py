@@ -1,9 +1,10 @@
 """The organizer HTTP API: sessions, attendees, registrants, devices, attendance.
 
-JSON in and out; every route but ``/api/health`` needs
-``Authorization: Bearer <admin token>``. Errors are ``{"error": "..."}`` with
-a message that names what was wrong. Every change is pushed to the connected
-doors it concerns as soon as it is committed. See ``docs/api.md``.
+JSON in and out; every route but ``/api/health`` and ``/api/device`` (a door's own
+token, for ``checkin doctor``) needs ``Authorization: Bearer <admin token>``. Errors
+are ``{"error": "..."}`` with a message that names what was wrong. Every change is
+pushed to the connected doors it concerns as soon as it is committed. See
+``docs/api.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -213,6 +214,26 @@ async def health(request: Request) -> Response:
                          "devices_connected": len(request.app.state.hub)})
 
 
+async def device(request: Request) -> Response:
+    """What the server knows of the door whose device token is the bearer: for
+    ``checkin doctor``, which must not open a second /sync link (it would replace the
+    sync daemon's)."""
+    token = bearer(request.headers.get("authorization"))
+    try:
+        found = await _store(request).device_by_token(token) if token else None
+        sessions = await _store(request).sessions() if found and found.session_id else []
+    except StoreError as exc:
+        log.error("%s", exc)
+        return error(503, "server storage error; try again later")
+    if found is None:
+        return error(401, "missing, unknown or revoked device token: send 'Authorization: "
+                          "Bearer <device token>'")
+    registrants = next((s["registrants"] for s in sessions
+                        if s["session_id"] == found.session_id), None)
+    return JSONResponse({"device_id": found.device_id, "session_id": found.session_id,
+                         "server_time": datetime.now(UTC).isoformat(), "registrants": registrants})
+
+
 def _check_window(starts_at: str | None, ends_at: str | None) -> None:
     """Refuse a session that ends before it starts, comparing instants, not text.
 
@@ -389,6 +410,7 @@ async def scans_csv(request: Request) -> Response:
 
 ROUTES = [
     Route("/api/health", health, methods=["GET"]),
+    Route("/api/device", device, methods=["GET"]),
     Route("/api/sessions", list_sessions, methods=["GET"]),
     Route("/api/sessions/{session_id}", put_session, methods=["PUT"]),
     Route("/api/sessions/{session_id}", delete_session, methods=["DELETE"]),
