@@ -268,6 +268,10 @@ def test_a_provisioned_door_connects_with_what_was_written(tmp_path: Path,
     assert provision(tmp_path, fleet, "door-1,s1\n", template=template).returncode == 0
     config_file = tmp_path / "out" / "door-1" / "door.toml"
     assert load_config(config_file).server.token_file == config_file.parent / "device.token"
+    (config_file.parent / "frames").mkdir()  # the template's camera: images:frames
+    check = subprocess.run([*CHECKIN, "config", "check", str(config_file)], env=process_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
     daemon = Process(["sync", "--config", str(config_file)], tmp_path / "sync.log")
     try:
         wait_for(lambda: any(d["connected"] for d in fleet.api("GET", "/api/devices")), 60,
