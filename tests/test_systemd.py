@@ -247,6 +247,9 @@ def checkin_program() -> Path:
 def verify(unit: Path) -> list[str]:
     """What ``systemd-analyze verify`` says about *unit* (lines about other units, e.g.
     this machine's own, are not ours to judge)."""
+    if shutil.which("systemd-analyze") is None:  # only under CHECKIN_REQUIRE_TOOLS
+        pytest.fail("systemd-analyze is missing: install the Debian package systemd "
+                    "(scripts/system-packages.sh does)")
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
                           capture_output=True, text=True, timeout=60)
     output = done.stdout + done.stderr
