@@ -5,6 +5,7 @@ and clean under ``systemd-analyze verify``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,15 +13,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from checkin.harness import Device, Process, free_port, run, wait_for
+from checkin.harness import Device, Process, free_port, run, until, wait_for
 from core import notify as notify_module
-from core.notify import notify, watchdog_seconds
+from core.notify import notify, pet_watchdog, watchdog_seconds
 from tests import system
 from tests.test_hardening import SERVICES, UNITS, one, unit_settings
 
@@ -202,6 +204,22 @@ def test_notify_reaches_the_socket_and_is_a_no_op_without_one(
     assert notifications.drain() == ["READY=1"]
     monkeypatch.setenv("NOTIFY_SOCKET", "@" + notifications.name + "-gone")
     assert notify("READY=1") is False  # systemd went away: the process runs on
+
+
+async def test_a_wedged_loop_stops_the_pets(notifications: Notifications,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pets come from a task on the loop, not a thread: while the loop is blocked
+    nothing is sent (so systemd restarts a wedged process), and they resume after."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + notifications.name)
+    petting = asyncio.create_task(pet_watchdog(0.01))
+    try:
+        await until(lambda: notifications.count("WATCHDOG=1") >= 2, what="two pets")
+        before = notifications.count("WATCHDOG=1")
+        time.sleep(0.3)  # wedge the loop: a blocking call on it
+        assert notifications.count("WATCHDOG=1") == before
+        await until(lambda: notifications.count("WATCHDOG=1") > before, what="pets again")
+    finally:
+        petting.cancel()
 
 
 def test_the_door_still_imports_notify_from_its_old_place() -> None:
