@@ -129,7 +129,7 @@ def token_file_problems(path: Path) -> list[str]:
     where = f"[server] token_file = {show(str(path))}"
     try:
         mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8") if stat.S_ISREG(mode) else None
+        text = _head(path) if stat.S_ISREG(mode) else None  # never a FIFO: it would block
     except FileNotFoundError:
         return [f"{where}: no such file (expected the device token, e.g. written by "
                 f"checkin provision)"]
@@ -141,7 +141,10 @@ def token_file_problems(path: Path) -> list[str]:
         return [f"{where}: expected a file, it is not a regular file"]
     problems = []
     words = text.split()
-    if len(words) != 1:
+    if len(text) > _TOKEN_LIMIT:
+        problems.append(f"{where}: expected one token, the file holds more than "
+                        f"{_TOKEN_LIMIT} bytes")
+    elif len(words) != 1:
         problems.append(f"{where}: expected one token, the file holds "
                         f"{'nothing' if not words else f'{len(words)} words'}")
     if mode & 0o077:
@@ -151,11 +154,22 @@ def token_file_problems(path: Path) -> list[str]:
     return problems
 
 
+#: More than this in a token file is not a token (and is not read further).
+_TOKEN_LIMIT = 4096
+
+
+def _head(path: Path) -> str:
+    with path.open("rb") as file:
+        return file.read(_TOKEN_LIMIT + 1).decode("utf-8")
+
+
 def ca_file_problems(path: Path) -> list[str]:
     """The private CA file: present and holding PEM certificates TLS can load."""
     where = f"[server] ca_file = {show(str(path))}"
     if not os.path.exists(path):  # never raises
         return [f"{where}: no such file (expected PEM CA certificates)"]
+    if not os.path.isfile(path):  # never a FIFO: loading it would block
+        return [f"{where}: expected a file of PEM CA certificates, it is not a regular file"]
     try:
         ssl.create_default_context(cafile=str(path))
     except (OSError, ssl.SSLError, ValueError) as exc:
