@@ -5,6 +5,7 @@ sync daemon connecting with what was written."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -25,8 +26,9 @@ from checkin.provision import (
 )
 from device.config import load_config
 from server.tokens import token_hash
+from sync.device_store import STORE_FILE
 from tests.conftest import REPO
-from tests.system import ADMIN, Server, process_env, read_only_query
+from tests.system import ADMIN, Device, Server, process_env, read_only_query
 
 EXAMPLE = REPO / "config" / "door.example.toml"
 
@@ -278,3 +280,40 @@ def test_a_provisioned_door_connects_with_what_was_written(tmp_path: Path,
                  "the provisioned door connected", process=daemon)
     finally:
         daemon.stop()
+
+
+def test_a_broken_doors_waiting_scans_reach_the_server_from_a_copy_of_its_store(
+        tmp_path: Path, server: Server, devices: list[Device]) -> None:
+    """docs/technicians.md's procedure for a broken Pi, for real: the old card's store
+    files (all of ``checkin.sqlite3*``) put in a new door's data dir under the same device
+    id and token, and its sync daemon started, upload every scan that was waiting, once,
+    even when the same copy is uploaded twice (scan ids)."""
+    server.api("PUT", "/api/sessions/s1", {"name": "Workshop", "validate_registrants": True},
+               expect=201)
+    server.api("POST", "/api/attendees", [{"code": c, "name": c} for c in ("A1", "B2")],
+               expect=200)
+    server.api("PUT", "/api/sessions/s1/registrants/A1", expect=201)
+    old = Device(tmp_path / "old", "door-1", server.sync_url, auth_retry=0.5)
+    token = server.provision("door-1", "s1")
+    old.token_file.write_text(token + "\n")
+    devices.append(old)
+    old.start_sync()
+    wait_for(lambda: old.registrants() == {"A1"}, 60, "first snapshot", process=old.sync)
+    old.stop()  # the link goes, then the Pi dies with scans waiting on its card
+    decisions = old.door("A1", "B2")
+    assert [d["reason"] for d in decisions] == ["registered", "not_registered"]
+    assert old.waiting() == 2
+
+    for name in ("new", "again"):
+        new = Device(tmp_path / name, "door-1", server.sync_url)
+        new.token_file.write_text(token + "\n")
+        new.data_dir.mkdir()
+        for part in old.data_dir.glob(f"{STORE_FILE}*"):
+            shutil.copy2(part, new.data_dir / part.name)
+        devices.append(new)
+        new.start_sync()
+        wait_for(lambda new=new: new.waiting() == 0, 60, "the old scans uploaded",
+                 process=new.sync)
+        new.stop()
+        stored = [s["scan_id"] for s in server.attendance("s1")["scans"]]
+        assert sorted(stored) == sorted(d["scan_id"] for d in decisions)
