@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import socket
 import sqlite3
@@ -26,7 +27,7 @@ import ssl
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print("checkin doctor: fix the config file first (checkin config check FILE lists "
               "every problem)", file=sys.stderr)
         return EXIT_CONFIG
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     checks = diagnose(config)
     ok = all(check.ok for check in checks)
     if args.json:
@@ -171,6 +173,8 @@ class StoreFacts:
 
 
 def read_store(path: Path) -> StoreFacts:
+    """Integrity and schema version, then what the other checks need: read-only, beside
+    the door and the daemon (an older schema may lack a table: those facts stay empty)."""
     if not path.is_file():
         return StoreFacts(path, error=f"no store at {path}")
     try:
@@ -178,15 +182,22 @@ def read_store(path: Path) -> StoreFacts:
                                                 timeout=5)) as db:
             integrity = "; ".join(r[0] for r in db.execute("PRAGMA integrity_check"))
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            session = db.execute("SELECT session_id FROM session").fetchone()
-            session_id = session[0] if session else None
-            registrants = db.execute("SELECT count(*) FROM registrants WHERE session_id = ?",
-                                     (session_id,)).fetchone()[0]
-            frame = db.execute("SELECT last_frame_at FROM door_state").fetchone()
+            facts = StoreFacts(path, None, integrity, version)
+            with contextlib.suppress(sqlite3.Error):
+                facts = _cached(db, facts)
     except sqlite3.Error as exc:
         return StoreFacts(path, error=f"cannot read {path}: {exc}")
-    return StoreFacts(path, None, integrity, version, session_id, registrants,
-                      frame[0] if frame else None)
+    return facts
+
+
+def _cached(db: sqlite3.Connection, facts: StoreFacts) -> StoreFacts:
+    session = db.execute("SELECT session_id FROM session").fetchone()
+    session_id = session[0] if session else None
+    registrants = db.execute("SELECT count(*) FROM registrants WHERE session_id = ?",
+                             (session_id,)).fetchone()[0]
+    frame = db.execute("SELECT last_frame_at FROM door_state").fetchone()
+    return replace(facts, session_id=session_id, registrants=registrants,
+                   last_frame_at=frame[0] if frame else None)
 
 
 def store_checks(store: StoreFacts) -> list[Check]:
@@ -231,8 +242,8 @@ def server_checks(config: DeviceConfig, store: StoreFacts) -> list[Check]:
         socket.create_connection((host, port), timeout=NETWORK_TIMEOUT).close()
     except OSError as exc:
         return [failed("server", f"cannot connect to {host}:{port}: "
-                                 f"{exc.strerror or exc} (token, session, registrants and "
-                                 "clock not checked)",
+                                 f"{exc.strerror or exc} (tls, token, clock, session and "
+                                 "registrants not checked)",
                        "is the server running (systemctl status checkin-server on it) and "
                        "this door on its network? check [server] url")]
     checks = [passed("server", f"{host}:{port} accepts connections")]
@@ -255,8 +266,8 @@ def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig
     try:
         client.get("/api/health")
     except httpx.ConnectError as exc:
-        if tls and isinstance(exc.__context__, ssl.SSLError):
-            return [failed("tls", f"{exc}", _TLS_FIX)]
+        if tls and _ssl_error(exc) is not None:
+            return [failed("tls", f"{_ssl_error(exc)}", _TLS_FIX)]
         return [failed("server", f"{exc}", "is the checkin server on that port?")]
     except httpx.HTTPError as exc:
         return [failed("server", f"no answer to /api/health: {exc}",
@@ -285,6 +296,16 @@ def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig
     checks += session_checks(config.device_id, facts.get("session_id"), facts.get("registrants"),
                              store)
     return checks
+
+
+def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error behind an httpx error (httpx wraps httpcore's, which wraps ssl's)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 _TLS_FIX = ("set [server] ca_file to the CA that signed the server's certificate; check that "
@@ -337,7 +358,7 @@ def clock_check(local: datetime, server_time: Any) -> Check:
     except (TypeError, ValueError):
         return failed("clock", f"the server sent no usable time ({server_time!r})",
                       "upgrade the server")
-    detail = f"{offset:+.2f} s from the server's"
+    detail = f"{round(offset, 2) + 0:+.2f} s from the server's"  # + 0: no "-0.00"
     if abs(offset) <= MAX_CLOCK_OFFSET_S:
         return passed("clock", detail)
     return failed("clock", f"{detail} (more than {MAX_CLOCK_OFFSET_S:g} s)",
@@ -359,7 +380,7 @@ def session_checks(device_id: str, session_id: str | None, registrants: int | No
                                   "(not synced yet)", behind)]
     checks = [passed("session", f"{session_id}, cached")]
     if registrants is None or store.registrants == registrants:
-        checks.append(passed("registrants", f"{store.registrants} cached"))
+        checks.append(passed("registrants", f"{store.registrants} cached (as on the server)"))
     else:
         checks.append(failed("registrants", f"{store.registrants} cached of the server's "
                                             f"{registrants}", behind))
@@ -375,6 +396,8 @@ class DoorAnswer:
 
     running: bool
     check: Check
+    #: Frames the running door has seen since it started.
+    frames: int = 0
 
 
 def ask_door(config: DeviceConfig) -> DoorAnswer:
@@ -391,10 +414,10 @@ def ask_door(config: DeviceConfig) -> DoorAnswer:
             "indicators", f"the door's control socket did not answer: {exc}",
             "run the doctor as the door's user (sudo -u checkin checkin doctor ...); if "
             "the door hangs, restart it (systemctl restart checkin-door)"))
-    frames = reply.get("frames", "?")
+    frames = reply.get("frames")
     return DoorAnswer(True, passed("indicators", "the running door plays the self-test "
-                                                 f"(green, red, buzzer, all; {frames} frames "
-                                                 "seen): watch and listen"))
+                                                 "(green, red, buzzer, all): watch and listen"),
+                      frames if isinstance(frames, int) else 0)
 
 
 def _play_here(config: DeviceConfig) -> Check:
@@ -429,16 +452,22 @@ def camera_check(config: DeviceConfig, store: StoreFacts, door: DoorAnswer) -> C
                       "fix [camera] source, or create the folder")
     if door.running:
         return frames_seen_check(store.last_frame_at, datetime.now(UTC),
-                                 3 * config.door.heartbeat_seconds)
+                                 3 * config.door.heartbeat_seconds, door.frames)
     return capture_check(config)
 
 
-def frames_seen_check(last_frame_at: str | None, now: datetime, within: float) -> Check:
-    """The running door notes its last frame every ``heartbeat_seconds``."""
+def frames_seen_check(last_frame_at: str | None, now: datetime, within: float,
+                      frames: int = 0) -> Check:
+    """The running door notes its last frame every ``heartbeat_seconds`` (*within* is a
+    few of them); one started less than a heartbeat ago has noted none yet, and counts
+    on the *frames* it says it has seen."""
     fix = ("the door runs but its camera delivers nothing: check the camera's cable and "
            "journalctl -u checkin-door")
+    if last_frame_at is None and frames > 0:
+        return passed("camera", f"the running door has seen {frames} frames since it "
+                                "started")
     if last_frame_at is None:
-        return failed("camera", "the running door has noted no frame yet", fix)
+        return failed("camera", "the running door has seen no frame yet", fix)
     try:
         age = (now - datetime.fromisoformat(last_frame_at)).total_seconds()
     except (TypeError, ValueError):
