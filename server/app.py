@@ -232,6 +232,7 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=5, http=_timed_h11(), timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
         limit_concurrency=MAX_CONCURRENCY,
+        log_config=None,  # uvicorn's lines through ours (checkin.logs: journald, json)
     )
     server = _Server(config, app)
     # uvicorn re-raises the signal that stopped it once it has shut down, under

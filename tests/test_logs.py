@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,26 @@ def test_json_logs_each_sync_event(tmp_path: Path, server: Server, devices: list
     assert gone[0]["level"] == "WARNING" and gone[0]["close_code"] is not None
     assert gone[0]["reason"] in gone[0]["message"] and gone[0]["retry_seconds"] > 0
     assert all(e["level"] in ("DEBUG", "INFO", "WARNING") for e in events())
+
+
+def test_the_servers_own_warnings_are_json_too(tmp_path: Path) -> None:
+    """uvicorn's lines (here: a request that is not HTTP) go through our handler."""
+    server = Server(tmp_path / "server")
+    server.process = Process(["--log-format", "json", "server", "--data",
+                              str(server.data_dir), "--port", str(server.port)],
+                             server.log, env=server.environment())
+    try:
+        wait_for(server.healthy, what="server up", process=server.process)
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+            raw.recv(1024)
+
+        def uvicorn_lines() -> list[dict]:
+            return [r for line in server.log.read_text().splitlines()
+                    if line.startswith("{") and (r := json.loads(line))["logger"].startswith(
+                        "uvicorn")]
+
+        told = wait_for(uvicorn_lines, what="uvicorn's warning", process=server.process)
+        assert told[0]["level"] == "WARNING" and "Invalid HTTP request" in told[0]["message"]
+    finally:
+        server.kill()
