@@ -255,12 +255,32 @@ class Api:
     def revoke(self, device_id: str) -> None:
         self.call("DELETE", f"/api/devices/{device_id}")
 
+    def token_accepted(self, device_id: str, token: str) -> bool:
+        """Whether the server takes *token* as *device_id*'s (``GET /api/device`` with it);
+        a server without that route cannot tell, and is believed."""
+        try:
+            answer = self._client.get("/api/device",
+                                      headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach {self._client.base_url}: {exc}") from None
+        if answer.status_code == 404:
+            return True
+        return answer.status_code == 200 and answer.json().get("device_id") == device_id
+
 
 def _reason(answer: httpx.Response) -> str:
     try:
         return str(answer.json().get("error", answer.text))[:200]
     except (ValueError, AttributeError):
         return answer.text[:200]
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
 
 
 def write_private(path: Path, text: str) -> None:
@@ -295,12 +315,18 @@ def provision_one(api: Api, plan: Plan, row: Row, on_server: dict[str, Any] | No
     """Do one door; (whether it went well, its line)."""
     folder = plan.out / row.device_id
     token_path = folder / plan.token_name
-    action = decide(row, on_server, token_path.is_file() and token_path.stat().st_size > 0,
-                    rotate)
+    kept = _read_token(token_path)
+    # A token in OUT that the server no longer takes (rotated from another OUT, revoked and
+    # issued again elsewhere) is as good as none: copying it onto a door would not work.
+    have_token = kept is not None and (on_server is None or rotate
+                                       or api.token_accepted(row.device_id, kept))
+    action = decide(row, on_server, have_token, rotate)
     if action is Action.MISSING_TOKEN:
-        return False, (f"{row.device_id}: failed: it exists on the server but its token is not "
-                       f"in {token_path} (the server shows a token only once): give --rotate "
-                       "to revoke its token and issue a new one")
+        why = (f"its token is not in {token_path}" if kept is None
+               else f"the server no longer accepts the token in {token_path}")
+        return False, (f"{row.device_id}: failed: it exists on the server but {why} (the "
+                       "server shows a token only once): give --rotate to revoke its token "
+                       "and issue a new one")
     if action is Action.ROTATE:
         api.revoke(row.device_id)
     token = api.put(row) if action is not Action.UNCHANGED else None

@@ -209,6 +209,19 @@ def test_a_token_not_in_out_needs_rotate_and_the_others_are_still_done(
     assert after["door-1"] != before["door-1"]
 
 
+def test_a_token_in_out_the_server_no_longer_accepts_needs_rotate(tmp_path: Path,
+                                                                   fleet: Server) -> None:
+    assert provision(tmp_path, fleet, "door-1,s1\n").returncode == 0
+    token_file = tmp_path / "out" / "door-1" / "device.token"
+    token_file.write_text("an-old-token\n")  # e.g. rotated meanwhile from another --out
+    result = provision(tmp_path, fleet, "door-1,s1\n")
+    assert result.returncode == 1
+    assert result.stdout.startswith("door-1: failed: it exists on the server but the server "
+                                    "no longer accepts the token in")
+    assert "--rotate" in result.stdout
+    assert token_file.read_text() == "an-old-token\n"
+
+
 def test_a_revoked_door_is_created_again(tmp_path: Path, fleet: Server) -> None:
     assert provision(tmp_path, fleet, "door-1,s1\n").returncode == 0
     fleet.api("DELETE", "/api/devices/door-1", expect=204)
