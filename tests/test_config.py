@@ -65,7 +65,12 @@ def test_the_example_config_is_valid() -> None:
         (("green = 17", "green = 40"), "[gpio] green = 40: expected an integer from 0 to 27"),
         (("green = 17", "green = true"), "[gpio] green = True: expected an integer"),
         (("green = 17", ""), "[gpio] green is missing"),
-        (("green = 17", "green = 17\ngren = 5"), "[gpio] gren = 5: unknown key"),
+        (("green = 17", "green = 17\ngren = 5"),
+         "[gpio] gren = 5: unknown key; did you mean green?"),
+        (("green = 17", "green = 17\ncolour = 5"),
+         "[gpio] colour = 5: unknown key (expected one of"),
+        (("[gpio]", "[gpio]\nOverride_Buton = 5"),
+         "[gpio] Override_Buton = 5: unknown key; did you mean override_button?"),
         (('pin_factory = "mock"', 'pin_factory = "rpigpio"'),
          '[gpio] pin_factory = "rpigpio": expected one of "mock", "lgpio"'),
         (('source = "images:frames"', 'source = "usb0"'),
@@ -91,7 +96,8 @@ def test_the_example_config_is_valid() -> None:
          '[gpio] press_file: only for pin_factory = "mock"'),
         (('pin_factory = "mock"', 'pin_factory = "lgpio"\nmirror_file = "pins"'),
          '[gpio] mirror_file: only for pin_factory = "mock"'),
-        (("[gpio]", "[gpios]"), "[gpios] is an unknown section"),
+        (("[gpio]", "[gpios]"), "[gpios] is an unknown section; did you mean [gpio]?"),
+        (("[gpio]", "[pins]"), "[pins] is an unknown section (expected: device, camera"),
     ],
 )
 def test_each_mistake_is_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -91,8 +91,9 @@ def _accepts(section: str, key: str, value: Any) -> bool:
 
 #: Keys whose check takes any number in range: their values are floats.
 NUMBER_KEYS = [k for k in KEYS if _accepts(*k, 1.0)]
-#: Keys also checked against other keys: distinct pins, mirror_file only with "mock".
-CROSS_KEYS = ("green", "red", "buzzer", "pin_factory")
+#: Keys also checked against other keys: distinct pins (override_button too), mirror_file
+#: only with "mock", press_file only with override_button (which FULL leaves out).
+CROSS_KEYS = ("green", "red", "buzzer", "pin_factory", "override_button", "press_file")
 #: Keys that name files, resolved against the config's folder.
 PATH_KEYS = [("device", "data_dir"), ("gpio", "mirror_file"), ("server", "token_file"),
              ("server", "ca_file")]
