@@ -334,10 +334,15 @@ def provision_one(api: Api, plan: Plan, row: Row, on_server: dict[str, Any] | No
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if token is not None:
         write_private(token_path, token + "\n")
-    write_public(folder / CONFIG_NAME, plan.configs[row.device_id])
+    config_path = folder / CONFIG_NAME
+    previous = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    write_public(config_path, plan.configs[row.device_id])
     moved = (f", moved from session {on_server['session_id']}"
              if on_server and on_server["session_id"] != row.session_id else "")
-    return True, f"{row.device_id}: {action.value} (session {row.session_id}{moved})"
+    # A changed template reaches doors already provisioned: say so, it must be copied again.
+    updated = (f"; {CONFIG_NAME} updated" if previous is not None
+               and previous != plan.configs[row.device_id] else "")
+    return True, f"{row.device_id}: {action.value} (session {row.session_id}{moved}){updated}"
 
 
 def prepare(args: argparse.Namespace) -> tuple[Plan, str]:

@@ -177,7 +177,14 @@ def test_provision_creates_then_changes_nothing_then_reassigns(tmp_path: Path,
                                          "door-2: unchanged (session s1)"]
     assert server_tokens(fleet) == before
 
-    moved = provision(tmp_path, fleet, "door-1,s2\ndoor-2,s1\n")
+    template = tmp_path / "template.toml"
+    template.write_text(EXAMPLE.read_text().replace("fps = 30", "fps = 15"))
+    changed = provision(tmp_path, fleet, rows, template=template)
+    assert changed.stdout.splitlines() == ["door-1: unchanged (session s1); door.toml updated",
+                                           "door-2: unchanged (session s1); door.toml updated"]
+    assert "fps = 15" in (tmp_path / "out" / "door-1" / "door.toml").read_text()
+
+    moved = provision(tmp_path, fleet, "door-1,s2\ndoor-2,s1\n", template=template)
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout.splitlines()[0] == "door-1: reassigned (session s2, moved from session s1)"
     assert server_tokens(fleet) == before
