@@ -37,12 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="checkin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"checkin {__version__}")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="text (under systemd: no timestamps of our own, priorities for "
-                             "journald) or json (one object per line, for shipping)")
+    parser.add_argument("--log-format", **_LOG_FORMAT, default="text")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    door = commands.add_parser("door", help="run a door: camera, decision, LEDs and buzzer")
+    door = commands.add_parser("door", parents=[_log_options()],
+                               help="run a door: camera, decision, LEDs and buzzer")
     door.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
     door.add_argument("--exit-when-done", action="store_true",
                       help="exit 0 once a finite (images:) source is exhausted")
@@ -54,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--decoder", default="pipeline", choices=DECODERS)
     decode.set_defaults(handler=_decode)
 
-    server = commands.add_parser("server", help="run the central server (API and /sync)")
+    server = commands.add_parser("server", parents=[_log_options()],
+                                 help="run the central server (API and /sync)")
     server.add_argument("--data", default="server-data", metavar="DIR",
                         help="where the server keeps its database and admin token "
                              "(default: ./server-data)")
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("-v", "--verbose", action="store_true")
     server.set_defaults(handler=_server)
 
-    sync = commands.add_parser("sync", help="run a door's sync daemon")
+    sync = commands.add_parser("sync", parents=[_log_options()], help="run a door's sync daemon")
     sync.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
     sync.add_argument("-v", "--verbose", action="store_true")
     sync.set_defaults(handler=_sync)
@@ -123,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
                            "happened (else it runs until Ctrl-C)")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+#: ``--log-format``, before the command or (for the long-running ones) after it.
+_LOG_FORMAT: dict = {"choices": ("text", "json"), "metavar": "{text,json}",
+                     "help": "text (under systemd: no timestamps of our own, priorities for "
+                             "journald) or json (one object per line, for shipping)"}
+
+
+def _log_options() -> argparse.ArgumentParser:
+    """``--log-format`` after a command too; unset there, it leaves the one before it."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--log-format", **_LOG_FORMAT, default=argparse.SUPPRESS)
+    return options
 
 
 def _days(text: str) -> int:

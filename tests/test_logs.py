@@ -242,3 +242,18 @@ def test_the_servers_own_warnings_are_json_too(tmp_path: Path) -> None:
         assert told[0]["level"] == "WARNING" and "Invalid HTTP request" in told[0]["message"]
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--log-format", "json", "sync", "--config", "door.toml"],
+    ["sync", "--config", "door.toml", "--log-format", "json"],
+    ["door", "--log-format", "json", "--config", "door.toml"],
+    ["server", "--log-format", "json"],
+])
+def test_log_format_goes_before_the_command_or_after_a_long_running_one(argv) -> None:
+    from checkin.cli import _parser
+
+    assert _parser().parse_args(argv).log_format == "json"
+    assert _parser().parse_args(argv[2:] if argv[0] == "--log-format" else
+                                [a for a in argv if a not in ("--log-format", "json")]
+                                ).log_format == "text"
