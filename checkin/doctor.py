@@ -374,12 +374,17 @@ def session_checks(device_id: str, session_id: str | None, registrants: int | No
     if session_id is None:
         return [failed("session", "the server assigns no session to this door",
                        f"assign one: PUT /api/devices/{device_id} with a session_id")]
+    if registrants is None:  # the server has no such session (deleted, or never made)
+        return [failed("session", f"the server assigns {session_id}, which does not exist "
+                                  "there (deleted?)",
+                       f"create session {session_id} again, or assign the door another: "
+                       f"PUT /api/devices/{device_id}")]
     if store.error is not None or store.session_id != session_id:
         cached = store.session_id or "none"
         return [failed("session", f"the server assigns {session_id}; the store has {cached} "
                                   "(not synced yet)", behind)]
     checks = [passed("session", f"{session_id}, cached")]
-    if registrants is None or store.registrants == registrants:
+    if store.registrants == registrants:
         checks.append(passed("registrants", f"{store.registrants} cached (as on the server)"))
     else:
         checks.append(failed("registrants", f"{store.registrants} cached of the server's "

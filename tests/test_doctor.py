@@ -67,6 +67,8 @@ def test_session_and_registrants_against_the_store() -> None:
     assert [c.ok for c in session_checks("d", "s1", 4, store)] == [True, False]
     assert [c.name for c in session_checks("d", None, None, store)] == ["session"]
     assert not session_checks("d", "s2", 3, store)[0].ok
+    gone = session_checks("d", "s1", None, store)  # the server has no session s1
+    assert [c.ok for c in gone] == [False] and "does not exist" in gone[0].detail
 
 
 def test_frames_seen_recently_pass() -> None:
