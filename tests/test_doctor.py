@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from checkin.doctor import (
     session_checks,
     token_check,
 )
+from device.indicators.mirror import read_pins
 from device.selftest import CONTROL_SOCKET, NoDoor, request_self_test
 from tests.system import Device, Server, private_ca, process_env, wait_for
 
@@ -237,3 +239,26 @@ def test_a_stale_control_socket_means_no_door(tmp_path: Path) -> None:
     with pytest.raises(NoDoor, match="stale"):
         request_self_test(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [CONTROL_SOCKET]  # no reply socket left
+
+
+def test_the_running_door_plays_the_self_test_on_its_pins(tmp_path: Path) -> None:
+    """What a technician sees: the request (as the doctor sends it) drives the door's own
+    pins, mirrored into a file (mock pins): green, red, buzzer, then all three."""
+    door = harness.Device(tmp_path, "front", gpio={"mirror_file": "pins"})
+    door.start_door("-v", env=process_env())
+    try:
+        wait_for(lambda: (door.data_dir / CONTROL_SOCKET).exists(), what="control socket",
+                 process=door.door_process)
+        reply = request_self_test(door.data_dir)
+        assert reply["self_test"] == "playing"
+        green, red, buzzer = (harness.PINS[k] for k in ("green", "red", "buzzer"))
+        seen: set[tuple[bool, bool, bool]] = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(seen) < 5:
+            pins = read_pins(tmp_path / "pins")
+            seen.add((pins[green], pins[red], pins[buzzer]))
+            time.sleep(0.01)
+        assert {(True, False, False), (False, True, False), (False, False, True),
+                (True, True, True)} <= seen, seen
+    finally:
+        door.stop()
