@@ -153,6 +153,10 @@ def data_dir_check(data_dir: Path) -> Check:
     try:
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".doctor-"):
             pass
+    except PermissionError as exc:
+        return failed("data dir", f"{data_dir} is not writable by this user: {exc.strerror}",
+                      "run the doctor as the door's user (sudo -u checkin checkin doctor "
+                      "--config FILE) or as root; else " + fix)
     except OSError as exc:
         return failed("data dir", f"{data_dir} is not writable: {exc.strerror}", fix)
     return passed("data dir", f"{data_dir} is writable")

@@ -15,12 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
+from checkin import doctor as doctor_module
 from checkin import harness
 from checkin.doctor import (
     MIN_FREE_BYTES,
     Check,
     StoreFacts,
     clock_check,
+    data_dir_check,
     disk_check,
     frames_seen_check,
     render,
@@ -262,3 +264,15 @@ def test_the_running_door_plays_the_self_test_on_its_pins(tmp_path: Path) -> Non
                 (True, True, True)} <= seen, seen
     finally:
         door.stop()
+
+
+def test_data_dir_of_another_user_says_whom_to_run_as(tmp_path: Path, monkeypatch) -> None:
+    # Root (these tests' user here) writes anywhere: the refusal is made by hand.
+    def refused(**_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    assert data_dir_check(tmp_path).ok
+    monkeypatch.setattr(doctor_module.tempfile, "NamedTemporaryFile", refused)
+    refusal = data_dir_check(tmp_path)
+    assert not refusal.ok and "sudo -u checkin" in (refusal.fix or "")
+    assert data_dir_check(tmp_path / "nowhere").detail.endswith("has run with this config)")
