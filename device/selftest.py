@@ -15,7 +15,6 @@ each other: the door never waits for a test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.datagrams import BoundSocket
 from device.indicators.patterns import Step
 
 #: The control socket's file name inside the device's data dir.
@@ -36,8 +36,6 @@ SELF_TEST_REQUEST = b"self-test"
 SELF_TEST = (Step(True, False, False, 0.4), Step(False, True, False, 0.4),
              Step(False, False, True, 0.2), Step(False, False, False, 0.2),
              Step(True, True, True, 0.3))
-#: Longest socket path Linux takes (``sun_path`` is 108 bytes, with its NUL).
-_MAX_PATH = 107
 
 
 def control_path(data_dir: Path | str) -> Path:
@@ -51,31 +49,17 @@ class ControlListener:
     def __init__(self, data_dir: Path | str, answer: Callable[[], dict[str, Any]]) -> None:
         self.path = control_path(data_dir)
         self._answer = answer
-        self._socket: socket.socket | None = None
+        self._bound = BoundSocket(self.path, self._readable)
 
     def open(self) -> bool:
         """Bind the socket (replacing a stale one); say whether it could be bound. Without
         it the door runs as before: only the doctor's self-test cannot reach it."""
-        if len(os.fsencode(self.path)) > _MAX_PATH:
-            return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            sock.bind(os.fsencode(self.path))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            return False
-        self._socket = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-        return True
+        return self._bound.open()
 
-    def _readable(self) -> None:
-        assert self._socket is not None
+    def _readable(self, sock: socket.socket) -> None:
         while True:
             try:
-                request, sender = self._socket.recvfrom(64)
+                request, sender = sock.recvfrom(64)
             except OSError:  # drained (BlockingIOError) or gone
                 return
             if request != SELF_TEST_REQUEST:
@@ -83,17 +67,10 @@ class ControlListener:
             reply = json.dumps(self._answer()).encode()
             if sender:  # an unbound requester cannot be answered
                 with contextlib.suppress(OSError):
-                    self._socket.sendto(reply, sender)
+                    sock.sendto(reply, sender)
 
     def close(self) -> None:
-        if self._socket is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self._socket.fileno())
-        self._socket.close()
-        self._socket = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        self._bound.close()
 
 
 class NoDoor(Exception):

@@ -17,10 +17,10 @@ import os
 import socket
 from pathlib import Path
 
+from core.datagrams import BoundSocket, fits
+
 #: The socket's file name inside the device's data dir.
 WAKE_SOCKET = "sync.wake"
-#: Longest socket path Linux takes (``sun_path`` is 108 bytes, with its NUL).
-_MAX_PATH = 107
 
 
 def wake_path(data_dir: Path | str) -> Path:
@@ -38,7 +38,7 @@ class Poker:
     def poke(self) -> bool:
         """Nudge the daemon; say whether the nudge was delivered. Never blocks or raises:
         with no daemon listening (or its buffer full) the daemon finds the scan anyway."""
-        if len(self.path) > _MAX_PATH:
+        if not fits(self.path):
             return False
         try:
             self._socket.sendto(b"!", self.path)
@@ -57,30 +57,16 @@ class WakeListener:
     def __init__(self, data_dir: Path | str) -> None:
         self.path = wake_path(data_dir)
         self._event = asyncio.Event()
-        self._socket: socket.socket | None = None
+        self._bound = BoundSocket(self.path, self._readable)
 
     def open(self) -> bool:
         """Bind the socket (replacing a stale one a dead daemon left); say whether it
         could be bound. Without it the daemon falls back to looking now and then."""
-        if len(os.fsencode(self.path)) > _MAX_PATH:
-            return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            sock.bind(os.fsencode(self.path))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            return False
-        self._socket = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-        return True
+        return self._bound.open()
 
-    def _readable(self) -> None:
-        assert self._socket is not None
+    def _readable(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while self._socket.recv(64):  # drain every poke: one wake serves them all
+            while sock.recv(64):  # drain every poke: one wake serves them all
                 pass
         self._event.set()
 
@@ -97,11 +83,4 @@ class WakeListener:
         self._event.set()
 
     def close(self) -> None:
-        if self._socket is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self._socket.fileno())
-        self._socket.close()
-        self._socket = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        self._bound.close()
