@@ -420,9 +420,14 @@ async def write_cache(
         ((session["session_id"], c) for c in registrants),
     )
     shared = admissions is not None or exits is not None
+    # This door's own scans first, the snapshot's rows over them: a scan the server
+    # already holds is in the snapshot (with anything later, say another door's exit),
+    # and one it does not hold yet comes back as a change once stored, if it changes
+    # who is inside. Replayed over the snapshot, a scan in flight as the snapshot was
+    # made would stand over the later exit for good (found by the model test).
+    await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
     await db.executemany(UPSERT_ADMISSION, ((c, 1) for c in admissions or ()))
     await db.executemany(UPSERT_ADMISSION, ((c, 0) for c in exits or ()))
-    await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
 
 
 _INSERT_SCAN = ("INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"

@@ -380,11 +380,11 @@ class ModelDoor:
         self.registrants = set(action.registrants) if action.session is not None else set()
         self.epoch, self.cursor = action.epoch, action.cursor
         self.admissions = {}
-        if action.session is not None:
-            self.admissions.update(dict.fromkeys(action.admissions or (), True))
-            self.admissions.update(dict.fromkeys(action.exits or (), False))
+        if action.session is not None:  # its own scans first, the snapshot's rows over them
             shared = action.admissions is not None or action.exits is not None
             self.reapply_own(waiting_only=shared)
+            self.admissions.update(dict.fromkeys(action.admissions or (), True))
+            self.admissions.update(dict.fromkeys(action.exits or (), False))
 
     # REAPPLY_OWN (sync/device_store.py): this door's admissions of its session, in order
     def reapply_own(self, *, waiting_only: bool) -> None:
@@ -1172,10 +1172,10 @@ async def sync_over_perfect_link(store: ServerStore, device: Device, door: Model
 async def test_a_late_admission_overruled_by_a_later_exit_is_told_again(
         tmp_path: Path) -> None:
     """Found by the model once a second door admitted and let out people: a door's own
-    admission not yet uploaded is applied again over a snapshot (so that it is not
-    forgotten), even where the snapshot holds a later exit at another door. Uploaded, the
-    admission changes nothing at the server (the exit is later); unless the server tells
-    the doors again, this door counts the attendee inside for good."""
+    admission not yet uploaded, and a later exit at another door. Uploaded, the admission
+    changes nothing at the server (the exit is later), which tells the doors again; and a
+    snapshot's row stands over the door's own waiting scan (applied under it), so the
+    door never counts the attendee inside, before the upload or after."""
     store, device = await server_with_registrant(tmp_path)
     try:
         await store.put_device(SECOND_DOOR, "s1")
@@ -1192,7 +1192,9 @@ async def test_a_late_admission_overruled_by_a_later_exit_is_told_again(
             await store.snapshot_with_admissions("s1")
         door.apply_snapshot(ApplySnapshot(store.epoch, cursor, session, attendees, registrants,
                                           admissions=inside, exits=out))
-        assert door.admissions == {"A1": True}  # its own waiting admission, over the exit
+        # The snapshot's later exit stands over the door's own waiting admission (which,
+        # replayed over it, would stand for good when the server held it already).
+        assert door.admissions == {"A1": False}
 
         door.record_results(await store.store_scans(device, [own]), store.epoch)
         await sync_over_perfect_link(store, device, door, device_end=DeviceEnd(
