@@ -8,6 +8,9 @@ any event loop. Code on an event loop waits for one in a thread
 (``await asyncio.to_thread(server.start)``), and reads a door's decisions as they come
 with :meth:`Process.lines`.
 
+A throwaway PostgreSQL cluster for the server's PostgreSQL storage: :class:`Postgres`
+(one per test run, a database of its own for each test).
+
 A door's config file is written in one place: :func:`door_config` (the sections every
 door needs, with the caller's on top) and :func:`toml` (their text). A new config key
 that every door needs goes into :func:`door_config`, and nowhere else here.
@@ -19,19 +22,25 @@ import asyncio
 import inspect
 import json
 import os
+import pwd
 import re
 import secrets
 import select
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import psycopg
+from psycopg import sql
 
 from checkin.badges import Look, render_badge
 from server.schema import SERVER_FILE
@@ -285,12 +294,16 @@ def stop_all(processes: Iterable[Process | None], timeout: float = 20.0) -> None
 
 class Server:
     """A ``checkin server`` on a port of 127.0.0.1 (a free one unless given), its data in
-    *data_dir*, its log beside it; and an admin client for its API."""
+    *data_dir*, its log beside it; and an admin client for its API. With *database* (a
+    ``postgresql://`` URL, e.g. :meth:`Postgres.create_database`'s) its store is there,
+    not in *data_dir*'s SQLite file."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *,
                  admin_token: str | None = None, tls: tuple[str, str] | None = None,
-                 verify: Any = True, timeout: float = 30.0, own_session: bool = False) -> None:
+                 verify: Any = True, timeout: float = 30.0, own_session: bool = False,
+                 database: str | None = None) -> None:
         self.data_dir = data_dir
+        self.database = database
         self.port = port or free_port()
         self.admin_token = admin_token or secrets.token_urlsafe(16)
         self.tls = tls
@@ -311,6 +324,8 @@ class Server:
     def start(self, *extra: str, timeout: float = 30.0) -> Self:
         """Start it (again: the same data dir and port) and wait until it answers."""
         command = ["server", "--data", str(self.data_dir), "--port", str(self.port), *extra]
+        if self.database is not None:
+            command += ["--database", self.database]
         if self.tls:
             command += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
         self.process = Process(command, self.log, env=self.environment(),
@@ -444,3 +459,169 @@ class Device:
         for process in (self.door_process, self.sync):
             if process is not None:
                 process.stop(timeout=timeout)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster of this machine's PostgreSQL binaries, listening on
+    127.0.0.1 (a free port) and a socket in *root*; its data in ``root/pgdata``, its log
+    in ``root/postgres.log``. Without *root*, a fresh temporary folder, removed by
+    :meth:`stop`. Anyone on 127.0.0.1 may connect as ``postgres`` (trust): a cluster for
+    tests, demos and benchmarks, never for data that matters.
+
+    PostgreSQL refuses to run as root: as root, the cluster is the ``postgres`` user's
+    (*root* is given to it, so every folder above it must let that user through)."""
+
+    #: The Debian package of the binaries, named where they are missing.
+    PACKAGE = "postgresql"
+
+    def __init__(self, root: Path | None = None, *, fsync: bool = True) -> None:
+        self._temporary = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="checkin-pg-")) if root is None else root
+        self.data = self.root / "pgdata"
+        self.log = self.root / "postgres.log"
+        self.fsync = fsync
+        self.port = 0
+        self._bin: Path | None = None
+
+    @staticmethod
+    def bindir() -> Path | None:
+        """The folder of ``initdb`` and ``pg_ctl``: ``$CHECKIN_PG_BIN``, else
+        ``pg_config --bindir`` (if the server's binaries are there: libpq's development
+        package has pg_config alone), else Debian's newest ``/usr/lib/postgresql/*/bin``,
+        else where ``initdb`` is on the ``PATH``; ``None`` if none."""
+        if given := os.environ.get("CHECKIN_PG_BIN"):
+            return Path(given)
+        candidates: list[Path] = []
+        if shutil.which("pg_config"):
+            done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.strip():
+                candidates.append(Path(done.stdout.strip()))
+        candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
+                             key=lambda path: _version_key(path.parent.name))
+        if initdb := shutil.which("initdb"):
+            candidates.append(Path(initdb).resolve().parent)
+        return next((c for c in candidates if _has_server_binaries(c)), None)
+
+    @classmethod
+    def available(cls) -> str | None:
+        """``None`` if a cluster can be started here; else why not (for a skip message)."""
+        bindir = cls.bindir()
+        if bindir is None or not _has_server_binaries(bindir):
+            where = f" in CHECKIN_PG_BIN={bindir}" if bindir is not None else ""
+            return (f"PostgreSQL's initdb and pg_ctl not found{where}: install Debian's "
+                    f"`{cls.PACKAGE}` package (scripts/system-packages.sh does), or set "
+                    f"CHECKIN_PG_BIN to the folder that holds them")
+        if os.geteuid() == 0 and _postgres_user() is None:
+            return ("running as root, which PostgreSQL refuses, and there is no `postgres` "
+                    f"user to run it as (Debian's `{cls.PACKAGE}` package creates it)")
+        return None
+
+    def start(self) -> Self:
+        """Create the cluster and start it; wait until it accepts connections."""
+        if (why := self.available()) is not None:
+            raise RuntimeError(why)
+        self._bin = self.bindir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (user := _postgres_user()) is not None and os.geteuid() == 0:
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--no-sync", "--locale=C.UTF-8", fallback=["--locale=C"])
+        attempts = 3  # the free port may be taken by another before the server binds it
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            options = (f"-p {self.port} -k {shlex.quote(str(self.root))} "
+                       f"-c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}")
+            try:
+                self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
+                          "-l", str(self.log), "-o", options)
+                break
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        """The URL of *database* in the cluster, as ``checkin server --database`` takes it."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create database *name* (a copy of database *template* if given, which nobody
+        may be connected to) and return its URL."""
+        copy = sql.SQL(" TEMPLATE {}").format(sql.Identifier(template)) \
+            if template else sql.SQL("")
+        self.execute(sql.SQL("CREATE DATABASE {}{}").format(
+            sql.Identifier(name), copy))
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database *name* if it exists, ending its connections."""
+        self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+    def execute(self, statement: sql.Composable | str) -> None:
+        """Run one statement in the ``postgres`` database, outside any transaction."""
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(statement)
+
+    def running(self) -> bool:
+        return self._bin is not None and subprocess.run(
+            self._command("pg_ctl", "status", "-D", str(self.data)), cwd=self.root,
+            capture_output=True).returncode == 0
+
+    def stop(self) -> None:
+        """Stop the cluster (``-m fast``: its sessions are ended), and remove its folder if
+        it made one. Harmless if it never started or has stopped."""
+        try:
+            if self.running():
+                self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D",
+                          str(self.data))
+        finally:
+            if self._temporary:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _command(self, program: str, *args: str) -> list[str]:
+        assert self._bin is not None
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return [*as_postgres, str(self._bin / program), *args]
+
+    def _run(self, program: str, *args: str, fallback: Sequence[str] = ()) -> None:
+        """Run one of PostgreSQL's programs (in *root*: the ``postgres`` user may not
+        enter the current folder); with *fallback*, retried with it in place of as many
+        last arguments if it fails. Raises :class:`RuntimeError` with its output."""
+        done = subprocess.run(self._command(program, *args), cwd=self.root,
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0 and fallback:
+            done = subprocess.run(self._command(program, *args[:-len(fallback)], *fallback),
+                                  cwd=self.root, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} {' '.join(args)} failed ({done.returncode}):\n"
+                               f"{done.stdout}{done.stderr}{log}")
+
+
+def _has_server_binaries(folder: Path) -> bool:
+    return all(os.access(folder / name, os.X_OK) for name in ("initdb", "pg_ctl"))
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def _postgres_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import re
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from checkin.harness import CHECKIN, door_config, process_env, toml
+from checkin.harness import CHECKIN, Postgres, door_config, process_env, toml
 from core.rules import SessionRules
 from sync.device_store import Store
 from tests.system import Device, Server
@@ -20,7 +23,8 @@ pytest_plugins = ("tests.browser",)
 REPO = Path(__file__).resolve().parent.parent
 #: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).
 CORPUS = REPO / "tests" / "corpus" / "zxing-cpp-samples"
-__all__ = ["CHECKIN", "CORPUS", "REPO", "config_text", "fill_store", "read_scans"]
+__all__ = ["CHECKIN", "CORPUS", "REPO", "STORAGES", "config_text", "fill_store", "read_scans",
+           "require_postgres"]
 
 
 def config_text(data_dir: Path, source: str, *, extra: str = "") -> str:
@@ -69,10 +73,68 @@ def subprocess_env() -> dict[str, str]:
     return process_env()
 
 
+#: The server's two storages: every test that takes :func:`storage` (or a fixture built on
+#: it: :func:`database`, :func:`server_target`, :func:`server`) runs once on each.
+STORAGES = ["sqlite", "postgresql"]
+#: The empty database each test's PostgreSQL database is a copy of (quicker than template1).
+PG_TEMPLATE = "checkin_template"
+_databases = itertools.count(1)
+
+
+def require_postgres() -> None:
+    """Skip the test, loudly, where PostgreSQL cannot run here; fail it instead when
+    ``CHECKIN_REQUIRE_TOOLS=1`` (CI) says PostgreSQL must be tested."""
+    if (why := Postgres.available()) is not None:
+        message = f"PostgreSQL storage NOT TESTED: {why}"
+        if os.environ.get("CHECKIN_REQUIRE_TOOLS") == "1":
+            pytest.fail(message + ", and CHECKIN_REQUIRE_TOOLS=1 says it must be")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the whole run, stopped at its end (whatever
+    happened). Skips, loudly, where PostgreSQL is not installed, unless
+    ``CHECKIN_REQUIRE_TOOLS=1`` (CI) says it must be: then the tests fail."""
+    require_postgres()
+    # fsync off: a test's data need not outlive a crash of the machine, and the run is quicker.
+    with Postgres(fsync=False) as cluster:
+        cluster.create_database(PG_TEMPLATE, template="template0")
+        yield cluster
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> str:
+    """The server's storage this run of the test is on: ``sqlite`` or ``postgresql``."""
+    return request.param
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    """A ``checkin server`` of the test's own, killed after it."""
-    server = Server(tmp_path / "server").start()
+def database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The URL of a fresh PostgreSQL database of the test's own (dropped after it) on
+    ``postgresql``; ``None`` on ``sqlite`` (the store is the SQLite file in its data dir)."""
+    if storage == "sqlite":
+        yield None
+        return
+    cluster: Postgres = request.getfixturevalue("postgres")
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    name = f"t{next(_databases)}_{slug}"
+    url = cluster.create_database(name, template=PG_TEMPLATE)
+    yield url
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def server_target(database: str | None, tmp_path: Path) -> Path | str:
+    """What ``ServerStore.open`` takes, on the test's storage: the test's own folder (its
+    SQLite file inside) or its own PostgreSQL database's URL."""
+    return tmp_path if database is None else database
+
+
+@pytest.fixture
+def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
+    """A ``checkin server`` of the test's own (on each storage), killed after it."""
+    server = Server(tmp_path / "server", database=database).start()
     yield server
     server.kill()
 

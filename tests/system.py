@@ -53,8 +53,10 @@ class Server(harness.Server):
     """A ``checkin server`` subprocess with the tests' admin token."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *,
-                 tls: tuple[str, str] | None = None, verify: Any = True) -> None:
-        super().__init__(data_dir, port, admin_token=ADMIN, tls=tls, verify=verify)
+                 tls: tuple[str, str] | None = None, verify: Any = True,
+                 database: str | None = None) -> None:
+        super().__init__(data_dir, port, admin_token=ADMIN, tls=tls, verify=verify,
+                         database=database)
 
     def environment(self) -> dict[str, str]:
         return process_env()  # this module's, looked up at each start: a test may patch it

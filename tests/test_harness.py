@@ -1,14 +1,17 @@
-"""The process harness's own pieces: the config writer, and waiting."""
+"""The process harness's own pieces: the config writer, waiting, and the throwaway
+PostgreSQL cluster."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from checkin.harness import Process, WaitFailed, door_config, toml, wait_for
+from checkin.harness import Postgres, Process, WaitFailed, door_config, toml, wait_for
 from device.config import load_config
+from tests.conftest import require_postgres
 
 
 def test_the_toml_writer_round_trips_every_value_a_config_holds() -> None:
@@ -46,3 +49,50 @@ def test_waiting_fails_in_time_or_when_the_process_exits(tmp_path: Path) -> None
     with pytest.raises(WaitFailed, match="exited 2") as failed:
         wait_for(lambda: False, 30, "a command that does not exist", process=process)
     assert "invalid choice" in str(failed.value)  # the log's tail says why
+
+
+def _processes_in(folder: Path) -> list[str]:
+    """The command lines of the running processes that name *folder* (a cluster's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if str(folder) in command:
+            found.append(command)
+    return found
+
+
+def test_a_postgres_cluster_holds_databases_of_its_own_and_stops_without_leftovers() -> None:
+    require_postgres()
+    with Postgres() as cluster:
+        root = cluster.root
+        assert _processes_in(root), "no postgres process runs in its folder"
+        first, second = cluster.create_database("first"), cluster.create_database("second")
+        assert first == f"postgresql://postgres@127.0.0.1:{cluster.port}/first"
+        with psycopg.connect(first) as connection:
+            connection.execute("CREATE TABLE only_here (x int)")
+        with psycopg.connect(second) as connection:
+            assert connection.execute("SELECT current_database(), count(*) FROM "
+                                      "pg_tables WHERE tablename = 'only_here'").fetchone() \
+                == ("second", 0)
+        cluster.drop_database("second")
+        held = psycopg.connect(first)  # a session still open: stopping ends it
+    try:
+        wait_for(lambda: not _processes_in(root), what="the cluster's processes to end")
+        assert not root.exists()
+        with pytest.raises(psycopg.OperationalError):
+            held.execute("SELECT 1")
+    finally:
+        held.close()
+
+
+def test_postgres_says_why_it_cannot_run_and_stopping_a_cluster_never_started_is_harmless(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHECKIN_PG_BIN", str(tmp_path))
+    why = Postgres.available()
+    assert why is not None and "`postgresql` package" in why and str(tmp_path) in why
+    with pytest.raises(RuntimeError, match="initdb and pg_ctl not found"):
+        Postgres(tmp_path / "cluster").start()
+    Postgres(tmp_path / "cluster").stop()
