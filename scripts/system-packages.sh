@@ -2,8 +2,9 @@
 # Install the few system packages checkin needs that pip cannot: the venv module
 # (Debian and Ubuntu ship it separately), ZBar (for the pyzbar decoder) and Debian's
 # chromium, the real browser the organizer pages' tests drive through Playwright
-# (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md)
-# and shellcheck, which the tests run on the shell scripts.
+# (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md),
+# the shellcheck linter, which the tests run on the shell scripts, and PostgreSQL, whose
+# throwaway clusters the server's PostgreSQL tests run on (checkin/harness.py, Postgres).
 # Run by `make` before it creates .venv; asks for sudo only if something is missing.
 set -euo pipefail
 
@@ -16,6 +17,11 @@ ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing+=(libzbar0)
 [ -x "${CHECKIN_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 # The tests lint the shell scripts (tests/test_install_script.py).
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# The tests' PostgreSQL: initdb in $CHECKIN_PG_BIN, Debian's versioned folder or the PATH.
+[ -x "${CHECKIN_PG_BIN:-/nonexistent}/initdb" ] \
+    || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+    || command -v initdb >/dev/null \
+    || missing+=(postgresql)
 # systemd-analyze verify checks the units (tests/test_systemd.py); a container may lack it.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
