@@ -1,4 +1,4 @@
-"""The central server's schema: one SQLite file in the server's data dir.
+"""The central server's schema: one SQLite file in the server's data dir, or PostgreSQL.
 
 Every row a device caches carries ``seq``, the server-wide sequence number of
 its last change; deletions stay as tombstones (``deleted = 1``) so a device's
@@ -10,6 +10,9 @@ replaced has a new epoch, and every device resyncs from a snapshot.
 """
 
 from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
 
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[str, ...] = (
@@ -174,6 +177,133 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TRIGGER presence_removed;
     """,
 )
+
+
+
+def _postgres_v1() -> str:
+    """The schema SQLite reaches at its last version (same tables, columns and names),
+    for PostgreSQL, with a new epoch; and the secrets every server process shares."""
+    return _POSTGRES_V1.replace("{epoch}", secrets.token_hex(8))
+
+
+# Text compares and sorts byte by byte ("C"), as SQLite's BINARY does, whatever the
+# database's own locale: pages keyed on (name, code) list the same order on both.
+_POSTGRES_V1 = """
+CREATE TABLE meta (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    epoch     TEXT NOT NULL,
+    seq       BIGINT NOT NULL DEFAULT 0,
+    horizon   BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO meta (singleton, epoch) VALUES (1, '{epoch}');
+
+CREATE TABLE sessions (
+    session_id           TEXT COLLATE "C" PRIMARY KEY,
+    name                 TEXT COLLATE "C" NOT NULL,
+    validate_registrants INTEGER NOT NULL,
+    starts_at            TEXT COLLATE "C",
+    ends_at              TEXT COLLATE "C",
+    deleted              INTEGER NOT NULL DEFAULT 0,
+    seq                  BIGINT NOT NULL,
+    capacity             BIGINT
+);
+
+CREATE TABLE attendees (
+    code  TEXT COLLATE "C" PRIMARY KEY,
+    name  TEXT COLLATE "C" NOT NULL,
+    email TEXT COLLATE "C",
+    seq   BIGINT NOT NULL
+);
+CREATE INDEX attendees_seq ON attendees (seq);
+CREATE INDEX attendees_name ON attendees (name, code);
+
+CREATE TABLE registrants (
+    session_id TEXT COLLATE "C" NOT NULL,
+    code       TEXT COLLATE "C" NOT NULL,
+    deleted    INTEGER NOT NULL DEFAULT 0,
+    seq        BIGINT NOT NULL,
+    deleted_at TEXT COLLATE "C",
+    PRIMARY KEY (session_id, code)
+);
+CREATE INDEX registrants_seq ON registrants (session_id, seq);
+
+CREATE TABLE devices (
+    device_id     TEXT COLLATE "C" PRIMARY KEY,
+    session_id    TEXT COLLATE "C",
+    token_hash    TEXT COLLATE "C" UNIQUE,
+    created_at    TEXT COLLATE "C" NOT NULL,
+    revoked_at    TEXT COLLATE "C",
+    last_seen_at  TEXT COLLATE "C",
+    status        TEXT COLLATE "C",
+    allow_reentry INTEGER
+);
+
+CREATE TABLE scans (
+    scan_id          TEXT COLLATE "C" PRIMARY KEY,
+    device_id        TEXT COLLATE "C" NOT NULL,
+    device_seq       BIGINT NOT NULL,
+    session_id       TEXT COLLATE "C",
+    code             TEXT COLLATE "C" NOT NULL,
+    decision         TEXT COLLATE "C" NOT NULL,
+    reason           TEXT COLLATE "C" NOT NULL,
+    scanned_at       TEXT COLLATE "C" NOT NULL,
+    monotonic_ns     BIGINT NOT NULL,
+    boot_id          TEXT COLLATE "C" NOT NULL,
+    received_at      TEXT COLLATE "C" NOT NULL,
+    disagreement     TEXT COLLATE "C",
+    clock_flag       TEXT COLLATE "C",
+    direction        TEXT COLLATE "C" NOT NULL DEFAULT 'in',
+    override_of      TEXT COLLATE "C",
+    double_admission TEXT COLLATE "C",
+    over_capacity    TEXT COLLATE "C",
+    -- Insertion order (SQLite's rowid): the organizers' scan feed pages by it.
+    position         BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+);
+CREATE INDEX scans_session ON scans (session_id, scanned_at);
+CREATE INDEX scans_session_code ON scans (session_id, decision, direction, code, scanned_at);
+
+CREATE TABLE schedule_links (
+    code       TEXT COLLATE "C" PRIMARY KEY,
+    nonce      TEXT COLLATE "C" NOT NULL,
+    token_hash TEXT COLLATE "C" NOT NULL UNIQUE,
+    created_at TEXT COLLATE "C" NOT NULL
+);
+
+CREATE TABLE presence (
+    session_id TEXT COLLATE "C" NOT NULL,
+    code       TEXT COLLATE "C" NOT NULL,
+    inside     INTEGER NOT NULL,
+    at         TEXT COLLATE "C" NOT NULL,
+    seq        BIGINT NOT NULL,
+    PRIMARY KEY (session_id, code)
+);
+CREATE INDEX presence_seq ON presence (session_id, seq);
+
+CREATE TABLE occupancy (
+    session_id TEXT COLLATE "C" PRIMARY KEY,
+    inside     INTEGER NOT NULL
+);
+
+-- Secrets every server process shares (SQLite keeps them as files in the data dir):
+-- the link secret that schedule-link tokens are made from.
+CREATE TABLE secrets (
+    name  TEXT COLLATE "C" PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+#: The server's history on PostgreSQL (``checkin server --database postgresql://...``),
+#: applied by :func:`server.database.open_database` and counted in its
+#: ``schema_version`` table: version 1 is SQLite's last version. Each entry is a
+#: script, or a function making it when it is applied.
+POSTGRES_MIGRATIONS: tuple[str | Callable[[], str], ...] = (_postgres_v1,)
+
+#: Every backend's history, by :attr:`server.database.Database.kind`: what
+#: :func:`server.database.open_database` takes.
+MIGRATIONS_BY_KIND: dict[str, tuple[str | Callable[[], str], ...]] = {
+    "sqlite": MIGRATIONS,
+    "postgresql": POSTGRES_MIGRATIONS,
+}
 
 #: The server store's file name inside its data dir.
 SERVER_FILE = "server.sqlite3"
