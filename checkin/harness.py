@@ -54,7 +54,7 @@ CHECKIN = (sys.executable, "-m", "checkin.cli")
 PINS = {"green": 17, "red": 27, "buzzer": 22}
 
 #: The values a config file here holds.
-Value = str | int | float | bool | Path
+Value = str | int | float | bool | Path | list[str]
 #: A config file: its sections, each its keys and values.
 Sections = dict[str, dict[str, Value]]
 
@@ -96,7 +96,8 @@ def door_config(device_id: str, *, data_dir: str | Path = "data",
 
 
 def toml(sections: Mapping[str, Mapping[str, Value]], comment: str = "") -> str:
-    """The text of a TOML file of *sections* (of strings, paths, numbers and booleans)."""
+    """The text of a TOML file of *sections* (of strings, paths, numbers, booleans and
+    lists of strings, e.g. several ``[server] url``)."""
     lines = [f"# {line}" for line in comment.splitlines()]
     for name, keys in sections.items():
         lines += [""] if lines else []
@@ -123,6 +124,8 @@ def _value(value: Value) -> str:
     if isinstance(value, str | Path):
         return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f"
                                                  else c) for c in str(value)) + '"'
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
     raise TypeError(f"no TOML value for {value!r}")
 
 
@@ -312,6 +315,8 @@ class Server:
         self.sync_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/sync"
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.store_file = data_dir / SERVER_FILE
+        #: Where its store is: its SQLite file, or its PostgreSQL database's URL.
+        self.store_location: Path | str = database or self.store_file
         self.process: Process | None = None
         self.headers = {"Authorization": f"Bearer {self.admin_token}"}
         self._verify = verify
@@ -387,11 +392,12 @@ class Device:
     its sync daemon share), the camera's ``images:`` folder and their logs; and its two
     processes, ``checkin sync`` and ``checkin door``.
 
-    *sections* go into the config (:func:`door_config`); with *server_url*, a ``[server]``
-    section with the URL and the token file is added under the caller's keys.
+    *sections* go into the config (:func:`door_config`); with *server_url* (one URL, or a
+    list tried in order), a ``[server]`` section with it and the token file is added under
+    the caller's keys.
     """
 
-    def __init__(self, root: Path, device_id: str, *, server_url: str | None = None,
+    def __init__(self, root: Path, device_id: str, *, server_url: str | list[str] | None = None,
                  comment: str = "", data_dir: str | Path = "data",
                  **sections: Mapping[str, Value]) -> None:
         self.root = root

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: Real QR images with their expected contents (Apache-2.0, from zxing-cpp: see its README.txt).
 CORPUS = REPO / "tests" / "corpus" / "zxing-cpp-samples"
 __all__ = ["CHECKIN", "CORPUS", "REPO", "STORAGES", "config_text", "fill_store", "read_scans",
-           "require_postgres"]
+           "require_postgres", "sqlite_only"]
 
 
 def config_text(data_dir: Path, source: str, *, extra: str = "") -> str:
@@ -74,8 +74,12 @@ def subprocess_env() -> dict[str, str]:
 
 
 #: The server's two storages: every test that takes :func:`storage` (or a fixture built on
-#: it: :func:`database`, :func:`server_target`, :func:`server`) runs once on each.
+#: it: :func:`database`, :func:`module_database`, :func:`server_target`, :func:`server`) runs
+#: once on each.
 STORAGES = ["sqlite", "postgresql"]
+#: A test (or module, as ``pytestmark``) on the SQLite storage alone: what it checks is
+#: SQLite's own (its file, its locking), not the server's behaviour.
+sqlite_only = pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
 #: The empty database each test's PostgreSQL database is a copy of (quicker than template1).
 PG_TEMPLATE = "checkin_template"
 _databases = itertools.count(1)
@@ -103,16 +107,17 @@ def postgres() -> Iterator[Postgres]:
         yield cluster
 
 
-@pytest.fixture(params=STORAGES)
+# Module scope, so that a module's shared server (a module-scoped fixture on
+# module_database) can be parametrized too; pytest then runs a module's tests storage by
+# storage.
+@pytest.fixture(scope="module", params=STORAGES)
 def storage(request: pytest.FixtureRequest) -> str:
     """The server's storage this run of the test is on: ``sqlite`` or ``postgresql``."""
     return request.param
 
 
-@pytest.fixture
-def database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """The URL of a fresh PostgreSQL database of the test's own (dropped after it) on
-    ``postgresql``; ``None`` on ``sqlite`` (the store is the SQLite file in its data dir)."""
+def _fresh_database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """``None`` on ``sqlite``; on ``postgresql``, a new database's URL, dropped after."""
     if storage == "sqlite":
         yield None
         return
@@ -125,10 +130,45 @@ def database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | Non
 
 
 @pytest.fixture
+def database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The URL of a fresh PostgreSQL database of the test's own (dropped after it) on
+    ``postgresql``; ``None`` on ``sqlite`` (the store is the SQLite file in its data dir).
+    What :class:`Server`'s ``database`` takes."""
+    yield from _fresh_database(storage, request)
+
+
+@pytest.fixture(scope="module")
+def module_database(storage: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """:func:`database` for a module's shared server (a module-scoped fixture)."""
+    yield from _fresh_database(storage, request)
+
+
+@pytest.fixture
 def server_target(database: str | None, tmp_path: Path) -> Path | str:
     """What ``ServerStore.open`` takes, on the test's storage: the test's own folder (its
     SQLite file inside) or its own PostgreSQL database's URL."""
     return tmp_path if database is None else database
+
+
+@pytest.fixture
+def server_targets(storage: str, tmp_path: Path,
+                   request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path | str]]:
+    """For a test of several stores: *name* -> a store's target on the test's storage (a
+    folder ``tmp_path/name``, or a new PostgreSQL database, dropped after the test); the
+    same name, the same store."""
+    made: dict[str, Path | str] = {}
+    dropped: list[Iterator[str | None]] = []
+
+    def target(name: str) -> Path | str:
+        if name not in made:
+            fresh = _fresh_database(storage, request)
+            dropped.append(fresh)
+            made[name] = next(fresh) or tmp_path / name
+        return made[name]
+
+    yield target
+    for fresh in dropped:
+        next(fresh, None)
 
 
 @pytest.fixture

@@ -12,24 +12,50 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from checkin import harness
 from checkin.badges import Look
 from checkin.harness import DoorLines, decisions, free_port, wait_for
+from server.schema import SERVER_FILE
 from sync.device_end import CacheState, DeviceEnd, RecordResults
 from sync.messages import Scan
 
 __all__ = ["ADMIN", "Device", "DoorLines", "Server", "free_port", "private_ca",
-           "process_env", "read_only_query", "wait_for"]
+           "process_env", "read_only_query", "store_dump", "wait_for"]
 
 ADMIN = "test-admin-token"
 
 
-def read_only_query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """Rows of *sql* on the SQLite file at *path*, opened read-only beside its owners."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+def read_only_query(store: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of *sql* (``?`` parameters) on a store, opened read-only beside its owners: the
+    SQLite file at path *store* (or in the data dir *store*), or the PostgreSQL database at
+    URL *store* (a server's :attr:`~checkin.harness.Server.store_location`, a test's
+    ``server_target``)."""
+    if isinstance(store, str):
+        with psycopg.connect(store) as db:
+            db.read_only = True
+            return db.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
+    with _read_only_sqlite(store) as db:
         return db.execute(sql, params).fetchall()
+
+
+def _read_only_sqlite(store: Path) -> contextlib.closing[sqlite3.Connection]:
+    path = store / SERVER_FILE if store.is_dir() else store
+    return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10))
+
+
+def store_dump(store: Path | str) -> str:
+    """Every row of every table of a store (as :func:`read_only_query` takes it), as text:
+    to look for what must not be stored."""
+    if isinstance(store, str):
+        tables = [name for (name,) in read_only_query(
+            store, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return "\n".join(f"{table}: {row}" for table in tables
+                         for row in read_only_query(store, f'SELECT * FROM "{table}"'))
+    with _read_only_sqlite(store) as db:
+        return "\n".join(db.iterdump())
 
 
 def private_ca(folder: Path) -> tuple[Path, Path, Path]:
@@ -63,15 +89,17 @@ class Server(harness.Server):
 
 
 class Device(harness.Device):
-    """One door's files and processes, syncing with *sync_url* quickly (*server*: more
-    ``[server]`` keys; *door* and *gpio*: ``[door]`` and ``[gpio]`` keys)."""
+    """One door's files and processes, syncing with *sync_url* (one URL, or a list tried in
+    order) quickly (*server*: more ``[server]`` keys; *door* and *gpio*: ``[door]`` and
+    ``[gpio]`` keys)."""
 
     #: The mock override button of a door made with ``override=True``, and the file whose
     #: every appended byte presses it (``[gpio] press_file``).
     OVERRIDE_PIN = 5
     PRESS_FILE = "press"
 
-    def __init__(self, root: Path, device_id: str, sync_url: str, *, auth_retry: float = 0.5,
+    def __init__(self, root: Path, device_id: str, sync_url: str | list[str], *,
+                 auth_retry: float = 0.5,
                  debounce_seconds: float = 0.1, door: Mapping[str, Any] | None = None,
                  override: bool = False, data_dir: str = "data", **server: Any) -> None:
         gpio = {"override_button": self.OVERRIDE_PIN, "press_file": self.PRESS_FILE} \

@@ -19,7 +19,6 @@ from websockets.asyncio.client import connect
 
 from server.csv_import import _UTF8_MULTIBYTE as UTF8_MULTIBYTE
 from server.csv_import import MAX_ROWS
-from server.schema import SERVER_FILE
 from sync.device_end import ApplyChanges, ApplySnapshot
 from tests.system import Server, SyncClient, read_only_query
 
@@ -27,8 +26,9 @@ CSV = {"Content-Type": "text/csv"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("import") / "server").start()
+def server(tmp_path_factory, module_database) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("import") / "server",
+                    database=module_database).start()
     yield server
     server.kill()
 
@@ -51,8 +51,8 @@ def post(server: Server, path: str, data: bytes | str, **params: Any) -> httpx.R
                                       for k, v in params.items() if v is not None})
 
 
-def store_file(server: Server) -> Path:
-    return server.data_dir / SERVER_FILE
+def store_file(server: Server) -> Path | str:
+    return server.store_location
 
 
 def registrants(server: Server, sid: str) -> set[str]:

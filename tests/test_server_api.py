@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import uuid
 from pathlib import Path
@@ -12,12 +11,12 @@ import httpx
 import pytest
 
 from tests.conftest import CHECKIN
-from tests.system import ADMIN, Server, free_port, process_env, wait_for
+from tests.system import ADMIN, Server, free_port, process_env, store_dump, wait_for
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("api") / "server").start()
+def server(tmp_path_factory, module_database):
+    server = Server(tmp_path_factory.mktemp("api") / "server", database=module_database).start()
     yield server
     server.kill()
 
@@ -86,8 +85,7 @@ def test_devices_get_a_token_once_and_it_is_stored_hashed(server) -> None:
     assert len(token) >= 40
     again = server.api("PUT", f"/api/devices/{did}", {"session_id": sid}, expect=200)
     assert "token" not in again
-    with sqlite3.connect(server.store_file) as db:
-        dump = "\n".join(db.iterdump())
+    dump = store_dump(server.store_location)
     assert token not in dump
     devices = {d["device_id"]: d for d in server.api("GET", "/api/devices", expect=200)}
     assert devices[did]["session_id"] == sid and devices[did]["connected"] is False

@@ -1,23 +1,23 @@
-"""The server's store on a real SQLite file: sequence numbers, tombstones, snapshots,
-changes, idempotent scans and disagreement flags."""
+"""The server's store on each storage (a real SQLite file, a PostgreSQL database):
+sequence numbers, tombstones, snapshots, changes, idempotent scans and disagreement
+flags."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 
 import pytest
 
-from server.schema import SERVER_FILE
 from server.store import Attendee, Conflict, Device, NotFound, ServerStore
 from sync.messages import Hello, Scan, SessionInfo
 from sync.server_end import ServerView, needs_snapshot
+from tests.system import store_dump
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = await ServerStore.open(tmp_path)
+async def store(server_target):
+    store = await ServerStore.open(server_target)
     await store.put_session(SessionInfo("s1", "One", True))
     await store.upsert_attendees([Attendee(c, f"Name {c}") for c in ("A1", "B2", "C3")])
     yield store
@@ -129,13 +129,12 @@ async def test_offline_verdicts_are_kept_and_disagreements_flagged(store) -> Non
     assert [flags[s.scan_id]["decision"] for s in stale] == [s.decision for s in stale]
 
 
-async def test_device_tokens_are_stored_hashed_and_revocable(store, tmp_path) -> None:
+async def test_device_tokens_are_stored_hashed_and_revocable(store, server_target) -> None:
     token, previous = await store.put_device("door-1", "s1")
     assert token and previous is None
     assert await store.device_by_token(token) == Device("door-1", "s1")
     assert await store.device_by_token(token + "x") is None
-    with sqlite3.connect(tmp_path / SERVER_FILE) as db:
-        assert token not in "\n".join(db.iterdump())
+    assert token not in store_dump(server_target)
     await store.put_session(SessionInfo("s2", "Two", False))
     assert await store.put_device("door-1", "s2") == (None, "s1")
     await store.revoke_device("door-1")
@@ -144,12 +143,12 @@ async def test_device_tokens_are_stored_hashed_and_revocable(store, tmp_path) ->
         await store.revoke_device("door-1")
 
 
-async def test_a_new_database_has_a_new_epoch(tmp_path) -> None:
-    first = await ServerStore.open(tmp_path / "a")
-    second = await ServerStore.open(tmp_path / "b")
+async def test_a_new_database_has_a_new_epoch(server_targets) -> None:
+    first = await ServerStore.open(server_targets("a"))
+    second = await ServerStore.open(server_targets("b"))
     reopened_epoch = first.epoch
     await first.close()
-    again = await ServerStore.open(tmp_path / "a")
+    again = await ServerStore.open(server_targets("a"))
     try:
         assert first.epoch != second.epoch and again.epoch == reopened_epoch
     finally:

@@ -22,8 +22,8 @@ from tests.system import Server, SyncClient
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("ws") / "server").start()
+def server(tmp_path_factory, module_database):
+    server = Server(tmp_path_factory.mktemp("ws") / "server", database=module_database).start()
     server.api("PUT", "/api/sessions/s1", {"name": "One", "validate_registrants": True})
     server.api("PUT", "/api/sessions/s2", {"name": "Two", "validate_registrants": False})
     server.api("POST", "/api/attendees", [{"code": "A1", "name": "Ann"}])

@@ -26,8 +26,9 @@ PAGES_NEEDING_SIGN_IN = ["/", "/sessions", "/sessions/new", "/sessions/s1", "/se
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("web") / "server").start()
+def server(tmp_path_factory: pytest.TempPathFactory,
+           module_database: str | None) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("web") / "server", database=module_database).start()
     try:
         yield running
     finally:
