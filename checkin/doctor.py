@@ -174,6 +174,10 @@ class StoreFacts:
     session_id: str | None = None
     registrants: int = 0
     last_frame_at: str | None = None
+    #: The sync daemon's link as it last noted it: up or not, to which server, when.
+    connected: bool = False
+    server_url: str | None = None
+    link_noted_at: str | None = None
 
 
 def read_store(path: Path) -> StoreFacts:
@@ -189,6 +193,8 @@ def read_store(path: Path) -> StoreFacts:
             facts = StoreFacts(path, None, integrity, version)
             with contextlib.suppress(sqlite3.Error):
                 facts = _cached(db, facts)
+            with contextlib.suppress(sqlite3.Error):  # no server_url before version 5
+                facts = _link(db, facts)
     except sqlite3.Error as exc:
         return StoreFacts(path, error=f"cannot read {path}: {exc}")
     return facts
@@ -202,6 +208,13 @@ def _cached(db: sqlite3.Connection, facts: StoreFacts) -> StoreFacts:
     frame = db.execute("SELECT last_frame_at FROM door_state").fetchone()
     return replace(facts, session_id=session_id, registrants=registrants,
                    last_frame_at=frame[0] if frame else None)
+
+
+def _link(db: sqlite3.Connection, facts: StoreFacts) -> StoreFacts:
+    row = db.execute("SELECT connected, server_url, updated_at FROM sync_state").fetchone()
+    if row is None:
+        return facts
+    return replace(facts, connected=bool(row[0]), server_url=row[1], link_noted_at=row[2])
 
 
 def store_checks(store: StoreFacts) -> list[Check]:
@@ -234,27 +247,62 @@ def store_checks(store: StoreFacts) -> list[Check]:
 
 def server_checks(config: DeviceConfig, store: StoreFacts) -> list[Check]:
     """Reachable, TLS valid, token accepted, session assigned and registrants cached,
-    clock; the ones after the first failure are left out (they cannot be checked)."""
+    clock; the ones after the first failure are left out (they cannot be checked).
+
+    Of several ``[server] url``, the one the sync daemon is connected to is checked (any
+    of them serves the door, and that one does); else the first that accepts a
+    connection, as the daemon would find it. The row names which."""
     server = config.server
     if server is None:
         return [passed("server", "none configured: a standalone door")]
-    parts = urlsplit(server.url)
-    host = parts.hostname or ""
-    tls = parts.scheme == "wss"
-    port = parts.port or (443 if tls else 80)
+    connected = daemons_server(server.url, store, datetime.now(UTC),
+                               3 * server.status_seconds)
+    order = [connected] if connected else []
+    unreachable: list[str] = []
+    for url in order + [u for u in server.url if u != connected]:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        tls = parts.scheme == "wss"
+        port = parts.port or (443 if tls else 80)
+        try:
+            socket.create_connection((host, port), timeout=NETWORK_TIMEOUT).close()
+        except OSError as exc:
+            unreachable.append(f"{_netloc(host, port)}: {exc.strerror or exc}")
+            continue
+        which = which_server(url, len(server.url), url == connected, unreachable)
+        checks = [passed("server", f"{_netloc(host, port)} accepts connections{which}")]
+        base = f"{'https' if tls else 'http'}://{_netloc(host, port)}"
+        with httpx.Client(base_url=base, verify=_verify(server),
+                          timeout=NETWORK_TIMEOUT) as client:
+            checks += _api_checks(client, config, server, url, store)
+        return checks
+    return [failed("server", f"cannot connect to {'; '.join(unreachable)} (tls, token, "
+                             "clock, session and registrants not checked)",
+                   "is the server running (systemctl status checkin-server on it) and "
+                   "this door on its network? check [server] url")]
+
+
+def daemons_server(urls: tuple[str, ...], store: StoreFacts, now: datetime,
+                   stale_after: float) -> str | None:
+    """The URL the sync daemon says it is connected to, if it said so within
+    *stale_after* seconds (a daemon that died leaves its flag) and it is one of *urls*."""
+    if not store.connected or store.server_url not in urls or store.link_noted_at is None:
+        return None
     try:
-        socket.create_connection((host, port), timeout=NETWORK_TIMEOUT).close()
-    except OSError as exc:
-        return [failed("server", f"cannot connect to {host}:{port}: "
-                                 f"{exc.strerror or exc} (tls, token, clock, session and "
-                                 "registrants not checked)",
-                       "is the server running (systemctl status checkin-server on it) and "
-                       "this door on its network? check [server] url")]
-    checks = [passed("server", f"{host}:{port} accepts connections")]
-    base = f"{'https' if tls else 'http'}://{_netloc(host, port)}"
-    with httpx.Client(base_url=base, verify=_verify(server), timeout=NETWORK_TIMEOUT) as client:
-        checks += _api_checks(client, config, server, store, tls)
-    return checks
+        age = (now - datetime.fromisoformat(store.link_noted_at)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return store.server_url if age <= stale_after else None
+
+
+def which_server(url: str, count: int, connected: bool, unreachable: list[str]) -> str:
+    """What the server row says of the URL checked, when ``[server] url`` lists several."""
+    if count == 1:
+        return ""
+    if connected:
+        return f" ({url}: the sync daemon is connected to it)"
+    tried = f"; no connection to {', '.join(unreachable)}" if unreachable else ""
+    return f" ({url}: the first of the {count} server URLs that does{tried})"
 
 
 def _netloc(host: str, port: int) -> str:
@@ -265,8 +313,9 @@ def _verify(server: ServerConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
 
 
-def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig,
-                store: StoreFacts, tls: bool) -> list[Check]:
+def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig, url: str,
+                store: StoreFacts) -> list[Check]:
+    tls = url.startswith("wss://")
     try:
         client.get("/api/health")
     except httpx.ConnectError as exc:
@@ -276,7 +325,7 @@ def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig
     except httpx.HTTPError as exc:
         return [failed("server", f"no answer to /api/health: {exc}",
                        "is the checkin server on that port? (its log says why it hangs)")]
-    checks = [tls_check(server)]
+    checks = [tls_check(url, server.ca_file)]
     try:
         token = server.token_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -325,11 +374,13 @@ def _json(answer: httpx.Response) -> dict[str, Any]:
     return {}
 
 
-def tls_check(server: ServerConfig) -> Check:
-    if server.url.startswith("wss://"):
-        cas = server.ca_file or "the system's CAs"
+def tls_check(url: str, ca_file: Path | None) -> Check:
+    """The server at *url* answered: its certificate was verified with *ca_file* (or the
+    system's CAs), or it is ``ws://``: fine to this machine only."""
+    if url.startswith("wss://"):
+        cas = ca_file or "the system's CAs"
         return passed("tls", f"certificate verified with {cas}")
-    warning = insecure_url_warning(server.url)
+    warning = insecure_url_warning(url)
     if warning:
         return failed("tls", warning, "serve the API over TLS and use a wss:// url")
     return passed("tls", "not used: ws:// to this machine")

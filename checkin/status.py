@@ -74,6 +74,7 @@ def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
         ("registrants cached", f"{s.registrants} (attendees {s.attendees})"),
         ("cursor", f"{s.cursor} (server epoch {s.epoch or 'none yet'})"),
         ("link", link_text),
+        ("server", server_text(s, link)),
         ("last sync", _when(s.last_sync_at, now)),
         ("scans waiting", str(s.scans_waiting)),
         ("scans quarantined", str(s.scans_quarantined)),
@@ -81,6 +82,14 @@ def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
         ("last frame", _when(s.last_frame_at, now)),
     ]
     return "".join(f"{key + ':':<20}{value}\n" for key, value in lines)
+
+
+def server_text(s: DeviceStatus, link: str) -> str:
+    """The server the daemon is connected to, or tried last (``[server] url`` may list
+    several: the daemon moves to the next when one fails)."""
+    if s.server_url is None:
+        return "none tried yet"
+    return s.server_url if link == "connected" else f"{s.server_url} (last tried)"
 
 
 def inside(s: DeviceStatus) -> str:

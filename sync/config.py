@@ -20,12 +20,60 @@ from urllib.parse import urlsplit
 from core.shapes import checked, number, show
 from core.shapes import path as file_path
 
+#: The most servers one ``[server] url`` list names (each one a connection attempt
+#: between two waits: a list longer than any real deployment is a mistake).
+MAX_SERVER_URLS = 16
+_ONE_URL = "a ws:// or wss:// URL ending in /sync"
+
 
 def _server_url(value: Any) -> str:
     if (not isinstance(value, str) or not value.startswith(("ws://", "wss://"))
             or not value.rstrip("/").endswith("/sync")):
-        raise ValueError("a ws:// or wss:// URL ending in /sync")
+        raise ValueError(_ONE_URL)
     return value.rstrip("/")
+
+
+def server_urls(value: Any) -> tuple[str, ...]:
+    """``[server] url``: one URL, or a list of them (several server processes, tried in
+    order); each checked alone, none twice. Always returned as a tuple, in order."""
+    if not isinstance(value, list):
+        try:
+            return (_server_url(value),)
+        except ValueError:
+            raise ValueError(f"{_ONE_URL}, or a list of 1 to {MAX_SERVER_URLS} of them") \
+                from None
+    expected = f"a list of 1 to {MAX_SERVER_URLS} ws:// or wss:// URLs ending in /sync"
+    if not value:
+        raise ValueError(f"{expected}; the list is empty")
+    if len(value) > MAX_SERVER_URLS:
+        raise ValueError(f"{expected}; the list holds {len(value)}")
+    urls: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            url = _server_url(item)
+        except ValueError:
+            raise ValueError(f"{expected}; url[{index}] = {show(item)} is not one") from None
+        same = [i for i, seen in enumerate(urls) if _same_server(seen, url)]
+        if same:
+            raise ValueError(f"{expected}, each once; url[{index}] = {show(item)} is "
+                             f"url[{same[0]}] again")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two checked URLs name the same endpoint: the host's case and a default port
+    spelled out make no difference (the daemon would try one server twice per round)."""
+    return _endpoint(a) == _endpoint(b)
+
+
+def _endpoint(url: str) -> tuple[str, str, int | str | None, str]:
+    parts = urlsplit(url)
+    try:
+        port: int | str | None = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:  # not a number: the daemon will say so; compare it as written
+        port = parts.netloc.rpartition(":")[2]
+    return parts.scheme, (parts.hostname or "").rstrip("."), port, parts.path
 
 
 _SECONDS = number(0, 3600, open_low=True)
@@ -35,7 +83,9 @@ _SECONDS = number(0, 3600, open_low=True)
 class ServerConfig:
     """The ``[server]`` section: each key with its check and default."""
 
-    url: str = field(metadata=checked(_server_url))
+    #: Every server URL, in the order the daemon tries them: the key holds one URL or a
+    #: list (several server processes on one database, or one load balancer's address).
+    url: tuple[str, ...] = field(metadata=checked(server_urls))
     #: Relative to the config file (resolved when the file is read).
     token_file: Path = field(metadata=checked(file_path))
     ca_file: Path | None = field(default=None, metadata=checked(file_path))
@@ -102,10 +152,10 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-
-def server_file_problems(url: str | None, token_file: Path | None,
+def server_file_problems(urls: tuple[str, ...] | None, token_file: Path | None,
                          ca_file: Path | None) -> list[str]:
-    """What the daemon will find wrong with the ``[server]`` section's URL and files.
+    """What the daemon will find wrong with the ``[server]`` section's URLs and files
+    (the ``ws://`` warning for each URL that earns one; one CA file serves them all).
 
     Each argument is the checked, resolved value, or ``None`` when the key is absent or
     already reported as invalid. Reads the files but never the network; ``checkin config
@@ -114,8 +164,9 @@ def server_file_problems(url: str | None, token_file: Path | None,
     in place while it runs).
     """
     problems = []
-    if url is not None and (warning := insecure_url_warning(url)):
-        problems.append(warning)
+    for url in urls or ():
+        if warning := insecure_url_warning(url):
+            problems.append(warning)
     if token_file is not None:
         problems.extend(token_file_problems(token_file))
     if ca_file is not None:

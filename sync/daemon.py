@@ -5,7 +5,9 @@ connected it applies the server's snapshot and changes to the shared store
 (each with its cursor, in one transaction), pushes waiting scans in batches and
 marks them stored only when the server's answer says so, and reports the
 door's status. When the link drops it reconnects with jittered exponential
-backoff — slower after the server refused its token, and saying why.
+backoff — slower after the server refused its token, and saying why. With several
+server URLs it moves to the next at once and waits only after each has failed
+(:mod:`sync.failover`); ``checkin status`` shows the one it is connected to.
 
 Idle, it sleeps: the door pokes it after each scan (:mod:`sync.wake`), a server's
 answer wakes it, and only as a fallback (a poke is a hint that may be lost) does it
@@ -31,7 +33,7 @@ from core.clock import boot_id, monotonic_ns, wall_now, wall_stamp
 from core.database import StoreError
 from core.notify import ready_and_watched
 from sync.backoff import Backoff
-from sync.config import DaemonConfig, ServerConfig, insecure_url_warning
+from sync.config import DaemonConfig, insecure_url_warning
 from sync.device_end import (
     ApplyChanges,
     ApplySnapshot,
@@ -40,6 +42,7 @@ from sync.device_end import (
     RecordResults,
     Welcomed,
 )
+from sync.failover import Rotation
 from sync.messages import (
     CLOCK_TOLERANCE_SECONDS,
     CLOSE_INTERNAL_ERROR,
@@ -84,10 +87,12 @@ def read_token(path: Path) -> str:
     return token
 
 
-def ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
-    if not server.url.startswith("wss://"):
+def ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
+    """TLS for a ``wss://`` *url*, trusting *ca_file* (one CA file for every server) or the
+    system's CAs; ``None`` for ``ws://``."""
+    if not url.startswith("wss://"):
         return None
-    return ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 class _Failure(Exception):
@@ -117,6 +122,8 @@ class SyncDaemon:
         self.backoff = Backoff(self.server.retry_min_seconds, self.server.retry_max_seconds,
                                self.server.auth_retry_seconds,
                                max(self.server.auth_retry_seconds, 300.0))
+        #: Which server URL to try, and whether to wait first.
+        self.rotation = Rotation(self.server.url)
         self._stopping = asyncio.Event()
         #: Set by the door's poke, a server's answer or a welcome: look for scans to push.
         self.wake = WakeListener(config.data_dir)
@@ -140,21 +147,39 @@ class SyncDaemon:
                 await self._connect_once()
                 continue  # returns only when stopped
             except _Failure as failure:
-                if failure.at_once:
-                    log.info("%s; reconnecting now", failure, extra=failure.fields())
-                    await self._note(connected=False, error=str(failure))
-                    continue
-                delay = self.backoff.failure(auth=failure.auth)
-                log.warning("%s; retrying in %.1f s", failure, delay,
-                            extra=failure.fields() | {"retry_seconds": round(delay, 3)})
-                await self._note(connected=False, error=str(failure))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-        await self._note(connected=False, error="sync daemon stopped")
+                delay = await self._failed(failure)
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        await self._note(connected=False, error="sync daemon stopped",
+                         server_url=self.rotation.current)
 
-    async def _note(self, *, connected: bool, error: str | None = None) -> None:
+    async def _failed(self, failure: _Failure) -> float:
+        """Log why the link ended and choose the next attempt: return how long to wait."""
+        failed_url = self.rotation.current
+        if failure.at_once:  # the server is fine (it moved the door): the same one again
+            log.info("%s; reconnecting now", failure, extra=failure.fields())
+            await self._note(connected=False, error=str(failure), server_url=failed_url)
+            return 0.0
+        wait = self.rotation.failed(waiting=failure.auth)
+        fields = failure.fields() | {"server_url": failed_url,
+                                     "next_url": self.rotation.current}
+        if not wait:
+            log.warning("%s; trying %s now", failure, self.rotation.current,
+                        extra=fields | {"retry_seconds": 0})
+            delay = 0.0
+        else:
+            delay = self.backoff.failure(auth=failure.auth)
+            after = "" if len(self.rotation.urls) == 1 else f" with {self.rotation.current}"
+            log.warning("%s; retrying in %.1f s%s", failure, delay, after,
+                        extra=fields | {"retry_seconds": round(delay, 3)})
+        await self._note(connected=False, error=str(failure), server_url=failed_url)
+        return delay
+
+    async def _note(self, *, connected: bool, error: str | None = None,
+                    server_url: str | None = None) -> None:
         try:
-            await self.store.note_link(connected=connected, error=error)
+            await self.store.note_link(connected=connected, error=error, server_url=server_url)
         except StoreError as exc:
             log.error("%s", exc)
 
@@ -163,27 +188,27 @@ class SyncDaemon:
             token = read_token(self.server.token_file)
         except TokenError as exc:
             raise _Failure(str(exc), auth=True) from None
+        url = self.rotation.current
         try:
             async with connect(
-                self.server.url,
+                url,
                 additional_headers={"Authorization": f"Bearer {token}"},
                 user_agent_header=f"checkin-sync/{__version__}",
-                ssl=ssl_context(self.server),
+                ssl=ssl_context(url, self.server.ca_file),
                 max_size=MAX_SERVER_MESSAGE,
                 open_timeout=10, ping_interval=10, ping_timeout=10, close_timeout=2,
             ) as websocket:
                 await self._serve(websocket)
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise _Failure(f"server refused the connection with HTTP {status}",
+            raise _Failure(f"{url} refused the connection with HTTP {status}",
                            auth=status in (401, 403)) from None
         except ConnectionClosed as exc:
             raise _closed(exc, self.server.token_file) from None
         except ssl.SSLError as exc:  # before OSError, which it is a kind of
-            raise _Failure(f"TLS with {self.server.url} failed: {exc}") from None
+            raise _Failure(f"TLS with {url} failed: {exc}") from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise _Failure(f"cannot reach {self.server.url}: {exc or type(exc).__name__}") \
-                from None
+            raise _Failure(f"cannot reach {url}: {exc or type(exc).__name__}") from None
         except StoreError as exc:
             raise _Failure(f"device store error: {exc}") from None
 
@@ -224,16 +249,17 @@ class SyncDaemon:
             if isinstance(action, Welcomed):
                 self.backoff.success()
                 welcome = action.welcome
-                log.info("connected to %s as %s (session %s, %s)", self.server.url,
+                log.info("connected to %s as %s (session %s, %s)", self.rotation.current,
                          welcome.device_id, welcome.session_id,
                          "full resync" if welcome.resync else f"changes after {link.end.cursor}",
-                         extra={"event": "connected", "device_id": welcome.device_id,
+                         extra={"event": "connected", "server_url": self.rotation.current,
+                                "device_id": welcome.device_id,
                                 "session_id": welcome.session_id, "resync": welcome.resync,
                                 "cursor": link.end.cursor})
                 warning = clock_warning(welcome.server_time, wall_now())
                 if warning:
                     log.warning("%s", warning)
-                await self.store.note_link(connected=True)
+                await self.store.note_link(connected=True, server_url=self.rotation.current)
                 link.welcomed.set()
                 self.wake.set()
             elif isinstance(action, ApplySnapshot):
@@ -297,7 +323,8 @@ class SyncDaemon:
                                  sent_at=wall_stamp(),
                                  status_seconds=self.server.status_seconds)
             await link.flush()
-            await self.store.note_link(connected=True)  # also: "this daemon is alive"
+            # Also: "this daemon is alive".
+            await self.store.note_link(connected=True, server_url=self.rotation.current)
             await asyncio.sleep(self.server.status_seconds)
 
 
@@ -344,8 +371,9 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
 async def run_sync(config: DaemonConfig) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit status."""
     # At every start, so the journal keeps saying it while the door runs on ws://.
-    if config.server and (warning := insecure_url_warning(config.server.url)):
-        log.warning("%s", warning)
+    for url in config.server.url if config.server else ():
+        if warning := insecure_url_warning(url):
+            log.warning("%s", warning)
     try:
         store = await SyncStore.open(config.data_dir)
     except StoreError as exc:

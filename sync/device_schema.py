@@ -145,4 +145,9 @@ MIGRATIONS: tuple[str, ...] = (
     -- which carries them all.
     UPDATE sync_state SET epoch = NULL;
     """,
+    """
+    -- The server the sync daemon is connected to, or tried last (issue 16: [server] url
+    -- may list several): checkin status and the doctor name it.
+    ALTER TABLE sync_state ADD COLUMN server_url TEXT;
+    """,
 )

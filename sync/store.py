@@ -53,6 +53,9 @@ class DeviceStatus:
     inside: int = 0
     #: The session's capacity; ``None``: no limit (or no session).
     capacity: int | None = None
+    #: The server the sync daemon is connected to (``connected``), else the one it tried
+    #: last; ``None`` before its first attempt.
+    server_url: str | None = None
 
 
 class SyncStore(Store):
@@ -119,12 +122,15 @@ class SyncStore(Store):
             await self._db.execute("UPDATE sync_state SET last_sync_at = ?1, updated_at = ?1",
                                    (wall_stamp(),))
 
-    async def note_link(self, *, connected: bool, error: str | None = None) -> None:
-        """Record the link's state (and why it is down) for ``checkin status``."""
+    async def note_link(self, *, connected: bool, error: str | None = None,
+                        server_url: str | None = None) -> None:
+        """Record the link's state (and why it is down) for ``checkin status``, with the
+        server it is to (or was last tried: *server_url* ``None`` keeps the one noted)."""
         async with self.write():
             await self._db.execute(
-                "UPDATE sync_state SET connected = ?, last_error = ?, updated_at = ?",
-                (int(connected), error, wall_stamp()))
+                "UPDATE sync_state SET connected = ?, last_error = ?, updated_at = ?,"
+                " server_url = coalesce(?, server_url)",
+                (int(connected), error, wall_stamp(), server_url))
 
     async def status(self) -> DeviceStatus:
         rows = await self._db.execute_fetchall(_STATUS_SQL)
@@ -143,7 +149,7 @@ SELECT s.session_id, s.name AS session_name, s.validate_registrants,
        (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.STORED}')
            AS scans_stored,
        d.last_frame_at, d.started_at AS door_started_at,
-       (SELECT inside FROM occupancy) AS inside, s.capacity
+       (SELECT inside FROM occupancy) AS inside, s.capacity, y.server_url
 FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
 """
 

@@ -55,7 +55,8 @@ def test_the_example_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "config" / "door.example.toml")
     assert config.camera.source == "picamera2"
     assert config.gpio.pin_factory == "lgpio"
-    assert config.server is not None and config.server.url.endswith("/sync")
+    assert config.server is not None and config.server.url == (
+        "wss://checkin.example.org/sync",)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +128,51 @@ def test_all_mistakes_are_reported_at_once(tmp_path: Path) -> None:
 def test_optional_sections_are_checked_too(tmp_path: Path, extra: str, message: str) -> None:
     found = problems(tmp_path, config_text(Path("data"), "images:frames", extra=extra))
     assert any(message in p for p in found), found
+
+
+def server_config(tmp_path: Path, url: str) -> Path:
+    return write(tmp_path, config_text(Path("data"), "images:frames",
+                                       extra=f'[server]\nurl = {url}\ntoken_file = "t"\n'))
+
+
+def test_one_server_url_or_a_list_of_them_in_order(tmp_path: Path) -> None:
+    one = load_config(server_config(tmp_path, '"wss://a.example/sync/"'))
+    assert one.server is not None and one.server.url == ("wss://a.example/sync",)
+    several = load_config(server_config(
+        tmp_path, '["wss://b.example:8765/sync", "wss://a.example/sync", "ws://127.0.0.1/sync"]'))
+    assert several.server is not None and several.server.url == (
+        "wss://b.example:8765/sync", "wss://a.example/sync", "ws://127.0.0.1/sync")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("[]", "[server] url = []: expected a list of 1 to 16 ws:// or wss:// URLs ending in "
+           "/sync; the list is empty"),
+    ('["wss://a/sync", "https://b/sync", "ws://c/other"]',
+     "ending in /sync; url[1] = \"https://b/sync\" is not one"),
+    ('["wss://a/sync", 7]', "; url[1] = 7 is not one"),
+    ('["wss://a/sync", ["wss://b/sync"]]', "; url[1] = ['wss://b/sync'] is not one"),
+    ('["wss://a/sync", "wss://b/sync", "wss://a/sync/"]',
+     'each once; url[2] = "wss://a/sync/" is url[0] again'),
+    ('["wss://A.example:443/sync", "wss://a.example/sync"]',
+     'each once; url[1] = "wss://a.example/sync" is url[0] again'),
+    ('["ws://a:80/sync", "ws://a/sync"]', "is url[0] again"),
+    ("[" + ", ".join(f'"wss://s{n}/sync"' for n in range(17)) + "]", "; the list holds 17"),
+    ('"https://a/sync"', "expected a ws:// or wss:// URL ending in /sync, or a list of 1 to 16 "
+                         "of them"),
+    ("{ a = 1 }", "or a list of 1 to 16 of them"),
+])
+def test_a_bad_server_url_list_names_the_entry(tmp_path: Path, url: str, message: str) -> None:
+    found = problems(tmp_path, server_config(tmp_path, url).read_text())
+    assert len(found) == 1 and message in found[0], found
+
+
+def test_sixteen_server_urls_and_the_same_host_on_other_ports_or_schemes(tmp_path: Path) -> None:
+    sixteen = "[" + ", ".join(f'"wss://s{n}/sync"' for n in range(16)) + "]"
+    config = load_config(server_config(tmp_path, sixteen))
+    assert config.server is not None and len(config.server.url) == 16
+    distinct = '["wss://a/sync", "wss://a:8765/sync", "ws://a/sync", "wss://a/x/sync"]'
+    config = load_config(server_config(tmp_path, distinct))
+    assert config.server is not None and len(config.server.url) == 4
 
 
 @pytest.mark.parametrize(

@@ -308,3 +308,20 @@ def test_any_bytes_exit_0_or_2_with_a_message(folder: Path, content: bytes) -> N
     assert status == 2  # no bytes this short hold a whole door's config
     assert out.splitlines()[0].startswith(f"{path}: ") and len(out.splitlines()) >= 2
 
+
+
+def test_every_server_url_is_checked_and_each_unencrypted_one_named(door: Path) -> None:
+    urls = ["wss://a.example/sync", "ws://10.0.0.5:8765/sync", "ws://127.0.0.1:8765/sync",
+            "ws://b.example/sync"]
+    edit(door, '"wss://checkin.example.org/sync"', "[" + ", ".join(f'"{u}"' for u in urls) + "]")
+    found = problems(door)
+    assert [p.split(" is not encrypted")[0] for p in found] == [
+        "[server] url ws://10.0.0.5:8765/sync", "[server] url ws://b.example/sync"]
+
+
+def test_a_bad_url_in_the_list_is_named_by_its_index(door: Path) -> None:
+    edit(door, '"wss://checkin.example.org/sync"',
+         '["wss://a.example/sync", "wss://a.example/sync", "wss://b.example/sync"]')
+    found = problems(door)
+    assert len(found) == 1 and found[0].startswith("[server] url = [")
+    assert 'url[1] = "wss://a.example/sync" is url[0] again' in found[0]

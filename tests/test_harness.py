@@ -18,7 +18,8 @@ def test_the_toml_writer_round_trips_every_value_a_config_holds() -> None:
     sections = {"strings": {"plain": "door-1", "quotes": 'say "hi"', "backslash": "C:\\x\\y",
                             "controls": "a\x00b\tc\nd\x1be\x7f", "unicode": "日本 😀"},
                 "numbers": {"int": 17, "negative": -1, "float": 0.05, "big": 1e20},
-                "flags": {"yes": True, "no": False}, "paths": {"path": Path("/srv/data")}}
+                "flags": {"yes": True, "no": False}, "paths": {"path": Path("/srv/data")},
+                "lists": {"urls": ["ws://a/sync", 'wss://"b"/sync'], "none": []}}
     parsed = tomllib.loads(toml(sections, comment="two\nlines"))
     assert parsed == {**sections, "paths": {"path": "/srv/data"}}
 
@@ -39,7 +40,7 @@ def test_a_door_config_is_valid_and_takes_the_callers_keys(tmp_path: Path) -> No
     config = load_config(path)
     assert (config.device_id, config.data_dir, config.camera.fps) == ("door-9", tmp_path / "data",
                                                                     30)
-    assert config.server is not None and config.server.url == "ws://127.0.0.1:9/sync"
+    assert config.server is not None and config.server.url == ("ws://127.0.0.1:9/sync",)
 
 
 def test_waiting_fails_in_time_or_when_the_process_exits(tmp_path: Path) -> None:
