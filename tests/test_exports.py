@@ -50,7 +50,8 @@ def _dangerous(cell: str) -> bool:
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_exports_through_the_api(tmp_path: Path) -> None:
+def test_exports_through_the_api(tmp_path: Path, database: str | None,
+                                 server_target: Path | str) -> None:
     import asyncio
 
     from starlette.testclient import TestClient
@@ -58,7 +59,7 @@ def test_exports_through_the_api(tmp_path: Path) -> None:
     from server.app import create_app
 
     async def fill() -> None:
-        store = await ServerStore.open(tmp_path)
+        store = await ServerStore.open(server_target)
         try:
             await store.upsert_attendees([Attendee(c, n, f"{c.lower()}@example.org")
                                           for c, n in HOSTILE.items()]
@@ -86,7 +87,7 @@ def test_exports_through_the_api(tmp_path: Path) -> None:
 
     asyncio.run(fill())
     admin = {"Authorization": "Bearer admin-token"}
-    with TestClient(create_app(tmp_path, "admin-token")) as client:
+    with TestClient(create_app(tmp_path, "admin-token", database=database)) as client:
         answer = client.get("/api/sessions/s1/attendance.csv", headers=admin)
         assert answer.status_code == 200
         assert answer.headers["content-type"] == "text/csv; charset=utf-8"
@@ -144,12 +145,12 @@ def test_exports_through_the_api(tmp_path: Path) -> None:
         assert {"session_id", "registered", "admitted", "rejected", "scans"} <= set(old)
 
 
-async def test_exports_page_through_large_logs(tmp_path: Path) -> None:
+async def test_exports_page_through_large_logs(server_target: Path | str) -> None:
     """Pages follow one another without a gap or a repeat (the files are streamed a page
     at a time, never read whole)."""
     from server.exports import attendance_csv, scans_csv
 
-    store = await ServerStore.open(tmp_path)
+    store = await ServerStore.open(server_target)
     try:
         codes = [f"C{i:04d}" for i in range(1800)]
         await store.upsert_attendees([Attendee(c, f"Name {c}") for c in codes])
@@ -173,12 +174,13 @@ async def test_exports_page_through_large_logs(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_exports_show_exits_overrides_flags_and_minutes_in_session(tmp_path: Path) -> None:
+async def test_exports_show_exits_overrides_flags_and_minutes_in_session(
+        server_target: Path | str) -> None:
     """Issue 14: exits are not admissions; each attendee's whole minutes in the session and
     staff overrides; each scan's direction, the scan an override overrules, its flags."""
     from server.exports import attendance_csv, scans_csv
 
-    store = await ServerStore.open(tmp_path)
+    store = await ServerStore.open(server_target)
     try:
         await store.upsert_attendees([Attendee(c, c) for c in ("A1", "B2", "C3")])
         await store.put_session(SessionInfo("s1", "Talk", False, "2026-11-28T10:00:00Z",

@@ -58,14 +58,15 @@ def test_utc_timestamp_refuses_what_is_not_one_instant(value: object) -> None:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The real server application on a real store in *tmp_path*, in this process.
+async def api(tmp_path: Path, database: str | None,
+              server_target: Path | str) -> AsyncIterator[httpx.AsyncClient]:
+    """The real server application on a real store (on each storage), in this process.
 
     Its state is set here as its lifespan would (as in test_sync_model.py): httpx's ASGI
     transport does not run lifespans.
     """
-    app = create_app(tmp_path, ADMIN)
-    store = await ServerStore.open(tmp_path)
+    app = create_app(tmp_path, ADMIN, database=database)
+    store = await ServerStore.open(server_target)
     app.state.store, app.state.hub, app.state.admin_token = store, Hub(), ADMIN
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://server",

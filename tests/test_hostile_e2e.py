@@ -133,7 +133,7 @@ def check_decisions(decisions: list[dict[str, Any]]) -> None:
 
 
 def server_scans(server: Server) -> list[tuple]:
-    return read_only_query(server.store_file,
+    return read_only_query(server.store_location,
                            "SELECT scan_id, device_id, code, decision, reason, scanned_at "
                            "FROM scans")
 

@@ -1,6 +1,7 @@
 """The server store's methods for the organizers' pages and imports (issue 12): the
 attendee directory and the Registrants box a page at a time, "Delete All", the sessions
-overview, and attendees' schedule links, on a real SQLite file."""
+overview, and attendees' schedule links, on each storage (a real SQLite file, a PostgreSQL
+database)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from server.schema import LINK_SECRET_FILE, MIGRATIONS, SERVER_FILE
 from server.store import Attendee, NotFound, ServerStore
 from server.tokens import token_hash
 from sync.messages import SessionInfo
+from tests.conftest import sqlite_only
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ServerStore]:
-    store = await ServerStore.open(tmp_path)
+async def store(server_target: Path | str) -> AsyncIterator[ServerStore]:
+    store = await ServerStore.open(server_target)
     await store.upsert_attendees(
         [Attendee(f"C{i:03d}", f"Name {i:03d}", f"person{i}@example.org") for i in range(120)]
         + [Attendee("ODD_1", "100% Zoë", None), Attendee("MIX", "mixed Case", "Mix@Example.org")])
@@ -86,6 +88,7 @@ async def test_lookups_for_imports(store: ServerStore) -> None:
     assert await store.session_exists("s1") and not await store.session_exists("s9")
 
 
+@sqlite_only  # the link secret's file and the database's bytes are SQLite's
 async def test_schedule_links_are_stable_stored_hashed_and_revocable(tmp_path: Path,
                                                                      store: ServerStore) -> None:
     token = await store.schedule_link("C007")

@@ -9,6 +9,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from checkin import cli
@@ -19,21 +20,27 @@ from server.schema import KEEP_DELETED_DAYS, MIGRATIONS, SERVER_FILE
 from server.store import Attendee, Device, ServerStore
 from sync.messages import Hello, SessionInfo
 from sync.server_end import needs_snapshot
+from tests.system import read_only_query
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    store = await ServerStore.open(tmp_path)
+async def store(server_target: Path | str):
+    store = await ServerStore.open(server_target)
     await store.put_session(SessionInfo("s1", "One", True))
     await store.upsert_attendees([Attendee(c, f"Name {c}") for c in ("A1", "B2", "C3")])
     yield store
     await store.close()
 
 
-def backdate(path: Path, code: str, days: float) -> None:
-    """Make *code*'s removal *days* old (from another connection, as if long ago)."""
+def backdate(store: Path | str, code: str, days: float) -> None:
+    """Make *code*'s removal *days* old (from another connection, as if long ago) in the
+    store at *store* (a data dir, or a PostgreSQL database's URL)."""
     when = (wall_now() - timedelta(days=days)).isoformat(timespec="milliseconds")
-    with sqlite3.connect(path) as db:
+    if isinstance(store, str):
+        with psycopg.connect(store) as pg:
+            pg.execute("UPDATE registrants SET deleted_at = %s WHERE code = %s", (when, code))
+        return
+    with sqlite3.connect(store / SERVER_FILE) as db:
         db.execute("UPDATE registrants SET deleted_at = ? WHERE code = ?", (when, code))
     db.close()
 
@@ -48,10 +55,11 @@ async def removed(store: ServerStore, *codes: str) -> int:
     return cursor
 
 
-async def test_removals_older_than_the_cutoff_are_forgotten_and_the_others_kept(store) -> None:
+async def test_removals_older_than_the_cutoff_are_forgotten_and_the_others_kept(
+        store, server_target) -> None:
     cursor = await removed(store, "A1", "B2")
     a1_seq = cursor + 1
-    backdate(store.path, "A1", days=31)
+    backdate(server_target, "A1", days=31)
     assert await store.prune_tombstones_before(wall_now() - timedelta(days=30)) == 1
     view = await store.view(Device("d", "s1"))
     assert view.horizon == a1_seq  # the forgotten removal's seq
@@ -66,13 +74,12 @@ async def test_removals_older_than_the_cutoff_are_forgotten_and_the_others_kept(
     assert await store.prune_tombstones_before(wall_now() + timedelta(seconds=1)) == 1
 
 
-async def test_a_registrant_added_again_is_no_removal_to_forget(store) -> None:
+async def test_a_registrant_added_again_is_no_removal_to_forget(store, server_target) -> None:
     await removed(store, "A1")
-    backdate(store.path, "A1", days=31)
+    backdate(server_target, "A1", days=31)
     assert await store.put_registrant("s1", "A1") is True
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT deleted, deleted_at FROM registrants").fetchall() == [(0, None)]
-    db.close()
+    assert read_only_query(server_target, "SELECT deleted, deleted_at FROM registrants") == [
+        (0, None)]
     assert await store.prune_tombstones_before(wall_now()) == 0
     assert (await store.view(Device("d", "s1"))).horizon == 0
 
@@ -91,9 +98,10 @@ async def test_removals_made_before_the_upgrade_count_from_the_upgrade(tmp_path:
         await store.close()
 
 
-async def test_the_pruning_task_prunes_at_once_and_then_periodically(store) -> None:
+async def test_the_pruning_task_prunes_at_once_and_then_periodically(store,
+                                                                   server_target) -> None:
     await removed(store, "A1")
-    backdate(store.path, "A1", days=8)
+    backdate(server_target, "A1", days=8)
     task = asyncio.create_task(server_app.prune_tombstones(store, timedelta(days=7), every=0.05))
     try:
         await wait_until(lambda: store.view(Device("d", "s1")), lambda v: v.horizon > 0)
@@ -102,7 +110,7 @@ async def test_the_pruning_task_prunes_at_once_and_then_periodically(store) -> N
         await asyncio.sleep(0.2)  # several rounds: B2's removal is days from old enough
         _, changes = await store.changes_since("s1", (await store.view(Device("d", "s1"))).horizon)
         assert [(c.code, c.deleted) for c in changes][-1] == ("B2", True)
-        backdate(store.path, "B2", days=7.01)
+        backdate(server_target, "B2", days=7.01)
         # B2's removal, the last change, is forgotten on a later round.
         await wait_until(lambda: store.view(Device("d", "s1")), lambda v: v.horizon == v.cursor)
     finally:
@@ -133,14 +141,16 @@ async def test_the_pruning_task_survives_a_store_error(store, caplog) -> None:
     assert "cannot prune removed registrants: disk full" in caplog.text
 
 
-async def test_the_server_prunes_from_its_start_with_its_retention(tmp_path: Path) -> None:
-    store = await ServerStore.open(tmp_path)
+async def test_the_server_prunes_from_its_start_with_its_retention(
+        tmp_path: Path, database: str | None, server_target: Path | str) -> None:
+    store = await ServerStore.open(server_target)
     await store.put_session(SessionInfo("s1", "One", True))
     await store.upsert_attendees([Attendee("A1", "Ada"), Attendee("B2", "Bob")])
     await removed(store, "A1", "B2")
     await store.close()
-    backdate(tmp_path / SERVER_FILE, "A1", days=3)
-    app = server_app.create_app(tmp_path, "admin-token", keep_deleted=timedelta(days=2))
+    backdate(server_target, "A1", days=3)
+    app = server_app.create_app(tmp_path, "admin-token", keep_deleted=timedelta(days=2),
+                                database=database)
     async with app.router.lifespan_context(app):
         running: ServerStore = app.state.store
         await wait_until(lambda: running.view(Device("d", "s1")), lambda v: v.horizon > 0)
