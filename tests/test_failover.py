@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from checkin.doctor import StoreFacts, daemons_server, which_server
-from core.clock import wall_stamp
+from checkin.harness import run
 from device.config import DoorConfig
 from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
 from sync.failover import Rotation
 from sync.store import SyncStore
-from tests.system import Device, Server, free_port, wait_for
+from tests.system import Device, Server, free_port, process_env, wait_for
 from tests.test_sync_e2e import assert_each_scan_once, event
 
 # -- the rotation, pure ------------------------------------------------------------------
@@ -126,15 +128,10 @@ def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
 
 def test_the_doctor_checks_the_server_the_daemon_is_connected_to() -> None:
     urls = ("wss://a/sync", "wss://b/sync")
-    now = wall_stamp()
-    from datetime import datetime
-
-    at = datetime.fromisoformat(now)
-    store = StoreFacts(Path("s"), connected=True, server_url="wss://b/sync", link_noted_at=now)
+    at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    store = StoreFacts(Path("s"), connected=True, server_url="wss://b/sync",
+                       link_noted_at=at.isoformat())
     assert daemons_server(urls, store, at, 45) == "wss://b/sync"
-    from dataclasses import replace
-    from datetime import timedelta
-
     assert daemons_server(urls, store, at + timedelta(seconds=46), 45) is None  # stale
     assert daemons_server(urls, replace(store, connected=False), at, 45) is None
     assert daemons_server(urls, replace(store, server_url="wss://c/sync"), at, 45) is None
@@ -165,7 +162,8 @@ def _connected_to(device: Device, url: str) -> bool:
 
 def test_a_dead_first_url_and_a_live_second(tmp_path: Path, devices: list[Device]) -> None:
     """The daemon connects to the second URL and every scan reaches it once."""
-    dead = f"ws://127.0.0.1:{free_port()}/sync"
+    dead_port = free_port()
+    dead = f"ws://127.0.0.1:{dead_port}/sync"
     with Server(tmp_path / "server") as server:
         event(server, registrants=("A1", "A2"))
         device = _door(tmp_path, [dead, server.sync_url], server.provision("door-1", "s1"),
@@ -182,6 +180,17 @@ def test_a_dead_first_url_and_a_live_second(tmp_path: Path, devices: list[Device
         assert f"connected to {server.sync_url} as door-1" in log
         human = harness_status(device)
         assert f"server:             {server.sync_url}\n" in human
+        row = doctor_server_row(device)
+        assert row["ok"] and row["detail"] == (
+            f"127.0.0.1:{server.port} accepts connections ({server.sync_url}: the sync daemon "
+            "is connected to it)")
+        device.stop_sync()
+        row = doctor_server_row(device)  # no daemon: the first URL that answers
+        assert row["ok"] and row["detail"].startswith(
+            f"127.0.0.1:{server.port} accepts connections ({server.sync_url}: the first of "
+            f"the 2 server URLs that does; no connection to 127.0.0.1:{dead_port}: ")
+        assert "server:             " + server.sync_url + " (last tried)\n" in (
+            harness_status(device))
 
 
 def test_a_server_killed_under_the_daemon_hands_the_door_to_the_next_that_is_up(
@@ -225,9 +234,14 @@ def test_a_server_killed_under_the_daemon_hands_the_door_to_the_next_that_is_up(
 
 def harness_status(device: Device) -> str:
     """``checkin status`` as a technician reads it."""
-    from checkin.harness import run
-    from tests.system import process_env
-
     done = run("status", "--config", str(device.config), env=process_env(), timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def doctor_server_row(device: Device) -> dict:
+    done = run("doctor", "--config", str(device.config), "--json", env=process_env(),
+               timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    return next(check for check in report["checks"] if check["name"] == "server")
