@@ -29,6 +29,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiosqlite
 import psycopg
 from psycopg import pq
+from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -464,6 +466,21 @@ _CONNECT_OPTIONS: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
                                     "options": "-c TimeZone=UTC", "connect_timeout": 10}
 
 
+class _NumericLoader(Loader):
+    """``numeric`` (what ``sum``/``avg`` of integers give) as SQLite gives it: an int when
+    whole, else a float, never a Decimal the rest of the code would not expect."""
+
+    def load(self, data: Any) -> int | float:
+        value = Decimal(bytes(data).decode())
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return float(value)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_loader("numeric", _NumericLoader)
+
+
 class PostgresConnection(Connection):
     def __init__(self, conn: psycopg.AsyncConnection[Row], database: PostgresDatabase,
                  writing: bool) -> None:
@@ -549,7 +566,7 @@ class PostgresDatabase(Database):
             await conn.close()
         pool = AsyncConnectionPool(
             url, min_size=2, max_size=10, kwargs=_CONNECT_OPTIONS, open=False,
-            check=AsyncConnectionPool.check_connection, name="checkin")
+            configure=_configure, check=AsyncConnectionPool.check_connection, name="checkin")
         await pool.open()
         return cls(url, pool)
 

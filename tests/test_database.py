@@ -281,18 +281,18 @@ async def test_cancelled_transactions_leave_nothing_behind(url: str) -> None:
             async with db.write() as conn:
                 for i in range(3):
                     await put(conn, f"{tag}-{i}", tag)
-                    await asyncio.sleep(0)
+                    await conn.scalar(SLOW)  # a statement the cancel finds running
 
         async def reader() -> None:
             async with db.read() as conn:
                 await conn.fetchall("SELECT * FROM attendees")
+                await conn.scalar(SLOW)
 
         for tag in range(60):
             tasks = [asyncio.create_task(writer(tag)), asyncio.create_task(reader())]
-            for _ in range(tag % 12):
+            for _ in range(tag % 4):  # the first steps, then on into the statements
                 await asyncio.sleep(0)
-            if tag % 5 == 0:
-                await asyncio.sleep(0.001 * (tag % 7))
+            await asyncio.sleep(0.002 * (tag % 30))
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -303,9 +303,27 @@ async def test_cancelled_transactions_leave_nothing_behind(url: str) -> None:
         assert {r["n"] for r in counts if r["seq"] != 0} <= {3}
         if db.kind == "postgresql":
             async with db.read() as conn:  # the pool's other connections: none in a transaction
-                assert await conn.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid != pg_backend_pid() AND state LIKE 'idle in transaction%'") == 0
+                assert await conn.fetchall(
+                    "SELECT state, query FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid != pg_backend_pid() AND state != 'idle'") == []
+                assert await conn.scalar("SELECT count(*) FROM pg_locks"
+                                         " WHERE locktype = 'advisory'") == 0
+
+
+#: A statement that takes a while on both backends (some milliseconds).
+SLOW = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)"
+        " SELECT count(*) FROM c")
+
+
+async def test_integer_sums_are_ints_and_averages_floats(url: str) -> None:
+    async with opened(url) as db:
+        async with db.write() as conn:
+            await conn.executemany("INSERT INTO attendees (code, name, seq) VALUES (?, 'n', ?)",
+                                   [("a", 1), ("b", 2)])
+        async with db.read() as conn:
+            row = await conn.fetchone("SELECT sum(seq) AS total, avg(seq) AS mean FROM attendees")
+        assert row == {"total": 3, "mean": 1.5}
+        assert type(row["total"]) is int
 
 
 # -- PostgreSQL: several processes on one database --------------------------------------
@@ -505,3 +523,19 @@ async def test_unreachable_postgres_is_a_store_error_without_the_password() -> N
         await open_database(url, MIGRATIONS_BY_KIND)
     assert "postgresql://checkin@127.0.0.1:1/checkin" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+@postgresql_only
+async def test_a_connection_lost_mid_transaction_is_a_store_error_and_is_replaced(
+        pg_url: str) -> None:
+    async with opened(pg_url) as db:
+        with pytest.raises(StoreError) as caught:
+            async with db.write() as conn:
+                await put(conn, "lost", 1)
+                await conn.scalar("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert pg_url in str(caught.value)
+        for i in range(12):  # more than the pool holds: every connection it gives works
+            async with db.write() as conn:
+                await put(conn, f"after-{i}", 2)
+        async with db.read() as conn:
+            assert await conn.scalar("SELECT count(*) FROM attendees") == 12
