@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import decoding, door, doors, idle, imports, live, pages, sync
+from bench import decoding, door, doors, idle, imports, live, pages, scale, sync
 from bench.report import show, write
 
 SUITES = {"decoding": decoding.run, "door": door.run, "sync": sync.run, "imports": imports.run,
           "pages": pages.run, "live": live.run, "idle": idle.run,
-          "doors": doors.run}
+          "doors": doors.run, "scale": scale.run}
 
 
 def main() -> int:

@@ -39,6 +39,8 @@ class SimDoor:
     next_seq: int = 1
     ws: ClientConnection | None = None
     reader: asyncio.Task[None] | None = None
+    #: Set whenever a batch's results come (for doors that push again once answered).
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def open(self, url: str) -> None:
         self.end = DeviceEnd(self.device_id, "bench", self.cache)
@@ -68,6 +70,7 @@ class SimDoor:
                 elif isinstance(action, RecordResults):
                     self.latencies.append(now - self.sent.pop(action.batch))
                     self.accepted += sum(r.result == ScanOutcome.ACCEPTED for r in action.results)
+                    self.answered.set()
             if self.end.state is DeviceState.READY:
                 self.ready.set()
 
@@ -77,11 +80,18 @@ class SimDoor:
             await self.ws.send(frame)
 
     async def push(self, code: str) -> None:
-        now = datetime.now().astimezone()
-        scan = Scan(str(uuid.uuid4()), self.next_seq, code, SESSION, Decision.ADMITTED,
-                    Reason.REGISTERED, now.isoformat(), time.monotonic_ns(), "bench-boot")
-        self.next_seq += 1
-        batch = self.end.send_scans([scan])
+        await self.push_batch([code])
+
+    async def push_batch(self, codes: list[str]) -> None:
+        """Send one ``scans`` batch: an admission of each of *codes*, made now."""
+        now = datetime.now().astimezone().isoformat()
+        scans = []
+        for code in codes:
+            scans.append(Scan(str(uuid.uuid4()), self.next_seq, code, SESSION,
+                              Decision.ADMITTED, Reason.REGISTERED, now, time.monotonic_ns(),
+                              "bench-boot"))
+            self.next_seq += 1
+        batch = self.end.send_scans(scans)
         self.sent[batch] = time.perf_counter()
         await self._flush()
 
