@@ -163,10 +163,9 @@ class Connection(abc.ABC):
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Every row *sql* returns."""
 
+    @abc.abstractmethod
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         """The first row *sql* returns, or ``None``."""
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     async def scalar(self, sql: str, params: Params = ()) -> Any:
         """The first column of the first row *sql* returns, or ``None``."""
@@ -306,6 +305,12 @@ class SqliteConnection(Connection):
         with self._refusals():
             return list(await self._db.execute_fetchall(sql, params))
 
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        self._check()
+        with self._refusals():
+            async with self._db.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         self._check()
         with self._refusals():
@@ -366,13 +371,17 @@ class SqliteDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Connection]:
-        async with WriteTransaction(self._writer, self.path, self._write_lock) as db:
-            conn = SqliteConnection(db, writing=True)
-            try:
-                yield conn
-            finally:
-                conn._open = False
-        self._deliver(conn.notices)  # reached only once COMMIT succeeded
+        transaction = _Write(self._writer, self.path, self._write_lock)
+        conn = SqliteConnection(self._writer, writing=True)
+        try:
+            async with transaction:
+                try:
+                    yield conn
+                finally:
+                    conn._open = False
+        finally:
+            if transaction.committed:  # also when the task was cancelled during COMMIT
+                self._deliver(conn.notices)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
@@ -398,6 +407,17 @@ class SqliteDatabase(Database):
         self._listeners.clear()
         await self._writer.close()
         await self._reader.close()
+
+
+class _Write(WriteTransaction):
+    """A write transaction that says whether its COMMIT succeeded (``committed``): its
+    notifications are due then, even if the task was cancelled while it ran."""
+
+    committed = False
+
+    async def _finish(self, exc_type: type | None, exc: BaseException | None) -> None:
+        await super()._finish(exc_type, exc)
+        self.committed = exc_type is None  # returned normally: COMMIT succeeded
 
 
 def _call(callback: Listener, payload: dict[str, Any]) -> None:
@@ -494,6 +514,12 @@ class PostgresConnection(Connection):
             cursor = await self._conn.execute(postgres_sql(sql), params)
             return await cursor.fetchall()
 
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        self._check()
+        with self._refusals():
+            cursor = await self._conn.execute(postgres_sql(sql), params)
+            return await cursor.fetchone()
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         self._check()
         with self._refusals():
@@ -547,6 +573,7 @@ class PostgresDatabase(Database):
         self._write_lock = asyncio.Lock()
         self._listeners: list[Listener] = []
         self._listener: asyncio.Task[None] | None = None
+        self._listen_lock = asyncio.Lock()
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
         #: Seconds the listener waits before reconnecting (tests shorten it).
         self.backoff = Backoff(minimum=0.2, maximum=5.0)
@@ -631,10 +658,11 @@ class PostgresDatabase(Database):
         await self._pool.putconn(raw)
 
     async def listen(self, callback: Listener) -> None:
-        self._listeners.append(callback)
-        if self._listener is None:
-            self._listen_conn = await self._listen_connect()
-            self._listener = asyncio.create_task(self._listen_loop())
+        async with self._listen_lock:  # one listening connection, however many callers
+            if self._listener is None:
+                self._listen_conn = await self._listen_connect()
+                self._listener = asyncio.create_task(self._listen_loop())
+            self._listeners.append(callback)
 
     async def _listen_connect(self) -> psycopg.AsyncConnection[Any]:
         try:
@@ -655,9 +683,10 @@ class PostgresDatabase(Database):
             try:
                 async for note in conn.notifies():
                     self._deliver(note.payload)
-            except psycopg.Error as exc:
+            except Exception as exc:  # whatever it was, listening must go on
                 log.warning("lost the notification connection to %s: %s", self.url, exc)
-            await conn.close()
+            with contextlib.suppress(Exception):
+                await conn.close()
             self._listen_conn = None
             while self._listen_conn is None:
                 await asyncio.sleep(self.backoff.failure())

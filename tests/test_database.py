@@ -274,11 +274,16 @@ async def test_migrations_applied_once_and_newer_schema_refused(url: str) -> Non
 
 async def test_cancelled_transactions_leave_nothing_behind(url: str) -> None:
     """Tasks cancelled at every point of a transaction (waiting for the lock, in BEGIN,
-    in a statement, in COMMIT): each transaction is whole or absent, and afterwards the
-    database writes and reads as usual, with no transaction left open."""
+    in a statement, in COMMIT): each transaction is whole or absent, its notification
+    sent if and only if it committed, and afterwards the database writes and reads as
+    usual, with no transaction left open."""
+    heard: list[dict] = []
     async with opened(url) as db:
+        await db.listen(heard.append)
+
         async def writer(tag: int) -> None:
             async with db.write() as conn:
+                conn.notify({"tag": tag})
                 for i in range(3):
                     await put(conn, f"{tag}-{i}", tag)
                     await conn.scalar(SLOW)  # a statement the cancel finds running
@@ -298,9 +303,13 @@ async def test_cancelled_transactions_leave_nothing_behind(url: str) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
         async with db.write() as conn:
             await put(conn, "after")
+            conn.notify({"tag": "last"})
         async with db.read() as conn:
             counts = await conn.fetchall("SELECT seq, count(*) AS n FROM attendees GROUP BY seq")
         assert {r["n"] for r in counts if r["seq"] != 0} <= {3}
+        await _until(lambda: _true({"tag": "last"} in heard))
+        assert sorted(h["tag"] for h in heard[:-1]) == sorted(
+            r["seq"] for r in counts if r["seq"] != 0)
         if db.kind == "postgresql":
             async with db.read() as conn:  # the pool's other connections: none in a transaction
                 assert await conn.fetchall(
