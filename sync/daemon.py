@@ -151,29 +151,31 @@ class SyncDaemon:
             if delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-        await self._note(connected=False, error="sync daemon stopped",
-                         server_url=self.rotation.current)
+        await self._note(connected=False, error="sync daemon stopped")
 
     async def _failed(self, failure: _Failure) -> float:
         """Log why the link ended and choose the next attempt: return how long to wait."""
         failed_url = self.rotation.current
+        why = str(failure)
+        if len(self.rotation.urls) > 1 and failed_url not in why:
+            why = f"{failed_url}: {why}"  # which of the servers closed or lost the link
         if failure.at_once:  # the server is fine (it moved the door): the same one again
-            log.info("%s; reconnecting now", failure, extra=failure.fields())
-            await self._note(connected=False, error=str(failure), server_url=failed_url)
+            log.info("%s; reconnecting now", why, extra=failure.fields())
+            await self._note(connected=False, error=why, server_url=failed_url)
             return 0.0
         wait = self.rotation.failed(waiting=failure.auth)
         fields = failure.fields() | {"server_url": failed_url,
                                      "next_url": self.rotation.current}
         if not wait:
-            log.warning("%s; trying %s now", failure, self.rotation.current,
+            log.warning("%s; trying %s now", why, self.rotation.current,
                         extra=fields | {"retry_seconds": 0})
             delay = 0.0
         else:
             delay = self.backoff.failure(auth=failure.auth)
             after = "" if len(self.rotation.urls) == 1 else f" with {self.rotation.current}"
-            log.warning("%s; retrying in %.1f s%s", failure, delay, after,
+            log.warning("%s; retrying in %.1f s%s", why, delay, after,
                         extra=fields | {"retry_seconds": round(delay, 3)})
-        await self._note(connected=False, error=str(failure), server_url=failed_url)
+        await self._note(connected=False, error=why, server_url=failed_url)
         return delay
 
     async def _note(self, *, connected: bool, error: str | None = None,

@@ -225,6 +225,8 @@ def test_a_server_killed_under_the_daemon_hands_the_door_to_the_next_that_is_up(
         wait_for(lambda: device.waiting() == 0, what="later scans uploaded")
         assert_each_scan_once(second, "s1", after)  # and not the one first stored
         log = device.log()
+        assert f"{first.sync_url}: connection lost; trying {dead} now" in log or (
+            f"{first.sync_url}: server closed the connection" in log), log
         assert f"; trying {dead} now" in log and f"; trying {second.sync_url} now" in log
         assert f"connected to {second.sync_url} as door-1" in log
     finally:
