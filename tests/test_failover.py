@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from checkin.doctor import StoreFacts, daemons_server, which_server
-from checkin.harness import run
+from checkin.harness import run, until
 from device.config import DoorConfig
 from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
@@ -99,8 +99,9 @@ def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
         daemon = SyncDaemon(config, store)
         task = asyncio.create_task(daemon.run())
         try:
-            while sum("retrying in" in r.getMessage() for r in caplog.records) < 2:
-                await asyncio.sleep(0.02)
+            await until(lambda: sum("retrying in" in r.getMessage()
+                                    for r in caplog.records) >= 2, 60, "two rounds",
+                        interval=0.02)
             return (await store.status()).server_url
         finally:
             daemon.stop()
