@@ -171,6 +171,47 @@ def server_targets(storage: str, tmp_path: Path,
         next(fresh, None)
 
 
+class DatabaseCopies:
+    """What a technician does to a stopped server's data dir, done to the test's PostgreSQL
+    database too: on SQLite, nothing (the database is a file in the data dir, which the test
+    replaces or copies itself). No server may be connected to the database meanwhile."""
+
+    def __init__(self, cluster: Postgres | None, url: str | None) -> None:
+        self._cluster = cluster
+        self._name = url.rsplit("/", 1)[1] if url else ""
+        self._backup = f"{self._name}_backup"
+
+    def replace(self) -> None:
+        """A new, empty database in its place."""
+        self._copy(PG_TEMPLATE, self._name)
+
+    def backup(self) -> None:
+        self._copy(self._name, self._backup)
+
+    def restore(self) -> None:
+        """The database as :meth:`backup` found it."""
+        self._copy(self._backup, self._name)
+
+    def forget(self) -> None:
+        if self._cluster is not None:
+            self._cluster.drop_database(self._backup)
+
+    def _copy(self, source: str, target: str) -> None:
+        if self._cluster is not None:
+            self._cluster.drop_database(target)
+            self._cluster.create_database(target, template=source)
+
+
+@pytest.fixture
+def database_copies(database: str | None,
+                    request: pytest.FixtureRequest) -> Iterator[DatabaseCopies]:
+    """Replace, back up and restore the test's database (a no-op on SQLite)."""
+    cluster = request.getfixturevalue("postgres") if database is not None else None
+    copies = DatabaseCopies(cluster, database)
+    yield copies
+    copies.forget()
+
+
 @pytest.fixture
 def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
     """A ``checkin server`` of the test's own (on each storage), killed after it."""

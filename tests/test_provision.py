@@ -147,7 +147,7 @@ def provision(tmp_path: Path, server: Server, rows: str, *extra: str,
 
 
 def server_tokens(server: Server) -> dict[str, str | None]:
-    return dict(read_only_query(server.store_file, "SELECT device_id, token_hash FROM devices"))
+    return dict(read_only_query(server.store_location, "SELECT device_id, token_hash FROM devices"))
 
 
 def token_of(tmp_path: Path, device_id: str) -> str:

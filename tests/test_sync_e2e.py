@@ -120,8 +120,8 @@ def test_without_its_wake_socket_the_daemon_still_uploads(tmp_path, server, devi
     assert "instead of being woken by the door" in device.log()
 
 
-def test_a_server_with_a_new_database_makes_the_device_resync(tmp_path, server,
-                                                              devices) -> None:
+def test_a_server_with_a_new_database_makes_the_device_resync(tmp_path, server, devices,
+                                                              database_copies) -> None:
     event(server)
     device = door_device(tmp_path, server, devices)
     wait_for(lambda: device.registrants() == {"A1"}, what="first snapshot")
@@ -129,6 +129,7 @@ def test_a_server_with_a_new_database_makes_the_device_resync(tmp_path, server,
 
     server.stop()
     shutil.rmtree(server.data_dir)  # the database is replaced: a new epoch
+    database_copies.replace()
     server.start()
     event(server, registrants=("B2", "C3"))
     device.token_file.write_text(server.provision("door-1", "s1"))  # technician re-provisions
@@ -213,13 +214,14 @@ def test_sync_over_tls_with_a_private_ca(tmp_path, devices) -> None:
 
 
 def test_a_database_restored_from_a_backup_gets_a_new_epoch_and_devices_resync(
-        tmp_path, server, devices) -> None:
+        tmp_path, server, devices, database_copies) -> None:
     event(server)
     device = door_device(tmp_path, server, devices)
     wait_for(lambda: device.registrants() == {"A1"}, what="first snapshot")
     server.stop()
     backup = tmp_path / "backup"
     shutil.copytree(server.data_dir, backup)  # the technician's backup, taken while stopped
+    database_copies.backup()
     server.start()
     for code in ("A2", "B2"):  # history the backup will not have
         server.api("PUT", f"/api/sessions/s1/registrants/{code}", expect=201)
@@ -229,6 +231,7 @@ def test_a_database_restored_from_a_backup_gets_a_new_epoch_and_devices_resync(
     server.stop()
     shutil.rmtree(server.data_dir)
     shutil.copytree(backup, server.data_dir)
+    database_copies.restore()
     server.start("--new-epoch")
     assert "new epoch" in server.log.read_text()
     # The restored server moves on past the door's cursor: changes alone would leave the
