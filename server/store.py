@@ -1,10 +1,13 @@
-"""The central server's store: an aiosqlite adapter over its one SQLite file.
+"""The central server's store: every query of the server, over a :class:`Database`.
 
-Writes go through one connection, one ``BEGIN IMMEDIATE`` transaction at a
-time (an :class:`asyncio.Lock` keeps coroutines from interleaving statements
-in each other's transactions); reads that must be consistent (a snapshot and
-its cursor, changes and theirs) run in a read transaction on a second
-connection, which WAL lets proceed while a write is under way.
+The SQL is written once for both backends (``server/database.py``): SQLite, one file
+in the data dir (the default), or PostgreSQL, shared by several server processes.
+Writes are serialized across every process, one transaction at a time, so the change
+sequence numbers they take are committed in order; reads that must be consistent (a
+snapshot and its cursor, changes and theirs) run in one read transaction. A write
+that takes sequence numbers notifies every server process (``listen``), once per
+session it changed, when it commits: so the process a door is connected to can wake
+it, whichever process made the change.
 """
 
 from __future__ import annotations
@@ -18,25 +21,25 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from core.clock import wall_stamp
-from core.database import (
-    ReadTransaction,
-    StoreError,
-    WriteTransaction,
-    connect,
-    scalar,
-)
+from core.database import StoreError
 from core.rules import Decision, Direction, Reason
 from server.audit import clock_flag, disagreement
+from server.database import (
+    Connection,
+    Database,
+    Dialect,
+    Row,
+    RowError,
+    database_url,
+    open_database,
+)
 from server.presence import (
     AdmissionAudit,
     Presence,
@@ -45,7 +48,7 @@ from server.presence import (
     instant,
     time_in_session,
 )
-from server.schema import LINK_SECRET_FILE, MIGRATIONS, SERVER_FILE
+from server.schema import LINK_SECRET_FILE, MIGRATIONS_BY_KIND
 from server.tokens import new_token, token_hash
 from sync.messages import Change, Scan, ScanOutcome, ScanResult, SessionInfo
 from sync.server_end import ClockAnchor, ServerView, judge_scans
@@ -77,31 +80,63 @@ class Device:
 class ServerStore:
     """The server's data. Use :meth:`open`, then :meth:`close`."""
 
-    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path,
-                 epoch: str) -> None:
-        self._link_secret: bytes | None = None  # read (or made) when a link is first needed
-        self._db = db
-        self._reader = reader
-        self.path = path
+    def __init__(self, database: Database, epoch: str, data_dir: Path | None) -> None:
+        self.database = database
+        #: Where the data is, for logs and errors (no password).
+        self.url = database.url
+        #: The SQLite file, for tools that read it directly; ``None`` on PostgreSQL.
+        self.path: Path | None = getattr(database, "path", None)
         self.epoch = epoch
-        self._write_lock = asyncio.Lock()
-        self._read_lock = asyncio.Lock()
+        #: This store's name in the notifications it sends (``listen`` callbacks tell
+        #: their own process's news from the others' by it).
+        self.origin = secrets.token_hex(8)
+        self._data_dir = data_dir  # the link secret's home on SQLite
+        self._link_secret: bytes | None = None  # read (or made) when a link is first needed
+        #: The current write transaction's news: {session (None: every device): admissions
+        #: only}. One write transaction at a time per store (Database.write), so one dict.
+        self._news: dict[str | None, bool] = {}
         self._scan_queue: list[tuple[Device, list[Scan], ClockAnchor | None,
                                      asyncio.Future[list[ScanResult]]]] = []
         self._scan_writer: asyncio.Task[None] | None = None
         self._presence_versions: dict[str, int] = {}
 
     @classmethod
-    async def open(cls, data_dir: Path | str) -> ServerStore:
-        path = Path(data_dir) / SERVER_FILE
-        db = await connect(path, MIGRATIONS)
-        reader = await connect(path, MIGRATIONS)
-        epoch = await scalar(db, "SELECT epoch FROM meta")
-        return cls(db, reader, path, epoch)
+    async def open(cls, target: Path | str) -> ServerStore:
+        """Open the store: *target* is a data dir (the SQLite file inside it, made if
+        there is none) or a database URL (``sqlite:///path`` or ``postgresql://...``)."""
+        if isinstance(target, str) and "://" in target:
+            url = target
+            data_dir = (Path(url.removeprefix("sqlite://")).parent
+                        if url.startswith("sqlite://") else None)
+        else:
+            data_dir = Path(target)
+            url = database_url(data_dir)
+        database = await open_database(url, MIGRATIONS_BY_KIND)
+        try:
+            async with database.read() as db:
+                epoch = await db.scalar("SELECT epoch FROM meta")
+        except BaseException:
+            await database.close()
+            raise
+        return cls(database, epoch, data_dir)
 
     async def close(self) -> None:
-        await self._db.close()
-        await self._reader.close()
+        await self.database.close()
+
+    async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """From now on, give *callback* every notification of every server process on
+        this database (this one's too): ``{"seq", "session", "admissions", "origin"}``
+        after a write that took sequence numbers (``session`` ``None``: news for every
+        device), what :meth:`publish` sent, or ``{"resync": True}`` when some may have
+        been missed."""
+        await self.database.listen(callback)
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        """Send *event* (a small JSON object) to every server process's :meth:`listen`
+        callbacks, with this store's ``origin``: news that is not data (a device to
+        disconnect, wherever it is connected)."""
+        async with self.database.write() as db:
+            db.notify({**event, "origin": self.origin})
 
     async def renew_epoch(self) -> str:
         """Give the database a new epoch: every device resyncs from a snapshot.
@@ -111,23 +146,40 @@ class ServerStore:
         restored one would otherwise never learn of the rows it lost.
         """
         async with self._write() as db:
-            self.epoch = await scalar(
-                db, "UPDATE meta SET epoch = lower(hex(randomblob(8))) RETURNING epoch")
+            self.epoch = await db.scalar("UPDATE meta SET epoch = ? RETURNING epoch",
+                                         (secrets.token_hex(8),))
         return self.epoch
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with WriteTransaction(self._db, self.path, self._write_lock) as db:
-            yield db
+    @property
+    def _dialect(self) -> Dialect:
+        return self.database.dialect
 
-    def _read(self) -> ReadTransaction:
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[Connection]:
+        """One write transaction; the news of the seqs it took (:meth:`_next_seqs`) is
+        sent with it, one notification per session, when it commits."""
+        async with self.database.write() as db:
+            self._news = {}
+            yield db
+            if self._news:
+                last = await db.scalar("SELECT seq FROM meta")  # the last this txn took
+                for session_id, admissions in self._news.items():
+                    db.notify({"seq": last, "session": session_id,
+                               "admissions": admissions, "origin": self.origin})
+                self._news = {}
+
+    def _read(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """One read transaction: every read goes through it, so none joins another
         coroutine's transaction and sees its older snapshot."""
-        return ReadTransaction(self._reader, self.path, self._read_lock)
+        return self.database.read()
 
-    async def _next_seqs(self, db: aiosqlite.Connection, count: int) -> int:
-        """Reserve *count* sequence numbers; return the first."""
-        last = await scalar(db, "UPDATE meta SET seq = seq + ? RETURNING seq", (count,))
+    async def _next_seqs(self, db: Connection, count: int, session_id: str | None, *,
+                         admissions: bool = False) -> int:
+        """Reserve *count* sequence numbers for changes to *session_id* (``None``: every
+        device's, e.g. attendees); return the first. *admissions*: the changes are presence
+        rows, which only doors applying admissions are told."""
+        last = await db.scalar("UPDATE meta SET seq = seq + ? RETURNING seq", (count,))
+        self._news[session_id] = self._news.get(session_id, True) and admissions
         return last - count + 1
 
     # -- sessions ------------------------------------------------------------------
@@ -135,7 +187,7 @@ class ServerStore:
     async def put_session(self, session: SessionInfo) -> bool:
         """Create or update a session; say whether it was created."""
         async with self._write() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT name, validate_registrants, starts_at, ends_at, capacity, deleted"
                 " FROM sessions WHERE session_id = ?", (session.session_id,))
             new = {"name": session.name,
@@ -145,7 +197,7 @@ class ServerStore:
             old = next(iter(rows), None)
             if old is not None and dict(old) == new:
                 return False
-            seq = await self._next_seqs(db, 1)
+            seq = await self._next_seqs(db, 1, session.session_id)
             await db.execute(
                 "INSERT INTO sessions (session_id, name, validate_registrants, starts_at, ends_at,"
                 " capacity, deleted, seq) VALUES (:session_id, :name, :validate_registrants,"
@@ -158,14 +210,14 @@ class ServerStore:
                 await self._retell_presence(db, session.session_id)
             return old is None or old["deleted"] == 1
 
-    async def _retell_presence(self, db: aiosqlite.Connection, session_id: str) -> None:
+    async def _retell_presence(self, db: Connection, session_id: str) -> None:
         """A deleted session comes back: its doors forgot who was inside when it went (and
         hear only of rows changed since): each presence row gets a new seq, after the
         session's own."""
-        codes = [r["code"] for r in await db.execute_fetchall(
+        codes = [r["code"] for r in await db.fetchall(
             "SELECT code FROM presence WHERE session_id = ? ORDER BY seq", (session_id,))]
         if codes:
-            first = await self._next_seqs(db, len(codes))
+            first = await self._next_seqs(db, len(codes), session_id, admissions=True)
             await db.executemany(
                 "UPDATE presence SET seq = ? WHERE session_id = ? AND code = ?",
                 [(first + i, session_id, code) for i, code in enumerate(codes)])
@@ -178,18 +230,18 @@ class ServerStore:
                 raise Conflict(
                     f"session {session_id!r} still has {registrants} registrant(s): remove "
                     "every registrant before deleting the session")
-            seq = await self._next_seqs(db, 1)
+            seq = await self._next_seqs(db, 1, session_id)
             await db.execute("UPDATE sessions SET deleted = 1, seq = ? WHERE session_id = ?",
                              (seq, session_id))
 
-    async def _live_session(self, db: aiosqlite.Connection, session_id: str) -> None:
-        if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ? AND deleted = 0",
-                            (session_id,)):
+    async def _live_session(self, db: Connection, session_id: str) -> None:
+        if not await db.scalar("SELECT 1 FROM sessions WHERE session_id = ? AND deleted = 0",
+                               (session_id,)):
             raise NotFound(f"no session {session_id!r}")
 
     async def sessions(self) -> list[dict[str, Any]]:
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT session_id, name, validate_registrants, starts_at, ends_at, capacity,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
                 "  AND r.deleted = 0) AS registrants"
@@ -210,11 +262,11 @@ class ServerStore:
             codes = list(latest)
             for start in range(0, len(codes), 500):
                 chunk = codes[start:start + 500]
-                rows = await db.execute_fetchall(
+                rows = await db.fetchall(
                     f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk)
                 existing.update(r["code"] for r in rows)
             new = [a for a in latest.values() if a.code not in existing]
-            first = await self._next_seqs(db, len(new)) if new else 0
+            first = await self._next_seqs(db, len(new), None) if new else 0
             await db.executemany(
                 "INSERT INTO attendees (code, name, email, seq) VALUES (?, ?, ?, ?)",
                 [(a.code, a.name, a.email, first + i) for i, a in enumerate(new)])
@@ -229,12 +281,12 @@ class ServerStore:
         """Add *code* to the session's registrants; say whether it was new."""
         async with self._write() as db:
             await self._live_session(db, session_id)
-            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+            if not await db.scalar("SELECT 1 FROM attendees WHERE code = ?", (code,)):
                 raise NotFound(f"no attendee with code {code!r}: add the attendee first "
                                "(POST /api/attendees)")
             if await _is_registrant(db, session_id, code):
                 return False
-            seq = await self._next_seqs(db, 1)
+            seq = await self._next_seqs(db, 1, session_id)
             await db.execute(_PUT_REGISTRANT, (session_id, code, seq))
             return True
 
@@ -247,16 +299,16 @@ class ServerStore:
             registered = set()
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
-                attendees = {r["code"] for r in await db.execute_fetchall(
+                attendees = {r["code"] for r in await db.fetchall(
                     f"SELECT code FROM attendees WHERE code IN ({_marks(chunk)})", chunk)}
                 if missing := [c for c in chunk if c not in attendees]:
                     raise NotFound(f"no attendee with code {missing[0]!r}: add the attendee "
                                    "first (POST /api/attendees)")
-                registered.update(r["code"] for r in await db.execute_fetchall(
+                registered.update(r["code"] for r in await db.fetchall(
                     "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
                     f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
             new = [c for c in wanted if c not in registered]
-            first = await self._next_seqs(db, len(new)) if new else 0
+            first = await self._next_seqs(db, len(new), session_id) if new else 0
             await db.executemany(_PUT_REGISTRANT, [(session_id, c, first + i)
                                                    for i, c in enumerate(new)])
         return len(new)
@@ -268,19 +320,19 @@ class ServerStore:
         async with self._write() as db:
             await self._live_session(db, session_id)
             if codes is None:
-                gone = [r["code"] for r in await db.execute_fetchall(
+                gone = [r["code"] for r in await db.fetchall(
                     "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0",
                     (session_id,))]
             else:
                 wanted, gone = list(dict.fromkeys(codes)), []
                 for start in range(0, len(wanted), _CHUNK):
                     chunk = wanted[start:start + _CHUNK]
-                    gone += [r["code"] for r in await db.execute_fetchall(
+                    gone += [r["code"] for r in await db.fetchall(
                         "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
                         f" AND code IN ({_marks(chunk)})", [session_id, *chunk])]
             if not gone:
                 return 0
-            first, stamp = await self._next_seqs(db, len(gone)), wall_stamp()
+            first, stamp = await self._next_seqs(db, len(gone), session_id), wall_stamp()
             # Each removal gets a seq of its own: a door's cursor may stop between any two.
             await db.executemany(
                 "UPDATE registrants SET deleted = 1, deleted_at = ?, seq = ?"
@@ -292,11 +344,11 @@ class ServerStore:
                                offset: int = 0) -> tuple[int, list[Attendee]]:
         """(how many attendees match *query*, one page of them by name then code). The
         query matches anywhere in the code, the name or the email, ignoring ASCII case."""
-        condition, params = _matching(query, "")
+        condition, params = _matching(query, "", self._dialect.like)
         where = f"WHERE {condition}" if condition else ""
         async with self._read() as db:
-            total = await scalar(db, f"SELECT count(*) FROM attendees {where}", params)
-            rows = await db.execute_fetchall(
+            total = await db.scalar(f"SELECT count(*) FROM attendees {where}", params)
+            rows = await db.fetchall(
                 f"SELECT code, name, email FROM attendees {where}"
                 " ORDER BY name, code LIMIT ? OFFSET ?", [*params, limit, max(offset, 0)])
         return total, [Attendee(**r) for r in rows]
@@ -305,19 +357,19 @@ class ServerStore:
                                offset: int = 0) -> tuple[int, list[Attendee]]:
         """(how many of the session's registrants match *query*, one page of them by name
         then code): the Registrants box, which stays fast at 50,000."""
-        condition, params = _matching(query, "a.")
+        condition, params = _matching(query, "a.", self._dialect.like)
         # Attendees in name order (the attendees_name index: no sort of 50,000 rows), each
         # checked against the session's registrants by primary key.
         registered = ("FROM attendees AS a WHERE EXISTS (SELECT 1 FROM registrants AS r"
                       " WHERE r.session_id = ? AND r.code = a.code AND r.deleted = 0)"
                       + (f" AND {condition}" if condition else ""))
         async with self._read() as db:
-            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?"
-                                    " AND deleted = 0", (session_id,)):
+            if not await db.scalar("SELECT 1 FROM sessions WHERE session_id = ?"
+                                   " AND deleted = 0", (session_id,)):
                 raise NotFound(f"no session {session_id!r}")
-            total = (await scalar(db, f"SELECT count(*) {registered}", [session_id, *params])
+            total = (await db.scalar(f"SELECT count(*) {registered}", [session_id, *params])
                      if condition else await _registered(db, session_id))
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 f"SELECT a.code, a.name, a.email {registered} ORDER BY a.name, a.code"
                 " LIMIT ? OFFSET ?", [session_id, *params, limit, max(offset, 0)])
         return total, [Attendee(**r) for r in rows]
@@ -333,7 +385,7 @@ class ServerStore:
         (One pass over the table: emails are not indexed, and an import asks for many.)"""
         found: dict[str, str] = {}
         async with self._read() as db:
-            for r in await db.execute_fetchall(
+            for r in await db.fetchall(
                     "SELECT code, email FROM attendees WHERE email IS NOT NULL"):
                 key = r["email"].strip().casefold()
                 found[key] = "" if key in found else r["code"]
@@ -348,16 +400,17 @@ class ServerStore:
 
     async def session_exists(self, session_id: str) -> bool:
         async with self._read() as db:
-            return bool(await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?"
-                                         " AND deleted = 0", (session_id,)))
+            return bool(await db.scalar("SELECT 1 FROM sessions WHERE session_id = ?"
+                                        " AND deleted = 0", (session_id,)))
 
     async def session_overview(self, session_id: str | None = None) -> list[dict[str, Any]]:
         """Every live session (or only *session_id*: one session's page need not count
         every other's registrants and scans), soonest first (those without a time last),
         with how many registrants it has, how many distinct attendees were admitted (through
         an entrance), its ``capacity`` (``None``: no limit) and how many are ``inside`` now."""
+        only = "" if session_id is None else " AND session_id = ?"
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT session_id, name, starts_at, ends_at, validate_registrants, capacity,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = s.session_id"
                 "  AND r.deleted = 0) AS registered,"
@@ -365,9 +418,9 @@ class ServerStore:
                 "  AND c.decision = ? AND c.direction = 'in') AS admitted,"
                 " coalesce((SELECT inside FROM occupancy AS o"
                 "  WHERE o.session_id = s.session_id), 0) AS inside"
-                " FROM sessions AS s WHERE deleted = 0 AND (? IS NULL OR session_id = ?)"
+                f" FROM sessions AS s WHERE deleted = 0{only}"
                 " ORDER BY starts_at IS NULL, starts_at, name, session_id",
-                (Decision.ADMITTED, session_id, session_id))
+                [Decision.ADMITTED] + ([] if session_id is None else [session_id]))
         return [dict(r) | {"validate_registrants": bool(r["validate_registrants"])}
                 for r in rows]
 
@@ -376,12 +429,13 @@ class ServerStore:
     async def schedule_link(self, code: str) -> str:
         """The attendee's schedule-link token, made if they have none. Only its hash is
         stored; the token is made again, whenever asked, from the link secret (a file
-        beside the database, not in it) and the link's nonce."""
+        beside an SQLite database, not in it; a row of its own on PostgreSQL, shared by
+        every server process) and the link's nonce."""
         secret = await self._secret()
         async with self._write() as db:
-            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+            if not await db.scalar("SELECT 1 FROM attendees WHERE code = ?", (code,)):
                 raise NotFound(f"no attendee with code {code!r}")
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT nonce, token_hash FROM schedule_links WHERE code = ?", (code,))
             if rows:
                 token = _link_token(secret, code, rows[0]["nonce"])
@@ -406,7 +460,7 @@ class ServerStore:
 
     async def attendee_by_schedule_token(self, token: str) -> Attendee | None:
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT a.code, a.name, a.email FROM schedule_links AS l"
                 " JOIN attendees AS a ON a.code = l.code WHERE l.token_hash = ?",
                 (token_hash(token),))
@@ -416,9 +470,9 @@ class ServerStore:
     async def attendee_schedule(self, code: str) -> list[dict[str, Any]]:
         """Every live session, soonest first, each with whether *code* is a registrant."""
         async with self._read() as db:
-            if not await scalar(db, "SELECT 1 FROM attendees WHERE code = ?", (code,)):
+            if not await db.scalar("SELECT 1 FROM attendees WHERE code = ?", (code,)):
                 raise NotFound(f"no attendee with code {code!r}")
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT session_id, name, starts_at, ends_at, validate_registrants,"
                 " EXISTS (SELECT 1 FROM registrants AS r WHERE r.session_id = s.session_id"
                 "  AND r.code = ? AND r.deleted = 0) AS registered"
@@ -429,16 +483,35 @@ class ServerStore:
 
     async def _secret(self) -> bytes:
         if self._link_secret is None:
-            self._link_secret = await asyncio.to_thread(
-                _read_or_make_secret, self.path.parent / LINK_SECRET_FILE)
+            self._link_secret = (
+                await self._stored_secret() if self._data_dir is None else
+                await asyncio.to_thread(_read_or_make_secret, self._data_dir / LINK_SECRET_FILE))
         return self._link_secret
+
+    async def _stored_secret(self) -> bytes:
+        """The link secret in the database's ``secrets`` table (PostgreSQL: every server
+        process makes the same links), made there if there is none."""
+        async with self._read() as db:
+            secret = _secret_from_hex(await db.scalar(
+                "SELECT value FROM secrets WHERE name = ?", (LINK_SECRET_NAME,)))
+        if secret is not None:
+            return secret
+        async with self._write() as db:  # another process may have made it meanwhile
+            secret = _secret_from_hex(await db.scalar(
+                "SELECT value FROM secrets WHERE name = ?", (LINK_SECRET_NAME,)))
+            if secret is None:
+                secret = secrets.token_bytes(32)
+                await db.execute(
+                    "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                    " DO UPDATE SET value = excluded.value", (LINK_SECRET_NAME, secret.hex()))
+        return secret
 
     async def delete_registrant(self, session_id: str, code: str) -> None:
         async with self._write() as db:
             await self._live_session(db, session_id)
             if not await _is_registrant(db, session_id, code):
                 raise NotFound(f"{code!r} is not a registrant of session {session_id!r}")
-            seq = await self._next_seqs(db, 1)
+            seq = await self._next_seqs(db, 1, session_id)
             await db.execute("UPDATE registrants SET deleted = 1, deleted_at = ?, seq = ?"
                              " WHERE session_id = ? AND code = ?",
                              (wall_stamp(), seq, session_id, code))
@@ -454,9 +527,10 @@ class ServerStore:
         by seq; devices whose cursor is behind them will get a snapshot. Return how many
         were forgotten."""
         async with self._write() as db:
-            upto = await scalar(
-                db, "SELECT max(seq) FROM registrants WHERE deleted = 1"
-                    " AND julianday(deleted_at) < julianday(?)",  # julianday: any UTC offset
+            when = self._dialect.instant  # times compared as instants: any UTC offset
+            upto = await db.scalar(
+                "SELECT max(seq) FROM registrants WHERE deleted = 1"
+                f" AND {when('deleted_at')} < {when('?')}",
                 (cutoff.isoformat(timespec="milliseconds"),))
             return 0 if upto is None else await _prune(db, upto)
 
@@ -466,7 +540,7 @@ class ServerStore:
         """Create or reassign a device; return (its token if created, its previous session)."""
         async with self._write() as db:
             await self._live_session(db, session_id)
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT session_id, token_hash FROM devices WHERE device_id = ?", (device_id,))
             old = next(iter(rows), None)
             if old is not None and old["token_hash"] is not None:
@@ -476,22 +550,23 @@ class ServerStore:
             token = new_token()  # new, or revoked and provisioned again
             await db.execute(
                 "INSERT INTO devices (device_id, session_id, token_hash, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET session_id = excluded.session_id,"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE"
+                " SET session_id = excluded.session_id,"
                 " token_hash = excluded.token_hash, revoked_at = NULL",
                 (device_id, session_id, token_hash(token), wall_stamp()))
             return token, old["session_id"] if old else None
 
     async def revoke_device(self, device_id: str) -> None:
         async with self._write() as db:
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE devices SET token_hash = NULL, revoked_at = ? WHERE device_id = ?"
                 " AND token_hash IS NOT NULL", (wall_stamp(), device_id))
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFound(f"no device {device_id!r} with a valid token")
 
     async def device_by_token(self, token: str) -> Device | None:
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT device_id, session_id FROM devices WHERE token_hash = ?",
                 (token_hash(token),))
         row = next(iter(rows), None)
@@ -499,7 +574,7 @@ class ServerStore:
 
     async def devices(self) -> list[dict[str, Any]]:
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT device_id, session_id, created_at, revoked_at, last_seen_at, status"
                 " FROM devices ORDER BY device_id")
         return [dict(r) | {"status": json.loads(r["status"]) if r["status"] else None}
@@ -510,7 +585,8 @@ class ServerStore:
         did not say, which the audit counts as forbidding)."""
         async with self._write() as db:
             await db.execute("UPDATE devices SET allow_reentry = ? WHERE device_id = ?",
-                             (allow_reentry, device_id))
+                             (None if allow_reentry is None else int(allow_reentry),
+                              device_id))
 
     async def note_status(self, device_id: str, status: dict[str, Any] | None) -> None:
         async with self._write() as db:
@@ -539,7 +615,7 @@ class ServerStore:
         codes inside now, codes admitted who left through an exit since)."""
         async with self._read() as db:
             head = await _snapshot(db, session_id)
-            rows = [] if head[1] is None else await db.execute_fetchall(
+            rows = [] if head[1] is None else await db.fetchall(
                 "SELECT code, inside FROM presence WHERE session_id = ?", (session_id,))
         return (*head, [r["code"] for r in rows if r["inside"]],
                 [r["code"] for r in rows if not r["inside"]])
@@ -556,7 +632,7 @@ class ServerStore:
             meta = await _meta(db)
             if since < meta["horizon"]:
                 return None
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT seq, 'attendee' AS kind, code, 0 AS deleted FROM attendees"
                 "  WHERE seq > :since"
                 " UNION ALL SELECT seq, 'registrant', code, deleted FROM registrants"
@@ -610,27 +686,27 @@ class ServerStore:
             except BaseException:  # cancelled (the server stops): nobody may wait forever
                 for *_, future in group + self._scan_queue:
                     if not future.done():
-                        future.set_exception(StoreError(f"store {self.path} is closing"))
+                        future.set_exception(StoreError(f"store {self.url} is closing"))
                 self._scan_queue = []
                 raise
             for (*_, future), results in zip(group, answers, strict=True):
                 if not future.done():  # its link may have gone away meanwhile
                     future.set_result(results)
 
-    async def _insert_batch(self, db: aiosqlite.Connection, device: Device,
+    async def _insert_batch(self, db: Connection, device: Device,
                             scans: list[Scan], anchor: ClockAnchor | None) -> list[ScanResult]:
         """One device's batch inside the group's transaction, in a savepoint of its own:
         a batch that fails is undone alone (then stored scan by scan, refusing only the
         scans that fail), never failing another device's batch in the same commit."""
         try:
-            async with _savepoint(db):
+            async with db.savepoint():
                 return await self._insert_scans(db, device, scans, anchor)
         except _ROW_ERRORS:
             pass
         results = []
         for scan in scans:
             try:
-                async with _savepoint(db):
+                async with db.savepoint():
                     results += await self._insert_scans(db, device, [scan], anchor)
             except _ROW_ERRORS as exc:
                 log.error("device %s: scan %s cannot be stored: %s", device.device_id,
@@ -639,11 +715,11 @@ class ServerStore:
                     scan.scan_id, f"the server cannot store this scan: {exc}"))
         return results
 
-    async def _insert_scans(self, db: aiosqlite.Connection, device: Device,
+    async def _insert_scans(self, db: Connection, device: Device,
                             scans: list[Scan], anchor: ClockAnchor | None) -> list[ScanResult]:
         ids = [s.scan_id for s in scans]
         received = wall_stamp()
-        owners = {r["scan_id"]: r["device_id"] for r in await db.execute_fetchall(
+        owners = {r["scan_id"]: r["device_id"] for r in await db.fetchall(
             f"SELECT scan_id, device_id FROM scans WHERE scan_id IN ({_marks(ids)})", ids)}
         results = judge_scans(scans, device.device_id, device.session_id, owners)
         accepted = [s for s, r in zip(scans, results, strict=True)
@@ -671,7 +747,7 @@ class ServerStore:
         about to be: compared before and after :meth:`store_scans`."""
         return self._presence_versions.get(session_id, 0) if session_id else 0
 
-    async def _audit_admissions(self, db: aiosqlite.Connection, device: Device,
+    async def _audit_admissions(self, db: Connection, device: Device,
                                 scans: list[Scan]) -> AdmissionAudit:
         """Read what :func:`audit_admissions` needs about the batch's admitted codes (a
         few statements per batch, never per scan: a backlog of 50,000 drains as fast)."""
@@ -686,41 +762,43 @@ class ServerStore:
         for start in range(0, len(codes), _CHUNK):
             chunk = codes[start:start + _CHUNK]
             presence.update((r["code"], Presence(bool(r["inside"]), r["at"], r["seq"]))
-                            for r in await db.execute_fetchall(
+                            for r in await db.fetchall(
                 "SELECT code, inside, at, seq FROM presence WHERE session_id = ?"
                 f" AND code IN ({_marks(chunk)})", [session_id, *chunk]))
             prior += [PriorAdmission(r["scan_id"], r["device_id"], r["code"], r["scanned_at"],
                                      r["reason"], r["double_admission"] is not None,
                                      _maybe_bool(r["allow_reentry"]))
-                      for r in await db.execute_fetchall(
+                      for r in await db.fetchall(
                 "SELECT s.scan_id, s.device_id, s.code, s.scanned_at, s.reason,"
                 " s.double_admission, d.allow_reentry FROM scans AS s"
                 " LEFT JOIN devices AS d ON d.device_id = s.device_id"
                 " WHERE s.session_id = ? AND s.decision = ? AND s.direction = 'in'"
                 f" AND s.code IN ({_marks(chunk)}) AND s.device_id != ?",
                 [session_id, Decision.ADMITTED, *chunk, device.device_id])]
-        facts = next(iter(await db.execute_fetchall(
+        facts = (await db.fetchall(
             "SELECT (SELECT allow_reentry FROM devices WHERE device_id = :device) AS reentry,"
             " (SELECT capacity FROM sessions WHERE session_id = :session) AS capacity,"
             " coalesce((SELECT inside FROM occupancy WHERE session_id = :session), 0)"
-            "  AS inside", {"device": device.device_id, "session": session_id})))
+            "  AS inside", {"device": device.device_id, "session": session_id}))[0]
         return audit_admissions(moving, device.device_id, _maybe_bool(facts["reentry"]),
                                 presence, prior, facts["inside"], facts["capacity"])
 
-    async def _write_presence(self, db: aiosqlite.Connection, session_id: str | None,
+    async def _write_presence(self, db: Connection, session_id: str | None,
                               audit: AdmissionAudit) -> None:
         """Store the batch's presence (a new seq for each row a door must hear of) and
         the flags it put on scans stored before."""
         told = [code for code, (_, _, tell) in audit.presence.items() if tell]
         if told and session_id is not None:
             self._presence_versions[session_id] = self._presence_versions.get(session_id, 0) + 1
-        first = await self._next_seqs(db, len(told)) if told else 0
+        first = (await self._next_seqs(db, len(told), session_id, admissions=True)
+                 if told else 0)
         seqs = {code: first + i for i, code in enumerate(told)}
         await db.executemany(
             "INSERT INTO presence (session_id, code, inside, at, seq) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (session_id, code) DO UPDATE SET inside = excluded.inside,"
-            " at = excluded.at, seq = iif(excluded.seq < 0, seq, excluded.seq)",
-            [(session_id, code, inside, at, seqs.get(code, -1))  # -1: keeps its seq
+            " at = excluded.at,"
+            " seq = CASE WHEN excluded.seq < 0 THEN presence.seq ELSE excluded.seq END",
+            [(session_id, code, int(inside), at, seqs.get(code, -1))  # -1: keeps its seq
              for code, (inside, at, _) in audit.presence.items()])
         if audit.presence:  # the batch's count, from the one it read in this transaction
             await db.execute(
@@ -732,20 +810,20 @@ class ServerStore:
             " AND double_admission IS NULL",
             [(flag, scan_id) for scan_id, flag in audit.earlier_doubles.items()])
 
-    async def _disagreements(self, db: aiosqlite.Connection, scans: list[Scan]) -> list[str | None]:
+    async def _disagreements(self, db: Connection, scans: list[Scan]) -> list[str | None]:
         if not scans:
             return []
         codes = sorted({s.code for s in scans})
-        attendees = {r["code"] for r in await db.execute_fetchall(
+        attendees = {r["code"] for r in await db.fetchall(
             f"SELECT code FROM attendees WHERE code IN ({_marks(codes)})", codes)}
         registrants: set[tuple[str | None, str]] = set()
         # By session (a device's batch names one): the primary key finds each code, where
         # "code IN" alone read every session's registrants for every batch.
         for session_id in {s.session_id for s in scans if s.session_id is not None}:
-            registrants.update((session_id, r["code"]) for r in await db.execute_fetchall(
+            registrants.update((session_id, r["code"]) for r in await db.fetchall(
                 "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
                 f" AND code IN ({_marks(codes)})", [session_id, *codes]))
-        validate = {r["session_id"]: r["validate_registrants"] for r in await db.execute_fetchall(
+        validate = {r["session_id"]: r["validate_registrants"] for r in await db.fetchall(
             "SELECT session_id, validate_registrants FROM sessions")}
         return [disagreement(s, bool(validate.get(s.session_id, False)), s.code in attendees,
                              (s.session_id, s.code) in registrants) for s in scans]
@@ -757,7 +835,7 @@ class ServerStore:
         the ids of the scans the audit flagged; ``time_in_session`` is each admitted
         attendee's seconds in the session (:func:`server.presence.time_in_session`)."""
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT starts_at, ends_at, coalesce((SELECT inside FROM occupancy"
                 "  WHERE session_id = :session), 0) AS inside"
                 " FROM sessions WHERE session_id = :session", {"session": session_id})
@@ -765,15 +843,15 @@ class ServerStore:
             if session is None:
                 raise NotFound(f"no session {session_id!r}")
             registered = await _registered(db, session_id)
-            counts = next(iter(await db.execute_fetchall(
+            counts = (await db.fetchall(
                 "SELECT count(DISTINCT code) FILTER (WHERE decision = :admitted"
                 "  AND direction = 'in') AS admitted,"
                 " count(*) FILTER (WHERE decision = :rejected) AS rejected,"
                 " count(*) FILTER (WHERE reason = :override) AS overrides"
                 " FROM scans WHERE session_id = :session",
                 {"admitted": Decision.ADMITTED, "rejected": Decision.REJECTED,
-                 "override": Reason.OVERRIDE, "session": session_id})))
-            rows = await db.execute_fetchall(
+                 "override": Reason.OVERRIDE, "session": session_id}))[0]
+            rows = await db.fetchall(
                 "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
                 " disagreement, clock_flag, direction, override_of, double_admission,"
                 " over_capacity FROM scans WHERE session_id = ?"
@@ -805,8 +883,9 @@ class ServerStore:
         """
         params = {"session": session_id, "admitted": Decision.ADMITTED,
                   "rejected": Decision.REJECTED}
+        d = self._dialect
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT name, capacity, (SELECT count(*) FROM registrants"
                 "  WHERE session_id = :session AND deleted = 0) AS registered,"
                 " (SELECT count(*) FROM registrants AS r WHERE r.session_id = :session"
@@ -821,31 +900,31 @@ class ServerStore:
                 raise NotFound(f"no session {session_id!r}")
             # Counted from the indexes where they hold the columns: a session of 100,000
             # scans is read in a few short passes, none sorting the table's rows.
-            kinds = await db.execute_fetchall(
-                "SELECT decision, direction, count(*) AS n, max(julianday(scanned_at)) AS last"
+            # The last scan's time as UTC text, whose order is the times' order.
+            last = d.stamp(f"max({d.instant('scanned_at')})")
+            kinds = await db.fetchall(
+                f"SELECT decision, direction, count(*) AS n, {last} AS last"
                 " FROM scans WHERE session_id = :session GROUP BY decision, direction", params)
-            reasons = await db.execute_fetchall(
+            reasons = await db.fetchall(
                 "SELECT reason, count(*) AS n FROM scans WHERE session_id = :session"
                 " AND decision = :rejected GROUP BY reason ORDER BY n DESC, reason", params)
-            flags = next(iter(await db.execute_fetchall(
+            flags = (await db.fetchall(
                 "SELECT count(*) FILTER (WHERE disagreement IS NOT NULL"
                 "  OR clock_flag IS NOT NULL) AS flagged,"
                 " count(*) FILTER (WHERE reason = :override) AS overrides,"
                 " count(*) FILTER (WHERE over_capacity IS NOT NULL) AS over_capacity,"
                 " count(*) FILTER (WHERE double_admission IS NOT NULL) AS double_admissions"
-                " FROM scans INDEXED BY scans_session WHERE session_id = :session",
-                params | {"override": Reason.OVERRIDE})))
+                f" FROM scans {d.indexed_by('scans_session')} WHERE session_id = :session",
+                params | {"override": Reason.OVERRIDE}))[0]
             # Each attendee's first admission, from the index alone (session, decision,
             # direction, code, scanned_at): their count is the distinct attendees admitted.
-            arrivals = await db.execute_fetchall(
-                "SELECT strftime('%Y-%m-%dT%H:%M:00Z', first) AS minute, count(*) AS n"
-                " FROM (SELECT min(julianday(scanned_at)) AS first FROM scans"
+            arrivals = await db.fetchall(
+                f"SELECT {d.minute('first_at')} AS at_minute, count(*) AS n"
+                f" FROM (SELECT min({d.instant('scanned_at')}) AS first_at FROM scans"
                 "  WHERE session_id = :session AND decision = :admitted"
-                "  AND direction = 'in' GROUP BY code)"
-                " WHERE first IS NOT NULL GROUP BY minute ORDER BY minute", params)
-            last = max((k["last"] for k in kinds if k["last"] is not None), default=None)
-            last_scan_at = None if last is None else await scalar(
-                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?)", (last,))
+                "  AND direction = 'in' GROUP BY code) AS firsts"
+                " WHERE first_at IS NOT NULL GROUP BY at_minute ORDER BY at_minute", params)
+            last_scan_at = max((k["last"] for k in kinds if k["last"] is not None), default=None)
         admitted = sum(r["n"] for r in arrivals)
         admissions = sum(k["n"] for k in kinds
                          if k["decision"] == Decision.ADMITTED and k["direction"] == Direction.IN)
@@ -854,7 +933,7 @@ class ServerStore:
                 "registered": session["registered"], "admitted": admitted,
                 "reentries": admissions - admitted, "rejected": sum(rejected.values()),
                 "rejected_by_reason": rejected, "not_arrived": session["not_arrived"],
-                "arrivals_per_minute": [[r["minute"], r["n"]] for r in arrivals],
+                "arrivals_per_minute": [[r["at_minute"], r["n"]] for r in arrivals],
                 "scans": sum(k["n"] for k in kinds),
                 "flagged": flags["flagged"], "last_scan_at": last_scan_at,
                 "inside": session["inside"], "capacity": session["capacity"],
@@ -865,7 +944,7 @@ class ServerStore:
                           offset: int = 0) -> tuple[int, list[Attendee]]:
         """(how many of the session's registrants matching *query* were never admitted,
         one page of them by name then code)."""
-        condition, params = _matching(query, "a.")
+        condition, params = _matching(query, "a.", self._dialect.like)
         waiting = ("FROM attendees AS a WHERE EXISTS (SELECT 1 FROM registrants AS r"
                    " WHERE r.session_id = ? AND r.code = a.code AND r.deleted = 0)"
                    " AND NOT EXISTS (SELECT 1 FROM scans AS c WHERE c.session_id = ?"
@@ -873,11 +952,11 @@ class ServerStore:
                    + (f" AND {condition}" if condition else ""))
         head = [session_id, session_id, Decision.ADMITTED, *params]
         async with self._read() as db:
-            if not await scalar(db, "SELECT 1 FROM sessions WHERE session_id = ?",
-                                (session_id,)):
+            if not await db.scalar("SELECT 1 FROM sessions WHERE session_id = ?",
+                                   (session_id,)):
                 raise NotFound(f"no session {session_id!r}")
-            total = await scalar(db, f"SELECT count(*) {waiting}", head)
-            rows = await db.execute_fetchall(
+            total = await db.scalar(f"SELECT count(*) {waiting}", head)
+            rows = await db.fetchall(
                 f"SELECT a.code, a.name, a.email {waiting} ORDER BY a.name, a.code"
                 " LIMIT ? OFFSET ?", [*head, limit, max(offset, 0)])
         return total, [Attendee(**r) for r in rows]
@@ -886,7 +965,7 @@ class ServerStore:
         """Every device, by id, with what its latest status said: ``clock_offset_s`` (its
         clock minus the server's) and ``status_seconds`` are ``None`` when unknown."""
         async with self._read() as db:
-            rows = await db.execute_fetchall(
+            rows = await db.fetchall(
                 "SELECT device_id, session_id, revoked_at IS NOT NULL AS revoked,"
                 " last_seen_at, status FROM devices ORDER BY device_id")
         doors = []
@@ -918,11 +997,11 @@ class ServerStore:
         ``door`` of their first admission by time, ``reentries``, ``rejected``,
         ``overrides`` and ``time_in_session`` (seconds). Admissions are entrances'."""
         params = {"session": session_id, "after": after, "limit": limit}
+        d = self._dialect
         async with self._read() as db:
-            window = next(iter(await db.execute_fetchall(
-                "SELECT starts_at, ends_at FROM sessions WHERE session_id = :session",
-                params)), None)
-            codes = [r["code"] for r in await db.execute_fetchall(
+            window = await db.fetchone(
+                "SELECT starts_at, ends_at FROM sessions WHERE session_id = :session", params)
+            codes = [r["code"] for r in await db.fetchall(
                 "SELECT code FROM registrants WHERE session_id = :session AND deleted = 0"
                 " AND code > :after UNION SELECT code FROM scans"
                 " WHERE session_id = :session AND code > :after"
@@ -930,29 +1009,26 @@ class ServerStore:
             if not codes:
                 return []
             marks, head = _marks(codes), [session_id, *codes]
-            people = {r["code"]: r for r in await db.execute_fetchall(
+            people = {r["code"]: r for r in await db.fetchall(
                 f"SELECT code, name, email FROM attendees WHERE code IN ({marks})", codes)}
-            registered = {r["code"] for r in await db.execute_fetchall(
+            registered = {r["code"] for r in await db.fetchall(
                 "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0"
                 f" AND code IN ({marks})", head)}
-            # min() makes the bare columns those of the earliest admission (SQLite's rule).
-            admitted = {r["code"]: r for r in await db.execute_fetchall(
-                "SELECT code, min(julianday(scanned_at)), scanned_at, device_id, count(*) AS n,"
-                " count(*) FILTER (WHERE reason = ?) AS overrides"
-                " FROM scans WHERE session_id = ? AND decision = ? AND direction = 'in'"
-                f" AND code IN ({marks}) GROUP BY code",
-                [Reason.OVERRIDE, session_id, Decision.ADMITTED, *codes])}
             # "direction IN": the index (session, decision, direction, code) finds each code.
-            moves = _moves(await db.execute_fetchall(
-                "SELECT code, decision, direction, reason, scanned_at FROM scans"
+            # In order of storing: the first of two admissions at the same time wins.
+            admissions = await db.fetchall(
+                "SELECT code, decision, direction, reason, scanned_at, device_id FROM scans"
                 " WHERE session_id = ? AND decision = ? AND direction IN ('in', 'out')"
-                f" AND code IN ({marks})", [session_id, Decision.ADMITTED, *codes]))
+                f" AND code IN ({marks}) ORDER BY {d.position}",
+                [session_id, Decision.ADMITTED, *codes])
+            admitted = _first_admissions(admissions)
+            moves = _moves(admissions)
             # An open stay of a session without an end counts to its last scan: read (the
             # whole session's index) only when this page may need it.
-            last = None if window is None or window["ends_at"] or not moves else await scalar(
-                db, "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', max(julianday(scanned_at)))"
-                    " FROM scans WHERE session_id = ?", (session_id,))
-            rejected = {r["code"]: r["n"] for r in await db.execute_fetchall(
+            latest = d.stamp(f"max({d.instant('scanned_at')})")
+            last = None if window is None or window["ends_at"] or not moves else await db.scalar(
+                f"SELECT {latest} FROM scans WHERE session_id = ?", (session_id,))
+            rejected = {r["code"]: r["n"] for r in await db.fetchall(
                 "SELECT code, count(*) AS n FROM scans WHERE session_id = ? AND decision = ?"
                 f" AND direction IN ('in', 'out') AND code IN ({marks}) GROUP BY code",
                 [session_id, Decision.REJECTED, *codes])}
@@ -978,16 +1054,17 @@ class ServerStore:
         the order the server stored them, of every session or of *session_id*. Each scan
         says whether it was ``uploaded_late`` (received more than
         :data:`LATE_UPLOAD_SECONDS` after the door made it, by the two clocks)."""
+        d = self._dialect
+        late = d.seconds_between(d.instant("received_at"), d.instant("scanned_at"))
+        only = "" if session_id is None else " AND session_id = :session"
         async with self._read() as db:
-            rows = await db.execute_fetchall(
-                "SELECT rowid AS position, scan_id, device_id, session_id, code, decision,"
-                " reason, scanned_at, received_at, disagreement, clock_flag, direction,"
-                " override_of, double_admission, over_capacity,"
-                " (julianday(received_at) - julianday(scanned_at)) * 86400.0 > :late"
-                "  AS uploaded_late"
-                " FROM scans WHERE rowid > :after"
-                " AND (:session IS NULL OR session_id = :session)"
-                " ORDER BY rowid LIMIT :limit",
+            rows = await db.fetchall(
+                f"SELECT {d.position} AS position, scan_id, device_id, session_id, code,"
+                " decision, reason, scanned_at, received_at, disagreement, clock_flag,"
+                " direction, override_of, double_admission, over_capacity,"
+                f" {late} > :late AS uploaded_late"
+                f" FROM scans WHERE {d.position} > :after{only}"
+                f" ORDER BY {d.position} LIMIT :limit",
                 {"after": after, "session": session_id, "limit": limit,
                  "late": LATE_UPLOAD_SECONDS})
         return (rows[-1]["position"] if rows else after,
@@ -999,10 +1076,10 @@ class ServerStore:
 LATE_UPLOAD_SECONDS = 60.0
 
 
-async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> SessionInfo | None:
+async def _session_info(db: Connection, session_id: str | None) -> SessionInfo | None:
     if session_id is None:
         return None
-    rows = await db.execute_fetchall(
+    rows = await db.fetchall(
         "SELECT session_id, name, validate_registrants, starts_at, ends_at, capacity"
         " FROM sessions WHERE session_id = ? AND deleted = 0", (session_id,))
     row = next(iter(rows), None)
@@ -1011,37 +1088,38 @@ async def _session_info(db: aiosqlite.Connection, session_id: str | None) -> Ses
     return SessionInfo(**dict(row) | {"validate_registrants": bool(row["validate_registrants"])})
 
 
-async def _snapshot(db: aiosqlite.Connection, session_id: str | None) -> tuple[
+async def _snapshot(db: Connection, session_id: str | None) -> tuple[
         int, SessionInfo | None, list[str], list[str]]:
-    cursor = await scalar(db, "SELECT seq FROM meta")
+    cursor = await db.scalar("SELECT seq FROM meta")
     session = await _session_info(db, session_id)
-    attendees = [r["code"] for r in await db.execute_fetchall("SELECT code FROM attendees")]
-    registrants = [] if session is None else [r["code"] for r in await db.execute_fetchall(
+    attendees = [r["code"] for r in await db.fetchall("SELECT code FROM attendees")]
+    registrants = [] if session is None else [r["code"] for r in await db.fetchall(
         "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0", (session_id,))]
     return cursor, session, attendees, registrants
 
 
-async def _prune(db: aiosqlite.Connection, upto_seq: int) -> int:
-    cursor = await db.execute(
+async def _prune(db: Connection, upto_seq: int) -> int:
+    pruned = await db.execute(
         "DELETE FROM registrants WHERE deleted = 1 AND seq <= ?", (upto_seq,))
-    await db.execute("UPDATE meta SET horizon = max(horizon, ?)", (upto_seq,))
-    return cursor.rowcount
+    await db.execute("UPDATE meta SET horizon = CASE WHEN horizon < :upto THEN :upto"
+                     " ELSE horizon END", {"upto": upto_seq})
+    return pruned
 
 
-async def _meta(db: aiosqlite.Connection) -> sqlite3.Row:
+async def _meta(db: Connection) -> Row:
     """The last seq given out and the horizon (tombstones at or below it were pruned)."""
-    return next(iter(await db.execute_fetchall("SELECT seq, horizon FROM meta")))
+    return (await db.fetchall("SELECT seq, horizon FROM meta"))[0]
 
 
-async def _registered(db: aiosqlite.Connection, session_id: str) -> int:
+async def _registered(db: Connection, session_id: str) -> int:
     """How many current (not deleted) registrants the session has."""
-    return await scalar(db, "SELECT count(*) FROM registrants WHERE session_id = ?"
-                            " AND deleted = 0", (session_id,))
+    return await db.scalar("SELECT count(*) FROM registrants WHERE session_id = ?"
+                           " AND deleted = 0", (session_id,))
 
 
-async def _is_registrant(db: aiosqlite.Connection, session_id: str, code: str) -> bool:
-    return bool(await scalar(db, "SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
-                                 " AND deleted = 0", (session_id, code)))
+async def _is_registrant(db: Connection, session_id: str, code: str) -> bool:
+    return bool(await db.scalar("SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
+                                " AND deleted = 0", (session_id, code)))
 
 
 #: Most values in one ``IN (...)`` list (SQLite allows 32,766 parameters; smaller
@@ -1049,14 +1127,15 @@ async def _is_registrant(db: aiosqlite.Connection, session_id: str, code: str) -
 _CHUNK = 500
 
 
-def _matching(query: str, prefix: str) -> tuple[str, list[str]]:
+def _matching(query: str, prefix: str, like: str) -> tuple[str, list[str]]:
     """A condition matching *query* anywhere in an attendee's code, name or email
-    (``%`` and ``_`` in it match themselves), and its parameters; ``""`` for no query."""
+    (``%`` and ``_`` in it match themselves) with the dialect's case-insensitive *like*,
+    and its parameters; ``""`` for no query."""
     query = query.strip()
     if not query:
         return "", []
     pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    clause = " OR ".join(f"{prefix}{column} LIKE ? ESCAPE '\\'"
+    clause = " OR ".join(f"{prefix}{column} {like} ? ESCAPE '\\'"
                          for column in ("code", "name", "email"))
     return f"({clause})", [pattern] * 3
 
@@ -1065,6 +1144,15 @@ def _link_token(secret: bytes, code: str, nonce: str) -> str:
     digest = hmac.new(secret, f"{code}\0{nonce}".encode("utf-8", "surrogatepass"),
                       hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _secret_from_hex(text: str | None) -> bytes | None:
+    """A link secret kept as hex text, or ``None`` when there is none (or too short)."""
+    try:
+        secret = bytes.fromhex(text or "")
+    except ValueError:
+        return None
+    return secret if len(secret) >= 32 else None
 
 
 def _read_or_make_secret(path: Path) -> bytes:
@@ -1084,37 +1172,50 @@ def _read_or_make_secret(path: Path) -> bytes:
 #: A registrant added (or a removed one back), with its seq.
 _PUT_REGISTRANT = (
     "INSERT INTO registrants (session_id, code, deleted, seq) VALUES (?, ?, 0, ?)"
-    " ON CONFLICT DO UPDATE SET deleted = 0, deleted_at = NULL, seq = excluded.seq")
+    " ON CONFLICT (session_id, code) DO UPDATE SET deleted = 0, deleted_at = NULL,"
+    " seq = excluded.seq")
 
-#: What one row can make SQLite raise: its own errors, and text Python cannot encode.
-_ROW_ERRORS = (sqlite3.Error, UnicodeError, ValueError, OverflowError)
+#: The ``secrets`` row holding the link secret (PostgreSQL).
+LINK_SECRET_NAME = "link"
 
-
-@contextlib.asynccontextmanager
-async def _savepoint(db: aiosqlite.Connection) -> AsyncIterator[None]:
-    """A savepoint inside the caller's transaction: released on success, rolled back
-    to (and released) on a row error, which is then re-raised."""
-    await db.execute("SAVEPOINT batch")
-    try:
-        yield
-    except _ROW_ERRORS:
-        await db.execute("ROLLBACK TO batch")
-        await db.execute("RELEASE batch")
-        raise
-    await db.execute("RELEASE batch")
+#: What one row can make the database refuse inside a savepoint (RowError: a value it
+#: cannot store, such as a NUL in text on PostgreSQL or an integer past 64 bits), and
+#: what Python raises binding a value (text it cannot encode).
+_ROW_ERRORS = (RowError, UnicodeError, ValueError, OverflowError)
 
 
-async def _codes_among(db: aiosqlite.Connection, select: str, params: list[Any],
+async def _codes_among(db: Connection, select: str, params: list[Any],
                        codes: Iterable[str]) -> set[str]:
     """The codes among *codes* that ``select ... code IN (...)`` finds, asked in chunks
-    (SQLite caps the parameters of one statement)."""
+    (a statement's parameters are capped: 32,766 on SQLite, 65,535 on PostgreSQL)."""
     found: set[str] = set()
     wanted = list(dict.fromkeys(codes))
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start:start + _CHUNK]
-        found.update(r["code"] for r in await db.execute_fetchall(
+        found.update(r["code"] for r in await db.fetchall(
             f"{select} code IN ({_marks(chunk)})", [*params, *chunk]))
     return found
+
+
+def _first_admissions(scans: Iterable[Row]) -> dict[str, dict[str, Any]]:
+    """{code: its first admission through an entrance by door time (``scanned_at``,
+    ``device_id``), with ``n`` its admissions and ``overrides`` those of them that were
+    staff overrides}, from scan rows (in storing order: the first of equal times wins)."""
+    firsts: dict[str, dict[str, Any]] = {}
+    for s in scans:
+        if s["decision"] != Decision.ADMITTED or s["direction"] != Direction.IN:
+            continue
+        at, override = instant(s["scanned_at"]), int(s["reason"] == Reason.OVERRIDE)
+        first = firsts.get(s["code"])
+        if first is None:
+            firsts[s["code"]] = {"scanned_at": s["scanned_at"], "device_id": s["device_id"],
+                                 "instant": at, "n": 1, "overrides": override}
+            continue
+        first["n"] += 1
+        first["overrides"] += override
+        if at < first["instant"]:
+            first.update(scanned_at=s["scanned_at"], device_id=s["device_id"], instant=at)
+    return firsts
 
 
 def _moves(scans: Iterable[dict[str, Any]]) -> dict[str, list[tuple[str, bool]]]:

@@ -410,7 +410,7 @@ async def test_a_revoked_token_is_refused_even_during_another_read(tmp_path: Pat
 
         async def long_read() -> None:  # e.g. a snapshot for another door
             async with store._read() as db:
-                await db.execute_fetchall("SELECT count(*) FROM devices")  # snapshot taken
+                await db.fetchall("SELECT count(*) FROM devices")  # snapshot taken
                 reading.set()
                 await release.wait()
 

@@ -258,16 +258,17 @@ async def _cancelled_run(template: Path, root: Path, n: int,
     shutil.copy(template, data / SERVER_FILE)
     store = await ServerStore.open(data)
     counter = Counter()
-    real_db, real_reader = store._db, store._reader
-    store._db = CancelAt(real_db, counter, n)  # type: ignore[assignment]
-    store._reader = CancelAt(real_reader, counter, n)  # type: ignore[assignment]
+    database = store.database  # SQLite's: its writer and reader connections
+    real_db, real_reader = database._writer, database._reader  # type: ignore[attr-defined]
+    database._writer = CancelAt(real_db, counter, n)  # type: ignore[attr-defined]
+    database._reader = CancelAt(real_reader, counter, n)  # type: ignore[attr-defined]
     task = counter.start(operation(store))
     with contextlib.suppress(asyncio.CancelledError):
         await task
     if store._scan_writer is not None:  # the group commit's own task
         with contextlib.suppress(asyncio.CancelledError):
             await store._scan_writer
-    store._db, store._reader = real_db, real_reader
+    database._writer, database._reader = real_db, real_reader  # type: ignore[attr-defined]
     assert not real_db.in_transaction and not real_reader.in_transaction, \
         f"transaction left open after a cancel at statement {n}"
     return store, counter.statements >= n, data / SERVER_FILE
