@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiosqlite
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -637,10 +637,13 @@ class PostgresDatabase(Database):
             await run_to_end(self._give_back(raw))
 
     async def _commit(self, raw: psycopg.AsyncConnection[Row], conn: Connection) -> None:
+        # The notifications go with the COMMIT, in one round trip (the write lock is held
+        # meanwhile); PostgreSQL sends them only if the COMMIT succeeds.
+        notify = sql.SQL("SELECT pg_notify({}, {}); ")
+        statement = sql.Composed([notify.format(CHANNEL, json.dumps(payload))
+                                  for payload in conn.notices] + [sql.SQL("COMMIT")])
         try:
-            for payload in conn.notices:  # sent by PostgreSQL only if the COMMIT is
-                await raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
-            await raw.execute("COMMIT")
+            await raw.execute(statement)
         except psycopg.Error as exc:
             raise self.error("write" if conn._writing else "read", exc) from exc
 
