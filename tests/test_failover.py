@@ -84,24 +84,19 @@ class _Config:
     door: DoorConfig
 
 
-def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
-    """Two dead URLs: the second at once after the first, then a wait (the backoff), then
-    the first again; status notes the URL last tried."""
-    token = tmp_path / "token"
-    token.write_text("t")
-    urls = tuple(f"ws://127.0.0.1:{free_port()}/sync" for _ in range(2))
-    server = ServerConfig(url=urls, token_file=token, retry_min_seconds=0.05,
-                          retry_max_seconds=0.1)
-    config = _Config("door-1", tmp_path / "data", server, DoorConfig())
+def _run_daemon(config: _Config, caplog, rounds: int) -> tuple[list[str], str | None]:
+    """Run the daemon in this process until it has waited *rounds* times; its log lines
+    and the server URL it noted in the store."""
+
+    def waits() -> int:
+        return sum("retrying in" in r.getMessage() for r in caplog.records)
 
     async def run() -> str | None:
         store = await SyncStore.open(config.data_dir)
         daemon = SyncDaemon(config, store)
         task = asyncio.create_task(daemon.run())
         try:
-            await until(lambda: sum("retrying in" in r.getMessage()
-                                    for r in caplog.records) >= 2, 60, "two rounds",
-                        interval=0.02)
+            await until(lambda: waits() >= rounds, 60, f"{rounds} waits", interval=0.02)
             return (await store.status()).server_url
         finally:
             daemon.stop()
@@ -110,7 +105,19 @@ def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
 
     with caplog.at_level(logging.INFO, logger="checkin.sync"):
         noted = asyncio.run(run())
-    lines = [r.getMessage() for r in caplog.records if r.name == "checkin.sync"]
+    return [r.getMessage() for r in caplog.records if r.name == "checkin.sync"], noted
+
+
+def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
+    """Two dead URLs: the second at once after the first, then a wait (the backoff), then
+    the first again; status notes the URL last tried."""
+    token = tmp_path / "token"
+    token.write_text("t")
+    urls = tuple(f"ws://127.0.0.1:{free_port()}/sync" for _ in range(2))
+    server = ServerConfig(url=urls, token_file=token, retry_min_seconds=0.05,
+                          retry_max_seconds=0.1)
+    lines, noted = _run_daemon(_Config("door-1", tmp_path / "data", server, DoorConfig()),
+                               caplog, 2)
     failures = [line for line in lines if line.startswith("cannot reach")]
     assert failures[0].startswith(f"cannot reach {urls[0]}: ")
     assert failures[0].endswith(f"; trying {urls[1]} now")
@@ -122,6 +129,19 @@ def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
     records = [r for r in caplog.records if r.getMessage() == failures[0]]
     assert (records[0].server_url, records[0].next_url, records[0].retry_seconds) == (
         urls[0], urls[1], 0)
+
+
+def test_a_token_problem_waits_whatever_the_urls(tmp_path: Path, caplog) -> None:
+    """Every server shares one database: one that refuses the token (here: there is none
+    to send) speaks for all, so the daemon waits (auth_retry_seconds) after each, as with
+    one URL, and never hops to the next at once."""
+    urls = tuple(f"ws://127.0.0.1:{free_port()}/sync" for _ in range(3))
+    server = ServerConfig(url=urls, token_file=tmp_path / "missing", auth_retry_seconds=0.05)
+    lines, _noted = _run_daemon(_Config("door-1", tmp_path / "data", server, DoorConfig()),
+                                caplog, 2)
+    failures = [line for line in lines if "token file" in line]
+    assert len(failures) >= 2 and all("; retrying in " in line for line in failures), lines
+    assert not any(line.endswith(" now") for line in lines), lines
 
 
 # -- the doctor's choice, pure --------------------------------------------------------------
