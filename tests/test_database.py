@@ -544,3 +544,40 @@ async def test_a_connection_lost_mid_transaction_is_a_store_error_and_is_replace
                 await put(conn, f"after-{i}", 2)
         async with db.read() as conn:
             assert await conn.scalar("SELECT count(*) FROM attendees") == 12
+
+
+async def test_a_door_cursor_misses_nothing_under_concurrent_writers(url: str) -> None:
+    """Writers of two Database objects (two processes) take seqs concurrently, some
+    holding their transaction open a while after taking them, while a door keeps
+    advancing its cursor: every seq is seen, once, in order."""
+    async with opened(url) as one, opened(url) as two:
+        done = asyncio.Event()
+
+        async def writer(db: Database, name: str) -> None:
+            for i in range(25):
+                async with db.write() as conn:
+                    count = 1 + i % 3
+                    last = await conn.scalar("UPDATE meta SET seq = seq + ? RETURNING seq",
+                                             (count,))
+                    await conn.executemany(
+                        "INSERT INTO attendees (code, name, seq) VALUES (?, 'n', ?)",
+                        [(f"{name}-{i}-{k}", last - count + 1 + k) for k in range(count)])
+                    await asyncio.sleep(0.001 * (i % 4))  # committed late, or not
+
+        async def door() -> list[int]:
+            cursor, seen = 0, []
+            while True:
+                finished = done.is_set()  # read once more after the writers are done
+                cursor, more = await _changes_since(two, cursor)
+                seen += more
+                if finished:
+                    return seen
+                await asyncio.sleep(0)
+
+        reading = asyncio.create_task(door())
+        await asyncio.gather(*(writer(db, f"{db_name}{n}") for n in range(2)
+                               for db, db_name in ((one, "one"), (two, "two"))))
+        done.set()
+        seen = await reading
+        taken = 4 * sum(1 + i % 3 for i in range(25))
+        assert seen == list(range(1, taken + 1))
