@@ -581,3 +581,31 @@ async def test_a_door_cursor_misses_nothing_under_concurrent_writers(url: str) -
         seen = await reading
         taken = 4 * sum(1 + i % 3 for i in range(25))
         assert seen == list(range(1, taken + 1))
+
+
+@postgresql_only
+async def test_postgres_schema_has_sqlite_tables_and_columns(pg_url: str, tmp_path: Path) -> None:
+    """POSTGRES_MIGRATIONS is SQLite's last schema: the same tables, the same columns in
+    the same order (and the same indexes), plus PostgreSQL's own ``secrets`` and
+    ``schema_version``; ``scans.position`` stands for SQLite's rowid."""
+    async with opened(database_url(tmp_path)) as lite, lite.read() as conn:
+        tables = [r["name"] for r in await conn.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        sqlite_columns = {t: [r["name"] for r in await conn.fetchall(
+            f"SELECT name FROM pragma_table_info('{t}') ORDER BY cid")] for t in tables}
+        sqlite_indexes = {r["name"] for r in await conn.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    async with opened(pg_url) as pg, pg.read() as conn:
+        rows = await conn.fetchall(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' ORDER BY table_name, ordinal_position")
+        pg_indexes = {r["indexname"] for r in await conn.fetchall(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    pg_columns: dict[str, list[str]] = {}
+    for r in rows:
+        pg_columns.setdefault(r["table_name"], []).append(r["column_name"])
+    assert pg_columns.pop("secrets") == ["name", "value"]
+    assert pg_columns.pop("schema_version") == ["singleton", "version"]
+    assert pg_columns["scans"].pop() == "position"
+    assert pg_columns == sqlite_columns
+    assert sqlite_indexes <= pg_indexes
