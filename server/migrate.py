@@ -69,6 +69,8 @@ async def migrate(source_url: str, target_url: str) -> str:
         target = await _open(target_url, "target")
         try:
             counts, secret = await _copy(source, target)
+        except StoreError as exc:  # a database failed mid-copy (gone, disk full, ...)
+            raise MigrationError(f"{exc}; nothing was kept in {target.url}") from exc
         finally:
             await target.close()
     finally:
