@@ -238,6 +238,7 @@ def _start_fleet(template: Template, urls: list[str], plan: Plan) -> Fleet:
 def _measure(label: str, url: str | None, data_dirs: list[Path], template: Template,
              plan: Plan, admin_token: str) -> Figures:
     """Start the servers of one configuration, its doors, and take its figures."""
+    began = time.perf_counter()
     servers = [Server(d, database=url, admin_token=admin_token, timeout=60) for d in data_dirs]
     fleet: Fleet | None = None
     finished = False
@@ -276,7 +277,8 @@ def _measure(label: str, url: str | None, data_dirs: list[Path], template: Templ
     print(f"  scale, {plan.doors} doors, {label}: freshness p50 "
           f"{percentile(times, 50) * 1e3:.0f} ms, p99 {percentile(times, 99) * 1e3:.0f} ms; "
           f"{figures.scans_per_second:,.0f} scans/s ({accepted:,} accepted, {stored:,} stored);"
-          f" servers' peak RSS {peak_mb:.0f} MB", file=sys.stderr, flush=True)
+          f" servers' peak RSS {peak_mb:.0f} MB ({time.perf_counter() - began:.0f} s)",
+          file=sys.stderr, flush=True)
     return figures
 
 
@@ -350,8 +352,24 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> int:
+    """``python -m bench.scale [--quick] [--doors N] [--processes 1,2,4]``: this benchmark
+    alone, its plan changed (fewer doors for a trial, more processes on a bigger machine)."""
+    import argparse
+    import dataclasses
+
     from bench.report import show
-    print(show(run("--quick" in sys.argv[1:])))
+    parser = argparse.ArgumentParser(prog="python -m bench.scale")
+    parser.add_argument("--quick", action="store_true", help="the CI smoke run's plan")
+    parser.add_argument("--doors", type=int, help="simulated doors")
+    parser.add_argument("--processes", help="PostgreSQL configurations, e.g. 1,2,4")
+    args = parser.parse_args()
+    plan = Plan.of(args.quick)
+    if args.doors:
+        plan = dataclasses.replace(plan, doors=args.doors)
+    if args.processes:
+        plan = dataclasses.replace(plan, processes=tuple(
+            int(n) for n in args.processes.split(",")))
+    print(show(rows(plan, measure(plan))))
     return 0
 
 
