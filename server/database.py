@@ -205,10 +205,7 @@ class Connection(abc.ABC):
         self._check()
         if not self._writing:
             raise RuntimeError("notify() needs a write transaction")
-        text = json.dumps(payload, separators=(",", ":"))
-        if len(text.encode()) >= MAX_NOTIFY_BYTES:
-            raise ValueError(f"notification of {len(text.encode())} bytes is too large")
-        self.notices.append(json.loads(text))  # what listeners get: JSON's own types
+        self.notices.append(json.loads(_encode(payload)))  # what listeners get: JSON's types
 
     @abc.abstractmethod
     async def _savepoint_statement(self, sql: str) -> None: ...
@@ -239,6 +236,12 @@ class Database(abc.ABC):
     async def listen(self, callback: Listener) -> None:
         """From now on, give *callback* every notification committed by any process
         (this one's too), and ``{"resync": True}`` when some may have been missed."""
+
+    @abc.abstractmethod
+    async def publish(self, payload: dict[str, Any]) -> None:
+        """Send *payload* (as :meth:`Connection.notify` takes it) to every process's
+        :meth:`listen` callbacks now: outside any transaction, never waiting for the
+        write lock (news that is not data must not queue behind writes)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -278,6 +281,15 @@ def redact(url: str) -> str:
         netloc = f"{user.partition(':')[0]}@{host}"
     query = urlencode([(k, v) for k, v in pairs if k != "password"])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    """*payload* as a notification's JSON text; ValueError if it is too large."""
+    text = json.dumps(payload, separators=(",", ":"))
+    if len(text.encode()) >= MAX_NOTIFY_BYTES:
+        raise ValueError(f"notification of {len(text.encode())} bytes is too large "
+                         f"(at most {MAX_NOTIFY_BYTES - 1})")
+    return text
 
 
 def _sqlite_path(url: str) -> Path:
@@ -394,6 +406,9 @@ class SqliteDatabase(Database):
 
     async def listen(self, callback: Listener) -> None:
         self._listeners.append(callback)
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        self._deliver([json.loads(_encode(payload))])
 
     def _deliver(self, notices: list[dict[str, Any]]) -> None:
         # Later, as a notification from PostgreSQL would come: never inside the writer's
@@ -666,6 +681,19 @@ class PostgresDatabase(Database):
                 self._listen_conn = await self._listen_connect()
                 self._listener = asyncio.create_task(self._listen_loop())
             self._listeners.append(callback)
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        text = _encode(payload)
+        try:
+            raw = await self._pool.getconn()
+        except psycopg.Error as exc:
+            raise self.error("notify", exc) from exc
+        try:  # the pool's connections are in autocommit: sent at once
+            await raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, text))
+        except psycopg.Error as exc:
+            raise self.error("notify", exc) from exc
+        finally:
+            await run_to_end(self._give_back(raw))
 
     async def _listen_connect(self) -> psycopg.AsyncConnection[Any]:
         try:

@@ -257,7 +257,13 @@ CREATE TABLE scans (
     double_admission TEXT COLLATE "C",
     over_capacity    TEXT COLLATE "C",
     -- Insertion order (SQLite's rowid): the organizers' scan feed pages by it.
-    position         BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+    position         BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- Door times PostgreSQL cannot read are refused with their scan (Python's
+    -- fromisoformat takes forms such as '2026-W48-6T10:00:00Z' that it cannot cast): one
+    -- stored would fail every query of its session that compares times (SQLite's
+    -- julianday reads it as NULL instead).
+    CHECK ((scanned_at)::timestamptz IS NOT NULL),
+    CHECK ((received_at)::timestamptz IS NOT NULL)
 );
 CREATE INDEX scans_session ON scans (session_id, scanned_at);
 CREATE INDEX scans_session_code ON scans (session_id, decision, direction, code, scanned_at);

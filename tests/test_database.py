@@ -609,3 +609,43 @@ async def test_postgres_schema_has_sqlite_tables_and_columns(pg_url: str, tmp_pa
     assert pg_columns["scans"].pop() == "position"
     assert pg_columns == sqlite_columns
     assert sqlite_indexes <= pg_indexes
+
+
+async def test_publish_is_delivered_at_once_even_while_a_write_is_open(url: str) -> None:
+    heard: list[dict] = []
+    async with opened(url) as db, opened(url) as other:
+        await db.listen(heard.append)
+        async with other.write() as conn:  # another process holds the write lock
+            conn.notify({"seq": 1})
+            await db.publish({"event": "disconnect", "device": "door-1"})
+            await _until(lambda: _true(heard == [{"event": "disconnect", "device": "door-1"}]))
+            await conn.execute("UPDATE meta SET seq = 1")
+        if db.kind == "postgresql":  # SQLite: each Database hears only its own
+            await _until(lambda: _true(len(heard) == 2))
+            assert heard[1] == {"seq": 1}
+        with pytest.raises(ValueError):
+            await db.publish({"big": "x" * 7000})
+
+
+@postgresql_only
+async def test_door_times_postgres_cannot_read_are_refused_with_their_scan(
+        pg_url: str) -> None:
+    """Python's fromisoformat takes times PostgreSQL cannot cast: such a scan is refused
+    (a RowError in the store's savepoint), never stored to break every time query."""
+    insert = ("INSERT INTO scans (scan_id, device_id, device_seq, code, decision, reason,"
+              " scanned_at, monotonic_ns, boot_id, received_at)"
+              " VALUES (?, 'd', 1, 'A1', 'admitted', 'registered', ?, 1, 'b', ?)")
+    good = "2026-11-28T10:00:00.000Z"
+    async with opened(pg_url) as db:
+        async with db.write() as conn:
+            for i, odd in enumerate(["2026-W48-6T10:00:00Z", "2026-11-28T10Z",
+                                     "2026-11-28T10:00:00,5+00:00"]):
+                for scanned, received in ((odd, good), (good, odd)):
+                    with pytest.raises(RowError):
+                        async with conn.savepoint():
+                            await conn.execute(insert, (f"odd-{i}", scanned, received))
+            await conn.execute(insert, ("good", good, good))
+        async with db.read() as conn:
+            assert await conn.scalar(
+                f"SELECT {db.dialect.stamp('max(' + db.dialect.instant('scanned_at') + ')')}"
+                " FROM scans") == good
