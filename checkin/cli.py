@@ -72,8 +72,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep each registrant's removal this many days for doors that "
                              "have not synced it; a door offline longer gets a full "
                              f"snapshot instead (default {KEEP_DELETED_DAYS})")
+    server.add_argument("--database", type=_database_url, metavar="URL",
+                        help="where the data lives: sqlite:///PATH (default: the file in "
+                             "--data) or postgresql://USER@HOST:PORT/DB (several servers may "
+                             "share one; see docs/scale-out.md)")
     server.add_argument("-v", "--verbose", action="store_true")
     server.set_defaults(handler=_server)
+    server_commands = server.add_subparsers(dest="server_command", metavar="{migrate}")
+    migrate = server_commands.add_parser(
+        "migrate", parents=[_log_options()],
+        help="copy a server's data to an empty database (SQLite to PostgreSQL)")
+    migrate.add_argument("--from", dest="source", type=_database_url, required=True,
+                         metavar="URL", help="the database to copy (sqlite:///PATH)")
+    migrate.add_argument("--to", dest="target", type=_database_url, required=True,
+                         metavar="URL", help="the empty database to fill (postgresql://...)")
+    migrate.add_argument("-v", "--verbose", action="store_true")
+    migrate.set_defaults(handler=_migrate)
 
     sync = commands.add_parser("sync", parents=[_log_options()], help="run a door's sync daemon")
     sync.add_argument("--config", required=True, metavar="FILE", help="the device config (TOML)")
@@ -148,6 +162,18 @@ def _days(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"expected a whole number of days from 0 to {MAX_KEEP_DELETED_DAYS}, not {text!r}")
     return days
+
+
+#: What ``--database``, ``--from`` and ``--to`` accept.
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def _database_url(text: str) -> str:
+    """A database URL (argparse type): ``sqlite:///PATH`` or ``postgresql://...``."""
+    if not text.startswith(DATABASE_SCHEMES) or text in DATABASE_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB, not {text!r}")
+    return text
 
 
 def _load_config_or_exit(path: str):  # -> DeviceConfig, or exits 2
@@ -228,7 +254,20 @@ def _server(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     return run_server(Path(args.data), args.host, args.port, certfile=args.certfile,
                       keyfile=args.keyfile, new_epoch=args.new_epoch,
-                      keep_deleted=timedelta(days=args.keep_deleted_days))
+                      keep_deleted=timedelta(days=args.keep_deleted_days),
+                      database=args.database)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from server.migrate import MigrationError, migrate
+
+    try:
+        report = asyncio.run(migrate(args.source, args.target))
+    except MigrationError as exc:
+        print(f"checkin server migrate: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
 
 
 def _sync(args: argparse.Namespace) -> int:

@@ -29,8 +29,8 @@ from core.database import StoreError
 from core.notify import notify, pet_watchdog, watchdog_seconds
 from server.api import ROUTES, error
 from server.endpoint import sync_endpoint
-from server.hub import Hub
 from server.live import Live
+from server.relay import Relay
 from server.schema import KEEP_DELETED_DAYS
 from server.store import ServerStore
 from server.tokens import admin_token
@@ -46,29 +46,37 @@ PRUNE_EVERY = 3600.0
 
 
 def create_app(data_dir: Path, token: str, *,
-               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS)) -> Starlette:
-    """The server's ASGI application, keeping its state in *data_dir* and registrants'
+               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS),
+               database: str | None = None) -> Starlette:
+    """The server's ASGI application, keeping its files in *data_dir*, its data in
+    *database* (a URL; ``None``: the SQLite file in *data_dir*) and registrants'
     removals for *keep_deleted*."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.store = await ServerStore.open(data_dir)
-        app.state.hub = Hub()
+        store = app.state.store = await ServerStore.open(database or data_dir)
         # What changed, for the organizers' live pages (server-sent events).
-        app.state.live = Live()
+        live = app.state.live = Live()
+        # The doors connected here, and news to and from the other server processes on
+        # the same database (none with SQLite: its one process hears only itself).
+        relay = app.state.relay = Relay(store.publish, store.origin, live)
+        app.state.hub = relay.hub
+        relay.start()
+        await store.listen(relay.heard)
         app.state.admin_token = token
         # The organizers' pages: the cookie secret and the uploads folder in the data dir.
         app.state.web = await asyncio.to_thread(Web, data_dir, token)
-        log.info("server store %s (epoch %s)", app.state.store.path, app.state.store.epoch)
-        pruning = asyncio.create_task(prune_tombstones(app.state.store, keep_deleted))
+        log.info("server store %s (epoch %s)", store.url, store.epoch)
+        pruning = asyncio.create_task(prune_tombstones(store, keep_deleted))
         try:
             yield
         finally:
-            app.state.live.close()
+            live.close()
             pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruning
-            await app.state.store.close()
+            await relay.close()
+            await store.close()
 
     return Starlette(routes=[*ROUTES, WebSocketRoute("/sync", sync_endpoint), *LIVE_ROUTES,
                              *WEB_ROUTES],
@@ -91,8 +99,8 @@ async def prune_tombstones(store: ServerStore, keep: timedelta,
         await asyncio.sleep(every)
 
 
-async def _renew_epoch(data_dir: Path) -> str:
-    store = await ServerStore.open(data_dir)
+async def _renew_epoch(target: Path | str) -> str:
+    store = await ServerStore.open(target)
     try:
         return await store.renew_epoch()
     finally:
@@ -209,8 +217,11 @@ def _ending_streams() -> type:
 
 def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = None,
                keyfile: str | None = None, new_epoch: bool = False,
-               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS)) -> int:
-    """Serve until SIGINT or SIGTERM; return the exit status."""
+               keep_deleted: timedelta = timedelta(days=KEEP_DELETED_DAYS),
+               database: str | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; return the exit status. *database*: the data's
+    URL (``None``: the SQLite file in *data_dir*, which also holds the admin token,
+    the web pages' secret and their uploads)."""
     import uvicorn
 
     _Server = _ending_streams()
@@ -218,13 +229,13 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         data_dir.mkdir(parents=True, exist_ok=True)
         token, source = admin_token(data_dir)
         if new_epoch:
-            epoch = asyncio.run(_renew_epoch(data_dir))
+            epoch = asyncio.run(_renew_epoch(database or data_dir))
             print(f"checkin server: new epoch {epoch}: every door resyncs", file=sys.stderr)
     except (OSError, StoreError) as exc:
         print(f"checkin server: cannot use data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
     print(f"checkin server: admin token {source}", file=sys.stderr, flush=True)
-    app = create_app(data_dir, token, keep_deleted=keep_deleted)
+    app = create_app(data_dir, token, keep_deleted=keep_deleted, database=database)
     config = uvicorn.Config(
         app, host=host, port=port,
         ws="websockets-sansio",

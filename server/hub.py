@@ -4,14 +4,29 @@ The organizer API tells the :class:`Hub` what changed; the hub tells every
 connected link that cares (the devices of that session, or all of them for a
 change of attendees). Each link then asks its protocol end for the changes
 since what it last sent: pushes, not polls.
+
+With several server processes on one database (PostgreSQL), a device is
+connected to one of them. The hub then also *tells* the other processes what
+they must act on (a device to close, a device now connected here) through a
+``tell`` function (:class:`server.relay.Relay` carries it over the database's
+notifications), and :meth:`Hub.receive` acts on what they tell it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 log = logging.getLogger("checkin.server")
+
+#: Seconds a device another process said it holds counts as connected without that
+#: process saying so again (each process repeats its list every :data:`REPEAT_SECONDS`):
+#: a process that was killed cannot say its devices went away.
+REMOTE_SECONDS = 45.0
+#: Seconds between two repetitions of the devices this process holds.
+REPEAT_SECONDS = 15.0
 
 
 class Link(Protocol):
@@ -27,22 +42,47 @@ class Link(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-class Hub:
-    """Every device connected to this server process, by device id."""
+#: Sends one event to the other server processes; never waits, never fails.
+Tell = Callable[[dict[str, Any]], None]
 
-    def __init__(self) -> None:
+
+class Hub:
+    """Every device connected to this server process, by device id; and those the other
+    processes on the same database said they hold."""
+
+    def __init__(self, tell: Tell | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._links: dict[str, Link] = {}
+        #: device id -> when (wall clock, comparable between processes) it attached here.
+        self._since: dict[str, float] = {}
+        self._wall = wall
+        self._tell: Tell = tell or (lambda event: None)
+        self._clock = clock
+        #: device id -> when another process's word that it holds the device expires.
+        self._remote: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._links)
 
     def connected(self) -> frozenset[str]:
+        """The devices connected to this process or (said recently) to another."""
+        now = self._clock()
+        return frozenset(self._links) | {d for d, until in self._remote.items() if until > now}
+
+    def local(self) -> frozenset[str]:
+        """The devices connected to this process."""
         return frozenset(self._links)
 
     async def attach(self, link: Link, *, replaced_code: int) -> None:
-        """Register *link*; an older connection of the same device is closed."""
+        """Register *link*; an older connection of the same device is closed, here or
+        (told) in another process."""
         old = self._links.get(link.device_id)
         self._links[link.device_id] = link
+        self._since[link.device_id] = at = self._wall()
+        self._remote.pop(link.device_id, None)
+        self._tell({"event": "attached", "devices": [link.device_id], "code": replaced_code,
+                    "at": at})
         if old is not None:
             log.info("device %s connected again: closing its older connection", link.device_id)
             await old.close(replaced_code, "replaced by a newer connection of this device")
@@ -50,6 +90,8 @@ class Hub:
     def detach(self, link: Link) -> None:
         if self._links.get(link.device_id) is link:
             del self._links[link.device_id]
+            del self._since[link.device_id]
+            self._tell({"event": "detached", "devices": [link.device_id]})
 
     def changed(self, session_id: str | None = None, *, admissions: bool = False) -> None:
         """Data changed for *session_id* (``None``: for every device, e.g. attendees).
@@ -76,12 +118,57 @@ class Hub:
         self.changed(session_id)
 
     async def disconnect_session(self, session_id: str, code: int, reason: str) -> None:
-        """Close the connection of every device assigned to *session_id*."""
+        """Close the connection of every device assigned to *session_id*, in every process."""
+        self._tell({"event": "disconnect_session", "session": session_id, "code": code,
+                    "reason": reason})
+        await self._close_session(session_id, code, reason)
+
+    async def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        """Close *device_id*'s connection, if it has one, in whichever process holds it
+        (reassigned, revoked)."""
+        self._tell({"event": "disconnect", "devices": [device_id], "code": code,
+                    "reason": reason})
+        await self._close(device_id, code, reason)
+
+    def holding(self) -> dict[str, Any]:
+        """The event that repeats which devices this process holds (see :data:`REMOTE_SECONDS`)."""
+        return {"event": "holding", "devices": sorted(self._links)}
+
+    async def receive(self, event: dict[str, Any]) -> None:
+        """Act on *event*, told by another server process. Unknown or malformed events
+        are ignored (logged): a newer process may tell things this one does not know."""
+        kind, devices = event.get("event"), event.get("devices")
+        try:
+            if kind in ("attached", "holding") and isinstance(devices, list):
+                until = self._clock() + REMOTE_SECONDS
+                for device_id in map(str, devices):
+                    if kind == "attached" and self._since.get(device_id, float("inf")) < float(
+                            event["at"]):
+                        # It connected there after it did here: this link is a stale one.
+                        await self._close(device_id, int(event["code"]),
+                                          "replaced by a newer connection of this device")
+                    if device_id not in self._links:
+                        self._remote[device_id] = until
+            elif kind == "detached" and isinstance(devices, list):
+                for device_id in devices:
+                    self._remote.pop(str(device_id), None)
+            elif kind == "disconnect" and isinstance(devices, list):
+                for device_id in devices:
+                    await self._close(str(device_id), int(event["code"]), str(event["reason"]))
+            elif kind == "disconnect_session":
+                await self._close_session(str(event["session"]), int(event["code"]),
+                                          str(event["reason"]))
+            else:
+                log.debug("ignoring an event from another server process: %r", event)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed event from another server process (%s): %r",
+                        exc, event)
+
+    async def _close_session(self, session_id: str, code: int, reason: str) -> None:
         for link in [x for x in self._links.values() if x.session_id == session_id]:
             await link.close(code, reason)
 
-    async def disconnect(self, device_id: str, code: int, reason: str) -> None:
-        """Close *device_id*'s connection, if it has one (reassigned, revoked)."""
+    async def _close(self, device_id: str, code: int, reason: str) -> None:
         link = self._links.get(device_id)
         if link is not None:
             await link.close(code, reason)

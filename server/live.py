@@ -13,7 +13,7 @@ and :meth:`Live.publish` never waits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 #: What a subscriber that fell behind gets instead of its many topics: read everything.
@@ -105,6 +105,8 @@ class Live:
         self._subscriptions: set[Subscription] = set()
         #: Topics published so far (for tests and benchmarks).
         self.published = 0
+        #: Where published topics go besides this process (:meth:`server.relay.Relay.topics`).
+        self.forward: Callable[[tuple[str, ...]], None] | None = None
 
     def __len__(self) -> int:
         """How many subscriptions are open."""
@@ -116,7 +118,15 @@ class Live:
         return subscription
 
     def publish(self, *topics: str) -> None:
-        """Tell every subscriber that *topics* changed. Never waits, never fails."""
+        """Tell every subscriber that *topics* changed, here and (through :attr:`forward`)
+        in the other server processes on the same database. Never waits, never fails."""
+        if topics and self.forward is not None:
+            self.forward(topics)
+        self.offer(*topics)
+
+    def offer(self, *topics: str) -> None:
+        """Tell this process's subscribers that *topics* changed (news from another
+        process, or from this one). Never waits, never fails."""
         if not topics:
             return
         self.published += len(topics)
