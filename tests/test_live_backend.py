@@ -168,8 +168,8 @@ def _scan(n: int, code: str, session: str | None, decision: str, reason: str,
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ServerStore]:
-    store = await ServerStore.open(tmp_path)
+async def store(server_target: Path | str) -> AsyncIterator[ServerStore]:
+    store = await ServerStore.open(server_target)
     await store.upsert_attendees([Attendee(f"A{i}", f"Person {i}", f"p{i}@example.org")
                                   for i in range(10)] + [Attendee("ZZ", "=HYPERLINK(1)")])
     await store.put_session(SessionInfo("s1", "Keynote", True))
@@ -183,13 +183,13 @@ async def store(tmp_path: Path) -> AsyncIterator[ServerStore]:
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_doors_and_the_api_publish_what_changed(tmp_path: Path) -> None:
+def test_doors_and_the_api_publish_what_changed(tmp_path: Path, database: str | None) -> None:
     from starlette.testclient import TestClient
 
     from server.app import create_app
     from sync.device_end import CacheState, DeviceEnd, RecordResults
 
-    app = create_app(tmp_path, "admin-token")
+    app = create_app(tmp_path, "admin-token", database=database)
     admin = {"Authorization": "Bearer admin-token"}
     with TestClient(app) as client:
         live = getattr(app.state, "live", None)
@@ -378,7 +378,7 @@ async def test_live_queries_use_indexes_at_event_scale(tmp_path: Path) -> None:
             for sql in ("SELECT 1 FROM registrants AS r WHERE r.session_id = 'big' AND"
                         " NOT EXISTS (SELECT 1 FROM scans AS c WHERE c.session_id = 'big'"
                         " AND c.code = r.code AND c.decision = 'admitted')",):
-                plan = " | ".join(r[3] for r in await db.execute_fetchall(
+                plan = " | ".join(r["detail"] for r in await db.fetchall(
                     f"EXPLAIN QUERY PLAN {sql}"))
                 assert "USING COVERING INDEX scans_session_code" in plan, plan
     finally:

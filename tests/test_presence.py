@@ -19,6 +19,7 @@ from server.presence import (
 from server.schema import MIGRATIONS, SERVER_FILE
 from server.store import Attendee, Device, ServerStore
 from sync.messages import Change, Scan, SessionInfo
+from tests.conftest import sqlite_only
 
 DAY = "2026-11-28T"
 
@@ -167,8 +168,8 @@ def test_an_open_stay_never_counts_past_now() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = await ServerStore.open(tmp_path)
+async def store(server_target):
+    store = await ServerStore.open(server_target)
     await store.put_session(SessionInfo("s1", "One", False, capacity=2))
     await store.upsert_attendees([Attendee(c, c) for c in ("A1", "B2", "C3", "D4")])
     for door in ("door-1", "door-2"):
@@ -311,6 +312,7 @@ async def test_the_migration_makes_everyone_admitted_before_inside(tmp_path) -> 
         await store.close()
 
 
+@sqlite_only  # SQLite's query plans
 @pytest.mark.parametrize("sql", [
     # not arrived: a registrant's entrance admissions
     "SELECT 1 FROM registrants AS r WHERE r.session_id = 's1' AND NOT EXISTS (SELECT 1"
@@ -327,6 +329,6 @@ async def test_admission_counts_stay_index_only(store, sql: str) -> None:
     """Direction joined the admissions index between decision and code: the counts that
     were read from the index alone still are, each code found by the index."""
     async with store._read() as db:
-        plan = " | ".join(r[3] for r in await db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}"))
+        plan = " | ".join(r["detail"] for r in await db.fetchall(f"EXPLAIN QUERY PLAN {sql}"))
     assert "USING COVERING INDEX scans_session_code" in plan, plan
     assert "direction=?" in plan, plan
