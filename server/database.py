@@ -300,7 +300,8 @@ def _sqlite_path(url: str) -> Path:
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+    # A plain dict, as psycopg's dict_row gives on PostgreSQL.
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
 
 #: What binding one row's values can make SQLite (or Python before it) raise.
