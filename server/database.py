@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -339,7 +339,7 @@ class SqliteConnection(Connection):
         await self._db.execute(sql)
 
     @contextlib.contextmanager
-    def _refusals(self) -> Any:
+    def _refusals(self) -> Iterator[None]:
         """Inside a savepoint, a refused statement is a :class:`RowError`; outside,
         SQLite's error reaches the transaction, which names the file in a StoreError."""
         try:
@@ -556,7 +556,7 @@ class PostgresConnection(Connection):
             await self._conn.execute(sql)
 
     @contextlib.contextmanager
-    def _refusals(self) -> Any:
+    def _refusals(self) -> Iterator[None]:
         try:
             yield
         except _PG_ROW_ERRORS as exc:
