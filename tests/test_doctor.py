@@ -106,6 +106,13 @@ def check(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in report["checks"] if c["name"] == name)
 
 
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """The server of these tests on SQLite alone: the doctor checks the door's side, which
+    the server's storage does not change (conftest's runs the server on each)."""
+    return "sqlite"
+
+
 @pytest.fixture
 def synced(tmp_path: Path, server: Server, devices: list[Device]) -> Device:
     """A door provisioned for session s1 (two registrants), its daemon synced."""

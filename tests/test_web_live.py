@@ -38,8 +38,9 @@ LIVE_PAGES = ["/live", "/doors/live", "/sessions/s1/live", "/live/overview", "/l
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("live") / "server").start()
+def server(tmp_path_factory: pytest.TempPathFactory,
+           module_database: str | None) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("live") / "server", database=module_database).start()
     running.api("POST", "/api/attendees", [{"code": "A1", "name": "Ann"},
                                            {"code": "B2", "name": XSS},
                                            {"code": "C3", "name": "Cleo"},
