@@ -497,9 +497,9 @@ def postgres_sql(sql: str) -> str:
 #: encoded): inside a savepoint, a :class:`RowError`.
 _PG_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError,
                   psycopg.NotSupportedError, UnicodeError, ValueError, OverflowError)
-#: Every connection's settings: times without an offset are UTC, as SQLite takes them.
+#: Every connection's settings (the URL's own parameters kept).
 _CONNECT_OPTIONS: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                    "options": "-c TimeZone=UTC", "connect_timeout": 10}
+                                    "connect_timeout": 10}
 
 
 class _NumericLoader(Loader):
@@ -514,6 +514,9 @@ class _NumericLoader(Loader):
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Set up a new pooled connection: times without an offset are UTC (as SQLite's
+    julianday takes them), and numeric results come as SQLite gives them."""
+    await conn.execute("SET TIME ZONE 'UTC'")
     conn.adapters.register_loader("numeric", _NumericLoader)
 
 

@@ -649,3 +649,15 @@ async def test_door_times_postgres_cannot_read_are_refused_with_their_scan(
             assert await conn.scalar(
                 f"SELECT {db.dialect.stamp('max(' + db.dialect.instant('scanned_at') + ')')}"
                 " FROM scans") == good
+
+
+async def test_times_without_an_offset_are_utc_whatever_the_database_says(url: str) -> None:
+    if url.startswith("postgresql"):
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            await admin.execute("DO $$ BEGIN EXECUTE format("
+                                "'ALTER DATABASE %I SET TimeZone = ''America/New_York''',"
+                                " current_database()); END $$")
+    async with opened(url) as db, db.read() as conn:
+        d = db.dialect
+        assert await conn.scalar(f"SELECT {d.stamp(d.instant('?'))}",
+                                 ("2026-12-02T02:04:05",)) == "2026-12-02T02:04:05.000Z"
