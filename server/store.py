@@ -133,10 +133,9 @@ class ServerStore:
 
     async def publish(self, event: dict[str, Any]) -> None:
         """Send *event* (a small JSON object) to every server process's :meth:`listen`
-        callbacks, with this store's ``origin``: news that is not data (a device to
-        disconnect, wherever it is connected)."""
-        async with self.database.write() as db:
-            db.notify({**event, "origin": self.origin})
+        callbacks now, with this store's ``origin``: news that is not data (a device to
+        disconnect, wherever it is connected), which never waits for the writes."""
+        await self.database.publish({**event, "origin": self.origin})
 
     async def renew_epoch(self) -> str:
         """Give the database a new epoch: every device resyncs from a snapshot.
@@ -600,6 +599,8 @@ class ServerStore:
     async def view(self, device: Device) -> ServerView:
         async with self._read() as db:
             meta = await _meta(db)
+        # Read, not remembered: another server process on the database may have renewed it.
+        self.epoch = meta["epoch"]
         return ServerView(device.device_id, device.session_id, self.epoch, meta["seq"],
                           meta["horizon"])
 
@@ -1107,8 +1108,9 @@ async def _prune(db: Connection, upto_seq: int) -> int:
 
 
 async def _meta(db: Connection) -> Row:
-    """The last seq given out and the horizon (tombstones at or below it were pruned)."""
-    return (await db.fetchall("SELECT seq, horizon FROM meta"))[0]
+    """The last seq given out, the horizon (tombstones at or below it were pruned) and
+    the epoch."""
+    return (await db.fetchall("SELECT seq, horizon, epoch FROM meta"))[0]
 
 
 async def _registered(db: Connection, session_id: str) -> int:

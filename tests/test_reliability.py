@@ -364,12 +364,12 @@ def test_idle_and_half_sent_http_connections_are_closed(server: Server) -> None:
 
 
 async def test_a_batch_that_cannot_be_stored_is_refused_alone_in_the_group_commit(
-        tmp_path: Path) -> None:
-    store = await ServerStore.open(tmp_path)
+        server_target: Path | str) -> None:
+    store = await ServerStore.open(server_target)
     try:
         await store.put_session(SessionInfo("s1", "One", True))
         await store.put_session(SessionInfo("s2", "Two", True))
-        # A lone surrogate as an older server let through: SQLite cannot store it.
+        # A lone surrogate as an older server let through: no database can store it.
         poisoned = [scan("p-ok", code="A1"), scan("p-bad", code="\ud800")]
         other = [scan("o-1", code="A1", session_id="s2")]
         first, second = await asyncio.gather(
@@ -401,8 +401,9 @@ def test_lone_surrogates_in_an_api_body_are_a_400_naming_the_field(server: Serve
 # -- 5. auth sees committed state --------------------------------------------------
 
 
-async def test_a_revoked_token_is_refused_even_during_another_read(tmp_path: Path) -> None:
-    store = await ServerStore.open(tmp_path)
+async def test_a_revoked_token_is_refused_even_during_another_read(
+        server_target: Path | str) -> None:
+    store = await ServerStore.open(server_target)
     try:
         await store.put_session(SessionInfo("s1", "One", True))
         token, _ = await store.put_device("door-1", "s1")
@@ -472,8 +473,9 @@ def test_the_hello_carries_the_devices_clocks_and_leaves_them_out_when_unknown()
     assert "boot_id" not in json.loads(old_style)  # as hellos were before: old servers read it
 
 
-async def test_the_server_stores_the_clock_flag_of_an_online_scan(tmp_path: Path) -> None:
-    store = await ServerStore.open(tmp_path)
+async def test_the_server_stores_the_clock_flag_of_an_online_scan(
+        server_target: Path | str) -> None:
+    store = await ServerStore.open(server_target)
     try:
         await store.put_session(SessionInfo("s1", "One", True))
         now = datetime.now(UTC)
