@@ -235,21 +235,22 @@ class Door:
             return await desk.run(self._capture_and_decide, source, desk)
         # No store yet: capture anywhere, then try to open it for each new payload.
         at_ns, payloads = await asyncio.to_thread(self._capture, source)
-        return at_ns, [await self._decide(raw) for raw in self._new(at_ns, payloads)]
+        return at_ns, [await self._decide(raw) for raw in self.debouncer.frame(payloads, at_ns)]
 
     def _capture_and_decide(self, source: FrameSource,
                             desk: DoorStore) -> tuple[int, list[Outcome]]:
         at_ns, payloads = self._capture(source)  # on the store's thread
-        return at_ns, [self._decide_here(desk, raw) for raw in self._new(at_ns, payloads)]
+        # Every frame looked at goes to the debouncer, empty or not: a code counts again
+        # only after frames without it, never because this frame's decision was slow.
+        new = self.debouncer.frame(payloads, at_ns)
+        return at_ns, [self._decide_here(desk, raw) for raw in new]
 
     async def _handle_frame(self, at_ns: int, payloads: list[bytes]) -> bool:
         """Decide, record and signal the new payloads of a frame already decoded (tests
-        hand the door frames this way); say whether any was new."""
-        outcomes = [await self._decide(raw) for raw in self._new(at_ns, payloads)]
-        return self._signal_all(outcomes)
-
-    def _new(self, at_ns: int, payloads: list[bytes]) -> list[bytes]:
-        return [raw for raw in payloads if self.debouncer.is_new(raw, at_ns)]
+        hand the door frames this way, with no word of the frames between: the time
+        since a code's last sighting counts as out of view); say whether any was new."""
+        new = [raw for raw in payloads if self.debouncer.is_new(raw, at_ns)]
+        return self._signal_all([await self._decide(raw) for raw in new])
 
     async def handle_payload(self, raw: bytes) -> Reason:
         """Decide, record and signal one new payload; return the reason signalled."""

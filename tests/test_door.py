@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from checkin.badges import Look, write_badge
 from checkin.harness import decisions, run
 from core.rules import SessionRules
 from device.config import DECODERS
+from sync.device_store import STORE_FILE
 from tests.conftest import CHECKIN, fill_store, read_scans
 
 FAST = """
@@ -148,6 +151,43 @@ def test_sigterm_stops_the_door_cleanly(tmp_path, make_config, subprocess_env) -
     stderr = door.stderr.read()
     assert "Traceback" not in stderr and "stopped" in stderr
     assert len(read_scans(tmp_path / "data")) == 1
+
+
+def test_a_badge_held_while_a_commit_waits_for_the_store_is_one_scan(tmp_path, make_config,
+                                                                    subprocess_env) -> None:
+    """Once the door has recorded A1, another connection holds the store's write lock for
+    1.5 s (as a busy sync daemon or a slow SD card would): B2's commit waits for it, and
+    B2's second frame comes more than the 0.5 s window after its first. The door never
+    saw B2 leave the view: one scan (before the fix, B2 was decided twice)."""
+    folder = frames(tmp_path / "frames", "A1", None, None, None, None, "B2")
+    config = make_config(f"images:{folder}", extra="[scanner]\ndebounce_seconds = 0.5\n")
+    fill_store(tmp_path / "data", SESSION, ["A1", "B2"], ["A1"])
+    done = threading.Event()
+
+    def hold_the_lock_after_the_first_scan() -> None:
+        db = sqlite3.connect(tmp_path / "data" / STORE_FILE, isolation_level=None, timeout=30)
+        try:
+            while not done.is_set():
+                if db.execute("SELECT count(*) FROM scans").fetchone()[0]:
+                    db.execute("BEGIN IMMEDIATE")
+                    time.sleep(1.5)
+                    db.execute("COMMIT")
+                    return
+                time.sleep(0.001)
+        finally:
+            db.close()
+
+    holder = threading.Thread(target=hold_the_lock_after_the_first_scan)
+    holder.start()
+    try:
+        status, lines, stderr = run_door(config, subprocess_env)
+    finally:
+        done.set()
+        holder.join()
+    assert status == 0, stderr
+    assert [(d["code"], d["reason"]) for d in lines] == [
+        ("A1", "registered"), ("B2", "not_registered")]
+    assert len(read_scans(tmp_path / "data")) == 2
 
 
 def test_a_missing_image_folder_is_reported(tmp_path, make_config, subprocess_env) -> None:
