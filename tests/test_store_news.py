@@ -213,3 +213,10 @@ async def test_every_store_on_the_database_sees_a_renewed_epoch(server_targets: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_search_with_a_nul_finds_nothing_rather_than_failing(store: ServerStore) -> None:
+    await store.put_registrants("s1", ["A1"])
+    assert await store.search_attendees("A\x00") == (0, [])
+    assert await store.registrants_page("s1", "A\x00") == (0, [])
+    assert await store.not_arrived("s1", "A\x00") == (0, [])
