@@ -123,6 +123,14 @@ def test_what_is_done_for_each_door(on_server: dict | None, have_token: bool, ro
 # -- the command against a real server -----------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """The server of these tests on SQLite alone (conftest's runs it on each storage): the
+    command's decisions do not depend on it, and the device API it calls is tested on both
+    (test_server_api.py)."""
+    return "sqlite"
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, server: Server) -> Server:
     for session in ("s1", "s2"):
