@@ -97,3 +97,14 @@ def test_postgres_says_why_it_cannot_run_and_stopping_a_cluster_never_started_is
     with pytest.raises(RuntimeError, match="initdb and pg_ctl not found"):
         Postgres(tmp_path / "cluster").start()
     Postgres(tmp_path / "cluster").stop()
+
+
+def test_without_postgresql_its_tests_skip_saying_why_but_fail_where_it_is_required(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHECKIN_PG_BIN", str(tmp_path))
+    monkeypatch.delenv("CHECKIN_REQUIRE_TOOLS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"PostgreSQL storage NOT TESTED.*`postgresql`"):
+        require_postgres()
+    monkeypatch.setenv("CHECKIN_REQUIRE_TOOLS", "1")
+    with pytest.raises(pytest.fail.Exception, match="CHECKIN_REQUIRE_TOOLS=1 says it must be"):
+        require_postgres()
