@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -128,7 +129,7 @@ class _Timex(ctypes.Structure):
 
 
 @cache
-def _adjtimex() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _adjtimex() -> Callable[..., int] | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name, use_errno=True)
