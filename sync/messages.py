@@ -10,7 +10,9 @@ turns a message back into text. See ``docs/protocol.md`` for the whole protocol.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -55,6 +57,14 @@ CLOCK_TOLERANCE_SECONDS = 5.0
 #: Most scan batches a device may push before the server answered them (the daemon
 #: keeps two in flight); more is a flood, and the server ends the connection.
 MAX_PENDING_BATCHES = 4
+#: Where a scan's ``scanned_at`` came from: the synchronised system clock, the server's
+#: time carried forward on the monotonic clock since the last exchange of this boot, or
+#: neither (the wall clock as it was, possibly days off; the server re-times such scans).
+TIME_SOURCES = ("system", "server", "unknown")
+#: Bytes of the per-event code key (``Welcome.code_key`` carries them as hex).
+CODE_KEY_BYTES = 32
+#: Hex digits of a key id (``Hello.key_id``, :func:`code_key_id`).
+KEY_ID_HEX = 16
 
 _SEQ = integer(0, 2**63 - 1)
 
@@ -71,6 +81,11 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_REASSIGNED = 4002
 #: A newer connection of the same device replaced this one.
 CLOSE_REPLACED = 4003
+#: The device's token was revoked (an unknown token stays 4001, so a typo never wipes
+#: a door): the daemon wipes its cached codes and key, keeps its scans for recovery.
+CLOSE_REVOKED = 4004
+#: The close reason sent with :data:`CLOSE_REVOKED`.
+REVOKED_REASON = "device revoked"
 #: The device sent more than the server takes at once (too many unanswered batches),
 #: or did not say hello in time: the websocket "policy violation" code.
 CLOSE_POLICY = 1008
@@ -82,6 +97,26 @@ def close_reason(reason: str) -> str:
     if len(encoded) <= 123:
         return reason
     return encoded[:120].decode("utf-8", "ignore") + "..."
+
+
+def code_key_id(key: bytes) -> str:
+    """The id of a code key (``Hello.key_id``): the first 16 hex digits of its SHA-256.
+
+    It names the key without giving it away, so a hello may carry it in the clear.
+    """
+    return hashlib.sha256(key).hexdigest()[:KEY_ID_HEX]
+
+
+def _hex(digits: int) -> Any:
+    """A check for exactly *digits* lowercase hexadecimal digits."""
+    pattern = re.compile(f"[0-9a-f]{{{digits}}}")
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"{digits} lowercase hexadecimal digits")
+        return value
+
+    return check
 
 
 class ProtocolError(Exception):
@@ -216,6 +251,19 @@ class Scan:
     direction: str | None = field(default=None, metadata=checked(optional(choice(*Direction))))
     #: For a staff override (reason ``override``): the rejected scan it overrules.
     override_of: str | None = field(default=None, metadata=checked(optional(identifier)))
+    #: Where ``scanned_at`` came from (:data:`TIME_SOURCES`); ``"system"`` is kept as
+    #: ``None`` and left out of the frame, so an older server reads such scans as before.
+    time_source: str | None = field(default=None,
+                                    metadata=checked(optional(choice(*TIME_SOURCES))))
+
+    def __post_init__(self) -> None:
+        if self.time_source == "system":  # one spelling of the default: left out
+            object.__setattr__(self, "time_source", None)
+
+    @property
+    def source(self) -> str:
+        """Where ``scanned_at`` came from, ``"system"`` when the frame left it out."""
+        return self.time_source or "system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +364,12 @@ class Hello(Message):
     #: The door's ``[door] allow_reentry``: the server's audit flags an admission that an
     #: earlier one at another door would have refused only where re-entry is forbidden.
     allow_reentry: bool | None = field(default=None, metadata=checked(optional(boolean)))
+    #: The device keeps only keyed hashes of codes: the welcome brings it the event's
+    #: code key (``Welcome.code_key``).
+    hashes: bool | None = field(default=None, metadata=checked(optional(boolean)))
+    #: :func:`code_key_id` of the key the device holds (``None``: none yet): a key not the
+    #: server's gets a snapshot (the cache was hashed with another key).
+    key_id: str | None = field(default=None, metadata=checked(optional(_hex(KEY_ID_HEX))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +384,10 @@ class Welcome(Message):
     server_time: str = field(metadata=checked(timestamp))
     resync: bool = field(metadata=checked(boolean))
     v: int = _version()
+    #: The event's code key, hex (sent only to a device whose hello said ``hashes: true``):
+    #: the device stores HMAC-SHA256(key, code) of every code, never the code.
+    code_key: str | None = field(default=None,
+                                 metadata=checked(optional(_hex(2 * CODE_KEY_BYTES))))
 
 
 _CODES = list_of(attendee_code, MAX_ITEMS_PER_MESSAGE)
@@ -386,6 +444,9 @@ class ScanResults(Message):
     batch: int = field(metadata=checked(_SEQ))
     results: list[ScanResult] = field(
         metadata=checked(list_of(_object(ScanResult), MAX_SCANS_PER_BATCH)))
+    #: The server's time as it answered: a later anchor for the device's clock
+    #: (left out by servers that predate it).
+    server_time: str | None = field(default=None, metadata=checked(optional(timestamp)))
 
 
 @dataclass(frozen=True, slots=True)

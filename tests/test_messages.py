@@ -16,11 +16,14 @@ from core.codes import MAX_RECORDED_CODE, printable
 from core.rules import Reason
 from core.shapes import fields_of
 from sync.messages import (
+    CLOSE_REVOKED,
+    CLOSE_UNAUTHORIZED,
     DEVICE_MESSAGES,
     MAX_DEVICE_MESSAGE,
     MAX_ITEMS_PER_MESSAGE,
     MAX_SCANS_PER_BATCH,
     PROTOCOL_VERSION,
+    REVOKED_REASON,
     SERVER_MESSAGES,
     BadScan,
     Change,
@@ -37,6 +40,8 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
+    close_reason,
+    code_key_id,
     encode,
     fit_batch,
     parse_device_message,
@@ -44,6 +49,9 @@ from sync.messages import (
 )
 
 T0 = "2026-11-28T10:00:00+01:00"
+KEY = bytes(range(32))
+KEY_HEX = KEY.hex()
+KEY_ID = code_key_id(KEY)
 SESSION = SessionInfo("keynote-1", "Opening keynote", True, T0, "2026-11-28T11:00:00+01:00")
 
 
@@ -103,6 +111,11 @@ DEVICE_SAMPLES: list[Message] = [
         make_scan("s-c", scanned_at="2026-11-28T09:00:00Z", reason="reentry"),
     ]),
     Scans(batch=0, scans=[]),
+    Scans(batch=3, scans=[make_scan("t-a", time_source="unknown"),
+                          make_scan("t-b", time_source="server")]),
+    Hello(device_id="d", software="", session_id=None, epoch=None, cursor=0, hashes=True,
+          key_id=KEY_ID, boot_id="b", monotonic_ns=5),
+    Hello(device_id="d", software="", session_id=None, epoch=None, cursor=0, hashes=True),
     STATUS,
     Status(software="x", cursor=0, scans_waiting=0, scans_quarantined=7, last_frame_at=None),
 ]
@@ -111,6 +124,8 @@ SERVER_SAMPLES: list[Message] = [
     WELCOME,
     Welcome(device_id="door-1", session_id=None, epoch="E2", cursor=0, server_time=T0,
             resync=True),
+    Welcome(device_id="door-1", session_id=None, epoch="E2", cursor=0, server_time=T0,
+            resync=True, code_key=KEY_HEX),
     SNAPSHOT,
     Snapshot(epoch="E1", cursor=0, part=3, last=False, session=None),
     Snapshot(epoch="E1", cursor=9, part=0, last=True,
@@ -131,6 +146,7 @@ SERVER_SAMPLES: list[Message] = [
         ScanResult("c", ScanOutcome.REFUSED, "scan id already stored from another device"),
     ]),
     ScanResults(batch=8, results=[]),
+    ScanResults(batch=9, results=[ScanResult("a", ScanOutcome.ACCEPTED)], server_time=T0),
 ]
 
 
@@ -174,7 +190,7 @@ def test_encode_writes_the_protocol_version_and_compact_json() -> None:
 
 
 def test_each_change_kind_is_encoded_with_only_its_own_fields() -> None:
-    changes = json.loads(encode(SERVER_SAMPLES[7]))["changes"]
+    changes = json.loads(encode(SERVER_SAMPLES[8]))["changes"]
     assert changes[0] == {"seq": 2, "kind": "attendee", "code": "A", "deleted": True}
     assert changes[1] == {"seq": 3, "kind": "registrant", "code": "B", "deleted": False}
     assert changes[2]["kind"] == "session"
@@ -195,6 +211,93 @@ def test_scan_result_stored_property() -> None:
     assert ScanResult("a", ScanOutcome.ACCEPTED).stored
     assert ScanResult("a", ScanOutcome.DUPLICATE).stored
     assert not ScanResult("a", ScanOutcome.REFUSED, "why").stored
+
+
+# -- issue 17: time sources, code keys, revocation -----------------------------
+
+
+def test_a_scan_with_the_system_time_leaves_time_source_out() -> None:
+    for source in (None, "system"):
+        scan = make_scan(time_source=source)
+        assert scan.time_source is None and scan.source == "system"
+        assert "time_source" not in body(Scans(batch=1, scans=[scan]))["scans"][0]
+    assert make_scan(time_source="system") == make_scan()
+    # An explicit "system" in a frame reads as the default too.
+    obj = body(SCANS)
+    obj["scans"][0]["time_source"] = "system"
+    parsed = parse_device_message(frame(obj))
+    assert isinstance(parsed, Scans) and parsed.scans[0] == make_scan()
+
+
+@pytest.mark.parametrize("source", ["server", "unknown"])
+def test_a_scan_with_another_time_source_says_so(source: str) -> None:
+    scan = make_scan(time_source=source)
+    assert body(Scans(batch=1, scans=[scan]))["scans"][0]["time_source"] == source
+    parsed = parse_device_message(encode(Scans(batch=1, scans=[scan])))
+    assert isinstance(parsed, Scans) and parsed.scans[0].source == source
+
+
+@pytest.mark.parametrize("value", ["System", "ntp", "", 1, True])
+def test_an_unknown_time_source_refuses_that_scan_alone(value: Any) -> None:
+    bad = body(SCANS)["scans"][0] | {"scan_id": "bad", "time_source": value}
+    parsed = parse_device_message(frame(body(SCANS, scans=[body(SCANS)["scans"][0], bad])))
+    assert isinstance(parsed, Scans) and parsed.scans[0] == make_scan()
+    assert isinstance(parsed.scans[1], BadScan)
+    assert re.search(r'^time_source = .*expected one of "system", "server", "unknown", or null',
+                     parsed.scans[1].problem)
+
+
+def test_hello_and_welcome_leave_the_key_fields_out_when_unset() -> None:
+    assert {"hashes", "key_id"}.isdisjoint(body(HELLO))
+    assert "code_key" not in body(WELCOME)
+    assert "server_time" not in body(RESULTS)
+    hello = body(Hello(device_id="d", software="", session_id=None, epoch=None, cursor=0,
+                       hashes=True, key_id=KEY_ID))
+    assert hello["hashes"] is True and hello["key_id"] == KEY_ID
+    assert body(Welcome(device_id="d", session_id=None, epoch="E", cursor=0, server_time=T0,
+                        resync=False, code_key=KEY_HEX))["code_key"] == KEY_HEX
+
+
+def test_the_key_id_is_the_first_16_hex_digits_of_the_keys_sha256() -> None:
+    import hashlib
+    assert hashlib.sha256(KEY).hexdigest()[:16] == KEY_ID
+    assert len(KEY_ID) == 16 and code_key_id(b"other" * 7) != KEY_ID
+
+
+@pytest.mark.parametrize(
+    ("parse", "obj", "problem"),
+    [
+        (parse_device_message, body(HELLO, hashes="yes"), 'hashes = "yes": expected true'),
+        (parse_device_message, body(HELLO, hashes=1), "hashes = 1: expected true"),
+        (parse_device_message, body(HELLO, key_id=KEY_ID.upper()),
+         "key_id = .*: expected 16 lowercase hexadecimal digits, or null"),
+        (parse_device_message, body(HELLO, key_id=KEY_ID[:15]), "key_id = .*: expected 16"),
+        (parse_device_message, body(HELLO, key_id=KEY_ID + "0"), "key_id = .*: expected 16"),
+        (parse_device_message, body(HELLO, key_id=7), "key_id = 7: expected 16"),
+        (parse_device_message, body(HELLO, key_id="g" * 16), "key_id = .*: expected 16"),
+        (parse_server_message, body(WELCOME, code_key=KEY_HEX[:-1]),
+         "code_key = .*: expected 64 lowercase hexadecimal digits, or null"),
+        (parse_server_message, body(WELCOME, code_key=KEY_HEX.upper()), "code_key = .*: exp"),
+        (parse_server_message, body(WELCOME, code_key=KEY_HEX + "\n"), "code_key = .*: exp"),
+        (parse_server_message, body(RESULTS, server_time="2026-11-28T10:00:00"),
+         "server_time = .*: expected an ISO 8601 date and time with a UTC offset, or null"),
+        (parse_server_message, body(RESULTS, server_time=5), "server_time = 5: expected"),
+    ],
+)
+def test_new_optional_fields_are_checked(parse: Any, obj: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        parse(frame(obj))
+
+
+def test_null_new_fields_read_as_left_out() -> None:
+    assert parse_device_message(frame(body(HELLO, hashes=None, key_id=None))) == HELLO
+    assert parse_server_message(frame(body(WELCOME, code_key=None))) == WELCOME
+    assert parse_server_message(frame(body(RESULTS, server_time=None))) == RESULTS
+
+
+def test_revocation_has_its_own_close_code_and_reason() -> None:
+    assert CLOSE_REVOKED == 4004 and CLOSE_REVOKED != CLOSE_UNAUTHORIZED
+    assert REVOKED_REASON == "device revoked" and close_reason(REVOKED_REASON) == REVOKED_REASON
 
 
 # -- frames that are not messages ----------------------------------------------
@@ -704,18 +807,23 @@ _CHANGES = st.one_of(
 )
 _SCANS = st.builds(Scan, _IDS, _SEQS, st.text(max_size=400), st.none() | _IDS,
                    st.sampled_from(["admitted", "rejected"]), st.sampled_from(list(Reason)),
-                   _STAMPS, _SEQS, st.text(max_size=64))
+                   _STAMPS, _SEQS, st.text(max_size=64),
+                   time_source=st.none() | st.sampled_from(["system", "server", "unknown"]))
+_HEX16 = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)
+_HEX64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 _DEVICE_MESSAGES = st.one_of(
     st.builds(Hello, device_id=_IDS, software=st.text(max_size=100),
               session_id=st.none() | _IDS, epoch=st.none() | _IDS, cursor=_SEQS,
-              v=st.integers(1, 1000)),
+              v=st.integers(1, 1000), hashes=st.none() | st.booleans(),
+              key_id=st.none() | _HEX16),
     st.builds(Scans, batch=_SEQS, scans=st.lists(_SCANS, max_size=5)),
     st.builds(Status, software=st.text(max_size=100), cursor=_SEQS, scans_waiting=_SEQS,
               scans_quarantined=_SEQS, last_frame_at=st.none() | _STAMPS),
 )
 _SERVER_MESSAGES = st.one_of(
     st.builds(Welcome, device_id=_IDS, session_id=st.none() | _IDS, epoch=_IDS, cursor=_SEQS,
-              server_time=_STAMPS, resync=st.booleans(), v=st.integers(1, 1000)),
+              server_time=_STAMPS, resync=st.booleans(), v=st.integers(1, 1000),
+              code_key=st.none() | _HEX64),
     st.builds(Snapshot, epoch=_IDS, cursor=_SEQS, part=st.integers(0, 1_000_000),
               last=st.booleans(), session=st.none() | _SESSIONS,
               attendees=st.lists(_CODES, max_size=5), registrants=st.lists(_CODES, max_size=5)),
@@ -723,7 +831,7 @@ _SERVER_MESSAGES = st.one_of(
               changes=st.lists(_CHANGES, max_size=5)),
     st.builds(ScanResults, batch=_SEQS, results=st.lists(st.builds(
         ScanResult, _IDS, st.sampled_from(ScanOutcome),
-        st.none() | st.text(max_size=500)), max_size=5)),
+        st.none() | st.text(max_size=500)), max_size=5), server_time=st.none() | _STAMPS),
 )
 
 
