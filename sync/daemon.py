@@ -32,6 +32,7 @@ from core import __version__
 from core.clock import boot_id, monotonic_ns, wall_now, wall_stamp
 from core.database import StoreError
 from core.notify import ready_and_watched
+from core.timesource import ClockAnchor
 from sync.backoff import Backoff
 from sync.config import DaemonConfig, insecure_url_warning
 from sync.device_end import (
@@ -235,6 +236,8 @@ class SyncDaemon:
 
     async def _read(self, link: _Link) -> None:
         async for frame in link.websocket:
+            # The clocks as the frame arrived: a welcome's server time is anchored here.
+            link.received_ns, link.received_at = monotonic_ns(), wall_now()
             try:
                 link.end.receive(frame)
             except ProtocolError as exc:
@@ -258,9 +261,13 @@ class SyncDaemon:
                                 "device_id": welcome.device_id,
                                 "session_id": welcome.session_id, "resync": welcome.resync,
                                 "cursor": link.end.cursor})
-                warning = clock_warning(welcome.server_time, wall_now())
+                warning = clock_warning(welcome.server_time, link.received_at)
                 if warning:
                     log.warning("%s", warning)
+                server_time = datetime.fromisoformat(welcome.server_time)
+                await self.store.note_clock(
+                    ClockAnchor(server_time, link.received_ns, boot_id()),
+                    clock_offset_s=(link.received_at - server_time).total_seconds())
                 await self.store.note_link(connected=True, server_url=self.rotation.current)
                 link.welcomed.set()
                 self.wake.set()
@@ -350,6 +357,9 @@ class _Link:
         self.websocket = websocket
         self.end = end
         self.welcomed = asyncio.Event()
+        #: This device's monotonic and wall clocks as the frame being handled arrived.
+        self.received_ns = monotonic_ns()
+        self.received_at = wall_now()
 
     async def flush(self) -> None:
         for frame in self.end.data_to_send():

@@ -150,4 +150,24 @@ MIGRATIONS: tuple[str, ...] = (
     -- may list several): checkin status and the doctor name it.
     ALTER TABLE sync_state ADD COLUMN server_url TEXT;
     """,
+    """
+    -- Where each scan's time came from (issue 17): 'system' the synchronised system clock,
+    -- 'server' the server's time carried forward on the monotonic clock from the last
+    -- exchange with the server in this boot, 'unknown' neither (a Pi booted offline).
+    ALTER TABLE scans ADD COLUMN time_source TEXT NOT NULL DEFAULT 'system'
+        CHECK (time_source IN ('system', 'server', 'unknown'));
+
+    -- The clock anchor the sync daemon takes at each welcome (and each scan answer that
+    -- carries the server's time): the server's time at a moment of this device's
+    -- monotonic clock in one boot. The door carries it forward when its clock is not
+    -- synchronised.
+    ALTER TABLE sync_state ADD COLUMN anchor_server_time TEXT;
+    ALTER TABLE sync_state ADD COLUMN anchor_monotonic_ns INTEGER;
+    ALTER TABLE sync_state ADD COLUMN anchor_boot_id TEXT;
+    -- This device's wall clock minus the server's at the last welcome, in seconds.
+    ALTER TABLE sync_state ADD COLUMN clock_offset_s REAL;
+    -- When the server closed the link saying this device is revoked (close 4004); NULL
+    -- once a welcome came again.
+    ALTER TABLE sync_state ADD COLUMN revoked_at TEXT;
+    """,
 )

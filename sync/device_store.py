@@ -27,11 +27,12 @@ import aiosqlite
 
 from core.database import PRAGMAS, StoreError, WriteTransaction, connect
 from core.rules import Decision, Direction, Facts, Reason, SessionRules
+from core.timesource import ClockAnchor
 from sync.device_schema import MIGRATIONS
 
-__all__ = ["FACTS_SQL", "REAPPLY_OWN", "STORE_FILE", "UPSERT_ADMISSION", "UPSERT_SESSION",
-           "Decided", "DoorStore", "ScanRecord", "SessionRow", "Store", "StoreError",
-           "UploadState", "facts_of", "write_cache"]
+__all__ = ["ANCHOR_SQL", "FACTS_SQL", "REAPPLY_OWN", "STORE_FILE", "UPSERT_ADMISSION",
+           "UPSERT_SESSION", "Decided", "DoorStore", "ScanRecord", "SessionRow", "Store",
+           "StoreError", "UploadState", "anchor_of", "facts_of", "write_cache"]
 
 T = TypeVar("T")
 
@@ -66,6 +67,9 @@ class ScanRecord:
     direction: Direction = Direction.IN
     #: For a staff override: the id of the rejected scan it overrules.
     override_of: str | None = None
+    #: Where *scanned_at* came from: ``system``, ``server`` or ``unknown``
+    #: (:class:`core.timesource.TimeSource`'s values).
+    time_source: str = "system"
 
 
 # The decision is written into the text, not bound: the partial index scans_admitted
@@ -102,6 +106,20 @@ def facts_of(rows: Iterable[sqlite3.Row]) -> Facts:
                  is_registrant=bool(row["is_registrant"]),
                  admitted_before=row["presence"] is not None or bool(row["admitted_here"]),
                  inside=bool(row["presence"]), occupancy=row["occupancy"] or 0)
+
+
+#: The clock anchor the sync daemon recorded last (one row, every column NULL before it).
+ANCHOR_SQL = ("SELECT anchor_server_time, anchor_monotonic_ns, anchor_boot_id"
+              " FROM sync_state")
+
+
+def anchor_of(rows: Iterable[sqlite3.Row]) -> ClockAnchor | None:
+    """The :class:`ClockAnchor` in the rows :data:`ANCHOR_SQL` returned, if any."""
+    row = next(iter(rows), None)
+    if row is None or row["anchor_server_time"] is None:
+        return None
+    return ClockAnchor(datetime.fromisoformat(row["anchor_server_time"]),
+                       row["anchor_monotonic_ns"], row["anchor_boot_id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +247,17 @@ class DoorStore:
         """Commit *scan* durably (e.g. a staff override); return its seq."""
         return await self.run(self._insert, scan)
 
+    async def clock_anchor(self) -> ClockAnchor | None:
+        """The clock anchor the sync daemon recorded last (``None``: never one)."""
+        return await self.run(self.clock_anchor_in_thread)
+
+    def clock_anchor_in_thread(self) -> ClockAnchor | None:
+        """:meth:`clock_anchor`, called on the store's thread (inside :meth:`run`): one
+        read of one row, cheap enough once a second on the door's own thread."""
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is closed")
+        return anchor_of(self._db.execute(ANCHOR_SQL).fetchall())
+
     def facts_in_thread(self, code: str | None) -> Facts:
         """:meth:`facts`, called on the store's thread (inside :meth:`run`)."""
         if self._db is None:
@@ -292,6 +321,13 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {self.path}: {exc}") from exc
         return facts_of(rows)
+
+    async def clock_anchor(self) -> ClockAnchor | None:
+        """The clock anchor the sync daemon recorded last (``None``: never one)."""
+        try:
+            return anchor_of(await self._db.execute_fetchall(ANCHOR_SQL))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
 
     async def record_scan(self, scan: ScanRecord) -> int:
         """Commit *scan* durably; return its per-device sequence number.
@@ -431,13 +467,14 @@ async def write_cache(
 
 
 _INSERT_SCAN = ("INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
-                " monotonic_ns, boot_id, direction, override_of)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                " monotonic_ns, boot_id, direction, override_of, time_source)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _scan_row(scan: ScanRecord) -> tuple[Any, ...]:
     return (scan.scan_id, scan.code, scan.session_id, scan.decision, scan.reason,
-            scan.scanned_at, scan.monotonic_ns, scan.boot_id, scan.direction, scan.override_of)
+            scan.scanned_at, scan.monotonic_ns, scan.boot_id, scan.direction, scan.override_of,
+            scan.time_source)
 
 
 def _parse_time(value: str | None) -> datetime | None:

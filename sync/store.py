@@ -9,10 +9,12 @@ scan; and keep the daemon's state for ``checkin status``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from core.clock import wall_stamp
 from core.rules import Direction
+from core.timesource import ClockAnchor
 from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
 from sync.device_store import (
     REAPPLY_OWN,
@@ -56,6 +58,25 @@ class DeviceStatus:
     #: The server the sync daemon is connected to (``connected``), else the one it tried
     #: last; ``None`` before its first attempt.
     server_url: str | None = None
+    #: The last clock anchor (see :attr:`clock_anchor`), column by column.
+    anchor_server_time: str | None = None
+    anchor_monotonic_ns: int | None = None
+    anchor_boot_id: str | None = None
+    #: This device's wall clock minus the server's at the last welcome, in seconds
+    #: (positive: ahead); ``None`` before the first welcome.
+    clock_offset_s: float | None = None
+    #: When the server said this device is revoked (close 4004; its cache was wiped,
+    #: its scans kept for recovery); ``None`` when it is not (or was welcomed since).
+    revoked_at: str | None = None
+
+    @property
+    def clock_anchor(self) -> ClockAnchor | None:
+        """The server's time at a moment of this device's monotonic clock, as the sync
+        daemon recorded it last (``None``: never)."""
+        if self.anchor_server_time is None:
+            return None
+        return ClockAnchor(datetime.fromisoformat(self.anchor_server_time),
+                           self.anchor_monotonic_ns or 0, self.anchor_boot_id or "")
 
 
 class SyncStore(Store):
@@ -132,6 +153,19 @@ class SyncStore(Store):
                 " server_url = coalesce(?, server_url)",
                 (int(connected), error, wall_stamp(), server_url))
 
+    async def note_clock(self, anchor: ClockAnchor, *,
+                         clock_offset_s: float | None = None) -> None:
+        """Record the server's time at a moment of this device's monotonic clock (the door
+        carries it forward while its clock is not synchronised) and, from a welcome, how
+        far this device's wall clock is off the server's (*clock_offset_s*; ``None``
+        keeps the one noted)."""
+        async with self.write():
+            await self._db.execute(
+                "UPDATE sync_state SET anchor_server_time = ?, anchor_monotonic_ns = ?,"
+                " anchor_boot_id = ?, clock_offset_s = coalesce(?, clock_offset_s)",
+                (anchor.server_time.isoformat(timespec="microseconds"), anchor.monotonic_ns,
+                 anchor.boot_id, clock_offset_s))
+
     async def status(self) -> DeviceStatus:
         rows = await self._db.execute_fetchall(_STATUS_SQL)
         return DeviceStatus(**next(iter(rows)))
@@ -149,7 +183,9 @@ SELECT s.session_id, s.name AS session_name, s.validate_registrants,
        (SELECT count(*) FROM scans WHERE upload_state = '{UploadState.STORED}')
            AS scans_stored,
        d.last_frame_at, d.started_at AS door_started_at,
-       (SELECT inside FROM occupancy) AS inside, s.capacity, y.server_url
+       (SELECT inside FROM occupancy) AS inside, s.capacity, y.server_url,
+       y.anchor_server_time, y.anchor_monotonic_ns, y.anchor_boot_id, y.clock_offset_s,
+       y.revoked_at
 FROM sync_state AS y CROSS JOIN door_state AS d LEFT JOIN session AS s
 """
 

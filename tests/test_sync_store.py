@@ -7,13 +7,15 @@ import asyncio
 import sqlite3
 import subprocess
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from checkin import status as status_command
 from core.rules import Decision, Direction
+from core.timesource import ClockAnchor
 from sync.device_end import ApplyChanges, ApplySnapshot
-from sync.device_store import STORE_FILE, ScanRecord, UploadState
+from sync.device_store import STORE_FILE, DoorStore, ScanRecord, UploadState
 from sync.messages import Change, ScanResult, SessionInfo
 from sync.store import DeviceStatus, SyncStore
 from tests.conftest import CHECKIN
@@ -240,3 +242,35 @@ async def test_waiting_scans_carry_direction_and_override(store) -> None:
     scans = await store.waiting_scans(0, 10)
     assert [(s.direction, s.override_of) for s in scans] == [
         (None, None), ("out", None), (None, "s-0")]  # an entrance is left out on the wire
+
+
+# -- issue 17: time sources and the clock anchor --
+
+
+async def test_scans_record_their_time_source(store) -> None:
+    await store.record_scan(record(1))
+    await store.record_scan(replace(record(2), time_source="unknown"))
+    assert [s["time_source"] for s in await store.scans()] == ["system", "unknown"]
+    with pytest.raises(Exception, match="CHECK"):
+        await store.record_scan(replace(record(3), time_source="sundial"))
+
+
+async def test_the_clock_anchor_is_kept_for_the_door_and_status(store, tmp_path) -> None:
+    assert await store.clock_anchor() is None
+    status = await store.status()
+    assert status.clock_anchor is None and status.clock_offset_s is None
+    assert status.revoked_at is None
+    at = datetime(2026, 11, 28, 9, 0, 0, 123456, tzinfo=UTC)
+    await store.note_clock(ClockAnchor(at, 5_000_000_000, "boot-1"), clock_offset_s=-2.5)
+    anchor = ClockAnchor(at, 5_000_000_000, "boot-1")
+    assert await store.clock_anchor() == anchor
+    door = await DoorStore.open(tmp_path)
+    try:
+        assert await door.clock_anchor() == anchor
+        later = ClockAnchor(at + timedelta(minutes=1), 65_000_000_000, "boot-1")
+        await store.note_clock(later)  # a scan answer's: the welcome's offset stays
+        assert await door.clock_anchor() == later
+    finally:
+        await door.close()
+    status = await store.status()
+    assert status.clock_anchor == later and status.clock_offset_s == -2.5
