@@ -130,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
                            help="the CA certificate the server's TLS certificate is checked with")
     provision.set_defaults(handler=_provision)
 
+    recover = commands.add_parser(
+        "recover", help="upload the scans waiting in a store copied off a dead door unit, "
+                        "under a new unit's device and token (the file is never written)")
+    recover.add_argument("--config", required=True, metavar="FILE",
+                         help="the NEW unit's config (TOML): its device id, server and token")
+    recover.add_argument("--store", required=True, metavar="PATH",
+                         help="the dead unit's store file (checkin.sqlite3, its -wal and "
+                              "-shm beside it)")
+    recover.add_argument("--json", action="store_true", help="print one JSON object")
+    recover.set_defaults(handler=_recover)
+
     demo = commands.add_parser("demo", help="the whole system on this machine: a server and "
                                             "two doors with scripted cameras")
     demo.add_argument("--once", action="store_true",
@@ -302,6 +313,12 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     from checkin.provision import run
+
+    return run(args)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from checkin.recover import run
 
     return run(args)
 
