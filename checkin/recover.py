@@ -53,6 +53,7 @@ from sync.device_schema import MIGRATIONS
 from sync.device_store import STORE_FILE, UploadState
 from sync.failover import Rotation
 from sync.messages import (
+    CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
     MAX_SCANS_PER_BATCH,
     MAX_SERVER_MESSAGE,
@@ -74,8 +75,6 @@ BATCH_SIZE = 500
 #: Connection attempts in a row that may fail (no scan answered between them) before
 #: the server counts as unreachable.
 MAX_ATTEMPTS = 5
-#: The server's close code for a revoked device token (issue 17; 4001 before it).
-CLOSE_REVOKED = 4004
 #: The server's reason for a scan id another device pushed first: the scan is on the
 #: server (the dead unit uploaded it and never heard the answer), so it counts as stored.
 OTHER_DEVICE_REASON = "scan id already stored from another device"
