@@ -287,6 +287,9 @@ class SyncDaemon:
                                 "cursor": action.cursor})
             elif isinstance(action, RecordResults):
                 await self.store.record_results(action.results)
+                if action.server_time is not None:  # a later anchor for the door's clock
+                    await self.store.note_clock(ClockAnchor(
+                        datetime.fromisoformat(action.server_time), link.received_ns, boot_id()))
                 for result in action.results:
                     if not result.stored:
                         log.warning("scan %s quarantined: %s", result.scan_id, result.reason,

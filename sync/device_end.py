@@ -93,6 +93,8 @@ class RecordResults(DeviceAction):
 
     batch: int
     results: list[ScanResult]
+    #: The server's time as it answered (a later clock anchor), if it said.
+    server_time: str | None = None
 
 
 @dataclass
@@ -225,7 +227,7 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
         got = [r.scan_id for r in answer.results]
         if len(got) != len(expected) or set(got) != expected:
             raise ProtocolError(f"scan results for batch {answer.batch} do not match its scans")
-        self._actions.append(RecordResults(answer.batch, answer.results))
+        self._actions.append(RecordResults(answer.batch, answer.results, answer.server_time))
 
     # -- output ----------------------------------------------------------------
 

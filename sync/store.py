@@ -28,7 +28,8 @@ from sync.messages import Change, Scan, ScanResult, SessionInfo
 
 # An entrance's direction goes on the wire as nothing (older servers read the scan).
 _SCAN_COLUMNS = ("scan_id, seq, code, session_id, decision, reason, scanned_at, monotonic_ns,"
-                 f" boot_id, nullif(direction, '{Direction.IN}') AS direction, override_of")
+                 f" boot_id, nullif(direction, '{Direction.IN}') AS direction, override_of,"
+                 " nullif(time_source, 'system') AS time_source")
 
 
 @dataclass(frozen=True, slots=True)

@@ -465,6 +465,16 @@ def test_batches_are_numbered_and_tracked_while_in_flight() -> None:
     assert end.scans_in_flight == {"d"}
 
 
+def test_results_carry_the_servers_time_when_it_says() -> None:
+    """A later clock anchor for the door (issue 17); older servers leave it out."""
+    end = welcomed()
+    end.send_scans([scan("a")])
+    end.receive(encode(ScanResults(batch=1, results=[ScanResult("a", ScanOutcome.ACCEPTED)],
+                                   server_time=T0)))
+    [action] = end.actions()
+    assert action == RecordResults(1, [ScanResult("a", ScanOutcome.ACCEPTED)], T0)
+
+
 def test_results_for_a_batch_not_in_flight_are_refused() -> None:
     end = welcomed()
     end.send_scans([scan("a")])

@@ -251,6 +251,8 @@ async def test_scans_record_their_time_source(store) -> None:
     await store.record_scan(record(1))
     await store.record_scan(replace(record(2), time_source="unknown"))
     assert [s["time_source"] for s in await store.scans()] == ["system", "unknown"]
+    # Uploaded with it; "system" is left out of the frame (older servers read the scan).
+    assert [s.time_source for s in await store.waiting_scans(0, 10)] == [None, "unknown"]
     with pytest.raises(Exception, match="CHECK"):
         await store.record_scan(replace(record(3), time_source="sundial"))
 
