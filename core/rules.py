@@ -14,6 +14,7 @@ no registrant list synced yet (or no storage)   rejected    ``not_ready``
 code is not an attendee of the event            rejected    ``unknown_code``
 Validate Registrants on, not a registrant       rejected    ``not_registered``
 outside the session's time window (if set)      rejected    ``outside_window``
+a time window set, the time unknown, "refuse"   rejected    ``time_unknown``
 admitted before, re-entry forbidden             rejected    ``already_admitted``
 not inside, session at its capacity (if set)    rejected    ``full``
 admitted before                                 admitted    ``reentry``
@@ -27,6 +28,12 @@ back on the way out, and an exit is recorded as ``registered`` (decision admitte
 the person is no longer inside) or with the reason the code is not one of ours.
 A staff override (``override``) is not decided here: it is the door's answer to a
 button press after a rejection.
+
+When the door does not know the time (``Facts.time_known`` false: its clock is not
+synchronised and it has no server time from this boot, :mod:`core.timesource`), a session
+time window cannot be checked: ``Policy.unknown_time`` says what the door does then,
+``admit`` (decide as if inside the window; the door says the time was unknown) or
+``refuse`` (``time_unknown``). Without a window the time does not matter.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ class Reason(enum.StrEnum):
     OUTSIDE_WINDOW = "outside_window"
     ALREADY_ADMITTED = "already_admitted"
     FULL = "full"
+    #: The session has a time window, the door does not know the time, and its policy
+    #: (``[door] unknown_time = "refuse"``) refuses then.
+    TIME_UNKNOWN = "time_unknown"
     #: Staff pressed the override button after a rejection: admitted all the same.
     OVERRIDE = "override"
 
@@ -72,6 +82,16 @@ class Direction(enum.StrEnum):
 
     IN = "in"
     OUT = "out"
+
+
+class UnknownTime(enum.StrEnum):
+    """What a door does with a session time window while it does not know the time
+    (``[door] unknown_time``)."""
+
+    #: Decide as if inside the window (the door says the time was unknown).
+    ADMIT = "admit"
+    #: Reject, ``time_unknown``.
+    REFUSE = "refuse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +123,8 @@ class Facts:
     #: How many people the door counts inside: what the server last told it plus the
     #: door's own admissions since.
     occupancy: int = 0
+    #: The door knows the time (its clock is synchronised, or carries the server's).
+    time_known: bool = True
 
     @property
     def session_id(self) -> str | None:
@@ -117,10 +139,13 @@ class Policy:
     #: How long before ``starts_at`` the door already lets people in.
     open_before: timedelta = timedelta(minutes=15)
     direction: Direction = Direction.IN
+    #: A session time window while the time is unknown.
+    unknown_time: UnknownTime = UnknownTime.ADMIT
 
 
 def decide(valid_code: bool, facts: Facts, policy: Policy, now: datetime) -> Reason:
-    """Decide one scan. *now* is the device's aware wall-clock time."""
+    """Decide one scan. *now* is the door's best aware time (``facts.time_known``
+    says whether it is known: :func:`core.timesource.door_time`)."""
     if not valid_code:
         return Reason.INVALID_CODE
     session = facts.session
@@ -132,7 +157,10 @@ def decide(valid_code: bool, facts: Facts, policy: Policy, now: datetime) -> Rea
         return Reason.NOT_REGISTERED
     if policy.direction is Direction.OUT:
         return Reason.REGISTERED
-    if not _inside_window(session, policy, now):
+    if _has_window(session) and not facts.time_known:
+        if policy.unknown_time is UnknownTime.REFUSE:
+            return Reason.TIME_UNKNOWN
+    elif not _inside_window(session, policy, now):
         return Reason.OUTSIDE_WINDOW
     if facts.admitted_before and not policy.allow_reentry:
         return Reason.ALREADY_ADMITTED
@@ -146,6 +174,10 @@ def _full(session: SessionRules, facts: Facts) -> bool:
     through the door after showing their badge again, adds nobody)."""
     return (session.capacity is not None and not facts.inside
             and facts.occupancy >= session.capacity)
+
+
+def _has_window(session: SessionRules) -> bool:
+    return session.starts_at is not None or session.ends_at is not None
 
 
 def _inside_window(session: SessionRules, policy: Policy, now: datetime) -> bool:

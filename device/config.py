@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.rules import Direction
+from core.rules import Direction, UnknownTime
 from core.shapes import (
     Field,
     boolean,
@@ -104,6 +104,10 @@ class DoorConfig:
     #: How long after a rejection a press of the override button admits that person.
     override_seconds: float = field(default=10.0,
                                     metadata=checked(number(0, 600, open_low=True)))
+    #: A session time window while the door does not know the time (its clock not
+    #: synchronised, no server time in this boot): "admit" as if inside it, or "refuse".
+    unknown_time: UnknownTime = field(default=UnknownTime.ADMIT,
+                                      metadata=checked(member(UnknownTime)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.rules import Direction
+from core.rules import Direction, UnknownTime
 from device.config import ConfigError, load_config
 from tests.conftest import CHECKIN, config_text
 
@@ -51,6 +51,13 @@ def test_door_direction_and_override_button(tmp_path: Path) -> None:
     assert exit_door.gpio.override_button is None
 
 
+def test_door_unknown_time(tmp_path: Path) -> None:
+    base = config_text(Path("data"), "images:frames")
+    assert load_config(write(tmp_path, base)).door.unknown_time is UnknownTime.ADMIT
+    refuse = load_config(write(tmp_path, base + '[door]\nunknown_time = "refuse"\n'))
+    assert refuse.door.unknown_time is UnknownTime.REFUSE
+
+
 def test_the_example_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "config" / "door.example.toml")
     assert config.camera.source == "picamera2"
@@ -87,6 +94,12 @@ def test_the_example_config_is_valid() -> None:
          "[gpio] override_button = 30: expected an integer from 0 to 27"),
         (("[gpio]", '[door]\ndirection = "sideways"\n[gpio]'),
          '[door] direction = "sideways": expected one of "in", "out"'),
+        (("[gpio]", '[door]\nunknown_time = "deny"\n[gpio]'),
+         '[door] unknown_time = "deny": expected one of "admit", "refuse"'),
+        (("[gpio]", '[door]\nunknown_tme = "refuse"\n[gpio]'),
+         '[door] unknown_tme = "refuse": unknown key; did you mean unknown_time?'),
+        (("[gpio]", "[door]\nunknown_time = true\n[gpio]"),
+         '[door] unknown_time = True: expected one of "admit", "refuse"'),
         (("[gpio]", "[door]\noverride_seconds = 0\n[gpio]"),
          "[door] override_seconds = 0: expected a number greater than 0"),
         (("[gpio]", '[door]\ndirection = "out"\n[gpio]\noverride_button = 5'),

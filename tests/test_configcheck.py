@@ -325,3 +325,19 @@ def test_a_bad_url_in_the_list_is_named_by_its_index(door: Path) -> None:
     found = problems(door)
     assert len(found) == 1 and found[0].startswith("[server] url = [")
     assert 'url[1] = "wss://a.example/sync" is url[0] again' in found[0]
+
+
+def test_unknown_time_is_checked_like_every_other_key(door: Path, subprocess_env) -> None:
+    """Issue 17's contract: [door] unknown_time = "admit" | "refuse"."""
+    edit(door, "[gpio]", '[door]\nunknown_tim = "refuse"\n[gpio]')
+    done = check(door, subprocess_env)
+    assert done.returncode == 2
+    assert done.stdout.startswith(
+        f'{door}: [door] unknown_tim = "refuse": unknown key; did you mean unknown_time?')
+    edit(door, "unknown_tim =", "unknown_time =")
+    assert check(door, subprocess_env).returncode == 0
+    edit(door, '"refuse"', '"block"')
+    done = check(door, subprocess_env)
+    assert done.returncode == 2
+    assert (f'{door}: [door] unknown_time = "block": expected one of "admit", "refuse"'
+            in done.stdout.splitlines())

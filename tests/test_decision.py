@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.rules import Direction, Facts, Policy, Reason, SessionRules, decide
+from core.rules import Direction, Facts, Policy, Reason, SessionRules, UnknownTime, decide
 from device.debounce import Debouncer
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=timezone(timedelta(hours=1)))
@@ -33,8 +33,15 @@ CAPACITIES = {"no limit": (None, False), "room left": (11, False), "full": (10, 
               "over": (3, True), "closed": (0, True)}
 
 
+#: Whether the door knows the time, and its [door] unknown_time policy.
+TIMES = {"known": (True, UnknownTime.ADMIT), "known, refuse": (True, UnknownTime.REFUSE),
+         "unknown, admit": (False, UnknownTime.ADMIT),
+         "unknown, refuse": (False, UnknownTime.REFUSE)}
+
+
 def expected(valid, synced, attendee, validate, registrant, in_window, before, reentry,
-             exit_door=False, full=False, counted_inside=False) -> Reason:
+             exit_door=False, full=False, counted_inside=False, has_window=False,
+             time_known=True, unknown_time=UnknownTime.ADMIT) -> Reason:
     """The rule table of core.rules, written as data, first match wins."""
     table = [
         (not valid, Reason.INVALID_CODE),
@@ -42,7 +49,9 @@ def expected(valid, synced, attendee, validate, registrant, in_window, before, r
         (not attendee, Reason.UNKNOWN_CODE),
         (validate and not registrant, Reason.NOT_REGISTERED),
         (exit_door, Reason.REGISTERED),
-        (not in_window, Reason.OUTSIDE_WINDOW),
+        (has_window and not time_known and unknown_time is UnknownTime.REFUSE,
+         Reason.TIME_UNKNOWN),
+        (time_known and not in_window, Reason.OUTSIDE_WINDOW),
         (before and not reentry, Reason.ALREADY_ADMITTED),
         (full and not counted_inside, Reason.FULL),
         (before, Reason.REENTRY),
@@ -51,22 +60,28 @@ def expected(valid, synced, attendee, validate, registrant, in_window, before, r
     return next(reason for condition, reason in table if condition)
 
 
+@pytest.mark.parametrize("time", TIMES)
 @pytest.mark.parametrize("capacity", CAPACITIES)
 @pytest.mark.parametrize("window", WINDOWS)
-def test_every_combination_follows_the_rule_table(window: str, capacity: str) -> None:
+def test_every_combination_follows_the_rule_table(window: str, capacity: str,
+                                                  time: str) -> None:
     starts, ends, in_window = WINDOWS[window]
     limit, full = CAPACITIES[capacity]
+    time_known, unknown_time = TIMES[time]
     flags = itertools.product([False, True], repeat=9)
     for valid, synced, attendee, validate, registrant, before, reentry, exit_door, counted \
             in flags:
         session = SessionRules("s1", validate, starts, ends, limit) if synced else None
-        facts = Facts(session, attendee, registrant, before, inside=counted, occupancy=10)
+        facts = Facts(session, attendee, registrant, before, inside=counted, occupancy=10,
+                      time_known=time_known)
         policy = Policy(allow_reentry=reentry,
-                        direction=Direction.OUT if exit_door else Direction.IN)
+                        direction=Direction.OUT if exit_door else Direction.IN,
+                        unknown_time=unknown_time)
         got = decide(valid, facts, policy, NOW)
         want = expected(valid, synced, attendee, validate, registrant, in_window, before,
-                        reentry, exit_door, bool(full), counted)
-        assert got == want, (window, capacity, valid, synced, attendee, validate, registrant,
+                        reentry, exit_door, bool(full), counted,
+                        starts is not None or ends is not None, time_known, unknown_time)
+        assert got == want, (window, capacity, time, valid, synced, attendee, validate, registrant,
                              before, reentry, exit_door, counted)
 
 
@@ -108,6 +123,23 @@ def test_early_entry_is_configurable() -> None:
     facts = Facts(session, is_attendee=True)
     assert decide(True, facts, Policy(), NOW) is Reason.OUTSIDE_WINDOW
     assert decide(True, facts, Policy(open_before=timedelta(minutes=30)), NOW) is Reason.REGISTERED
+
+
+def test_with_the_time_unknown_a_window_is_the_policys() -> None:
+    """A door three days behind would find every session ended: with the time unknown
+    the window is not checked but applied by the policy; without a window nothing
+    changes; an exit door holds nobody back either way."""
+    ended = SessionRules("s", False, NOW - 2 * HOUR, NOW - HOUR)
+    facts = Facts(ended, is_attendee=True, time_known=False)
+    assert decide(True, facts, Policy(), NOW) is Reason.REGISTERED
+    refuse = Policy(unknown_time=UnknownTime.REFUSE)
+    assert decide(True, facts, refuse, NOW) is Reason.TIME_UNKNOWN
+    assert decide(True, Facts(SessionRules("s", False), is_attendee=True, time_known=False),
+                  refuse, NOW) is Reason.REGISTERED
+    out = Policy(direction=Direction.OUT, unknown_time=UnknownTime.REFUSE)
+    assert decide(True, facts, out, NOW) is Reason.REGISTERED
+    assert Reason.TIME_UNKNOWN.value == "time_unknown"
+    assert Reason.TIME_UNKNOWN.decision == "rejected"
 
 
 def test_reasons_map_to_the_two_decisions() -> None:

@@ -10,7 +10,8 @@ outcome                LEDs                            buzzer
 admitted               green, steady 1.2 s             silent
 re-entry               green, three blinks             silent
 not registered /       red, steady 1.5 s               one long beep (0.6 s)
-outside time window
+outside time window /
+time unknown (refuse)
 already admitted       red, steady 1.5 s               two short beeps
 (re-entry forbidden)
 full (at capacity)     red, steady 1.5 s               one long, then one short beep
@@ -58,6 +59,8 @@ PATTERNS: dict[Reason, Pattern] = {
     Reason.REENTRY: REENTRY,
     Reason.NOT_REGISTERED: NOT_REGISTERED,
     Reason.OUTSIDE_WINDOW: NOT_REGISTERED,
+    # the window refused for want of a clock: the same "not now" as outside it
+    Reason.TIME_UNKNOWN: NOT_REGISTERED,
     Reason.ALREADY_ADMITTED: ALREADY_ADMITTED,
     Reason.UNKNOWN_CODE: UNKNOWN_CODE,
     Reason.INVALID_CODE: UNKNOWN_CODE,
