@@ -13,6 +13,13 @@ The rest of the store (the door's status notes) is reached through aiosqlite.
 After signalling, the door pokes the sync daemon (:mod:`sync.wake`), off the
 frame-to-LED path.
 
+Each decision takes its time from the best source the door has
+(:func:`core.timesource.door_time`): the system clock when synchronised, else the server's
+time carried on the monotonic clock from the sync daemon's last anchor in this boot, else
+the system clock, said unknown (a session window is then the ``[door] unknown_time``
+policy's). The marker and the anchor are read at most once a second, before a capture
+rather than between a payload and its LED.
+
 The staff's override button (``[gpio] override_button``) admits the person the door
 last rejected, within ``[door] override_seconds``: a new scan with reason
 ``override`` linked to the rejected one (:mod:`device.override`).
@@ -25,9 +32,10 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import uuid
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TextIO
 
@@ -35,6 +43,7 @@ from core import __version__
 from core.clock import boot_id, monotonic_ns, wall_now
 from core.codes import printable
 from core.rules import Decision, Direction, Facts, Policy, Reason, decide
+from core.timesource import ClockAnchor, TimeSource, door_time, synchronized
 from device.config import DeviceConfig
 from device.debounce import Debouncer
 from device.indicators.signals import Indicators
@@ -57,9 +66,24 @@ log = logging.getLogger(__name__)
 
 #: The fields of a decision's log line (as ``extra``: --log-format json shows them).
 _DECISION_FIELDS = ("scan_id", "device_id", "session_id", "code", "decision", "reason",
-                    "direction", "recorded", "override_of")
+                    "direction", "time_source", "recorded", "override_of")
 #: Longest pause between attempts to reopen a failing camera or store.
 MAX_RETRY_SECONDS = 10.0
+#: How often the door asks again whether its clock is synchronised and for the daemon's
+#: clock anchor (both cheap; the time between changes little).
+TIME_REFRESH_NS = 1_000_000_000
+#: Least time between two warnings that the door admits without knowing the time.
+UNKNOWN_TIME_WARNING_NS = 60_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TimeFacts:
+    """What the door last read about its time: the system clock synchronised, and the
+    sync daemon's clock anchor; read at monotonic *read_ns*."""
+
+    synchronized: bool
+    anchor: ClockAnchor | None
+    read_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +92,9 @@ class Outcome:
 
     scan_id: str
     code: str
-    #: The door's wall time of the decision (ISO 8601).
+    #: The door's time of the decision (ISO 8601), from *time_source*.
     at: str
+    time_source: TimeSource
     #: What was wrong with an invalid payload.
     detail: str | None
     decided: Decided
@@ -98,6 +123,7 @@ class Door:
             allow_reentry=config.door.allow_reentry,
             open_before=timedelta(minutes=config.door.open_before_minutes),
             direction=config.door.direction,
+            unknown_time=config.door.unknown_time,
         )
         self.debouncer = Debouncer(int(config.scanner.debounce_seconds * 1e9))
         self.overrides = Overrides(int(config.door.override_seconds * 1e9))
@@ -109,6 +135,8 @@ class Door:
         self._stopping = asyncio.Event()
         self._ready_sent = False
         self._presses: set[asyncio.Task[Reason | None]] = set()
+        self._time: TimeFacts | None = None
+        self._unknown_time_warned_ns: int | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish the frame in hand and return."""
@@ -239,6 +267,7 @@ class Door:
 
     def _capture_and_decide(self, source: FrameSource,
                             desk: DoorStore) -> tuple[int, list[Outcome]]:
+        self._time_facts(desk)  # before the capture: never between a payload and its LED
         at_ns, payloads = self._capture(source)  # on the store's thread
         # Every frame looked at goes to the debouncer, empty or not: a code counts again
         # only after frames without it, never because this frame's decision was slow.
@@ -262,22 +291,45 @@ class Door:
             return self._decide_here(None, raw)
         return await desk.run(self._decide_here, desk, raw)
 
+    def _time_facts(self, desk: DoorStore | None) -> TimeFacts:
+        """What the door knows of its time, read again if older than a second (on the
+        store's thread, where the anchor's connection lives)."""
+        known, now_ns = self._time, monotonic_ns()
+        if known is not None and now_ns - known.read_ns < TIME_REFRESH_NS:
+            return known
+        anchor = known.anchor if known is not None else None
+        if desk is not None:
+            try:
+                anchor = desk.clock_anchor_in_thread()
+            except (sqlite3.Error, ValueError) as exc:  # keep the last one
+                log.warning("cannot read the clock anchor: %s", exc)
+        self._time = TimeFacts(synchronized(), anchor, now_ns)
+        return self._time
+
+    def _now(self, known: TimeFacts) -> tuple[TimeSource, datetime, int]:
+        """The door's best time now, where it came from, and the monotonic time."""
+        wall, mono = wall_now(), monotonic_ns()
+        source, now = door_time(known.synchronized, known.anchor, wall, mono, boot_id())
+        return source, now, mono
+
     def _decide_here(self, desk: DoorStore | None, raw: bytes) -> Outcome:
         """Look up, decide and record one payload, on the store's thread."""
         payload = parse_payload(raw)
-        now = wall_now()
+        source, now, mono = self._now(self._time_facts(desk))
+        known = source is not TimeSource.UNKNOWN
         scan_id = str(uuid.uuid4())
         code = payload.code if payload.code is not None else printable(raw)
         direction = self.policy.direction
 
         def judge(facts: Facts) -> Reason:
-            return decide(payload.valid, facts, self.policy, now)
+            return decide(payload.valid, replace(facts, time_known=known), self.policy, now)
 
         def record(facts: Facts, reason: Reason) -> ScanRecord:
             return ScanRecord(
                 scan_id=scan_id, code=code, session_id=facts.session_id,
                 decision=reason.decision, reason=reason.value, scanned_at=now.isoformat(),
-                monotonic_ns=monotonic_ns(), boot_id=boot_id(), direction=direction)
+                monotonic_ns=mono, boot_id=boot_id(), direction=direction,
+                time_source=source.value)
 
         try:
             if desk is None:
@@ -288,7 +340,7 @@ class Door:
         # Committed (or not): the LED says so now, from this thread; the loop plays the
         # rest of the pattern and prints the line when it hears of it.
         self.indicators.light(decided.reason if decided.seq is not None else Reason.NOT_READY)
-        return Outcome(scan_id, code, now.isoformat(), payload.error, decided)
+        return Outcome(scan_id, code, now.isoformat(), source, payload.error, decided)
 
     def _signal_all(self, outcomes: list[Outcome]) -> bool:
         for outcome in outcomes:
@@ -306,8 +358,11 @@ class Door:
             self.stats.unrecorded += 1
         self.indicators.show(reason)
         self._emit(outcome.scan_id, decided.seq, outcome.code, decided.facts.session_id,
-                   reason, outcome.at, outcome.detail, self.policy.direction)
+                   reason, outcome.at, outcome.time_source, outcome.detail,
+                   self.policy.direction)
         self._count(reason)
+        if outcome.time_source is TimeSource.UNKNOWN and reason.admitted:
+            self._warn_unknown_time(decided.facts)
         session_id = decided.facts.session_id
         if session_id is not None and self.overrides.may_override(
                 reason, decided.seq is not None, session_id):
@@ -316,6 +371,23 @@ class Door:
         if decided.seq is not None:
             self.poker.poke()
         return reason
+
+    def _warn_unknown_time(self, facts: Facts) -> None:
+        """An admission the session's window could not check: say so in the log, at
+        most once a minute (a door booted offline decides many)."""
+        session = facts.session
+        if session is None or (session.starts_at is None and session.ends_at is None):
+            return
+        now_ns = monotonic_ns()
+        last = self._unknown_time_warned_ns
+        if last is not None and now_ns - last < UNKNOWN_TIME_WARNING_NS:
+            return
+        self._unknown_time_warned_ns = now_ns
+        log.warning("admitting to session %s without knowing the time: the system clock is "
+                    "not synchronised and the sync daemon has not reached the server since "
+                    "boot, so the session's time window is not checked ([door] unknown_time "
+                    "= \"admit\"); scans say time_source unknown and the server re-times them",
+                    session.session_id)
 
     def press(self, at_ns: int) -> None:
         """The override button was pressed at monotonic *at_ns* (called on the loop)."""
@@ -333,16 +405,21 @@ class Door:
                      "override%s", self.config.door.override_seconds,
                      " (the latest was overridden already)" if again else "")
             return None
-        now = wall_now()
+        desk = await self._ensure_desk()
+        known = self._time
+        if desk is not None and (known is None
+                                 or monotonic_ns() - known.read_ns >= TIME_REFRESH_NS):
+            with contextlib.suppress(StoreError):
+                known = await desk.run(self._time_facts, desk)
+        source, now, mono = self._now(known or TimeFacts(synchronized(), None, 0))
         scan = ScanRecord(
             scan_id=str(uuid.uuid4()), code=rejection.code, session_id=rejection.session_id,
             decision=Decision.ADMITTED, reason=Reason.OVERRIDE, scanned_at=now.isoformat(),
-            monotonic_ns=monotonic_ns(), boot_id=boot_id(), direction=Direction.IN,
-            override_of=rejection.scan_id)
+            monotonic_ns=mono, boot_id=boot_id(), direction=Direction.IN,
+            override_of=rejection.scan_id, time_source=source.value)
         seq: int | None = None
         reason = Reason.OVERRIDE
         try:
-            desk = await self._ensure_desk()
             if desk is None:
                 raise StoreError("the store is not open")
             seq = await desk.record(scan)
@@ -354,7 +431,7 @@ class Door:
             reason = Reason.NOT_READY
         self.indicators.show(reason)
         self._emit(scan.scan_id, seq, scan.code, scan.session_id, reason, scan.scanned_at,
-                   None, Direction.IN, override_of=rejection.scan_id)
+                   source, None, Direction.IN, override_of=rejection.scan_id)
         self._count(reason)
         if seq is not None:
             log.info("override: %s admitted by staff (overrules scan %s, %s)", scan.code,
@@ -368,8 +445,8 @@ class Door:
         self.stats.by_reason[reason.value] = self.stats.by_reason.get(reason.value, 0) + 1
 
     def _emit(self, scan_id: str, seq: int | None, code: str, session_id: str | None,
-              reason: Reason, at: str, error: str | None, direction: Direction, *,
-              override_of: str | None = None) -> None:
+              reason: Reason, at: str, time_source: TimeSource, error: str | None,
+              direction: Direction, *, override_of: str | None = None) -> None:
         line = {
             "scan_id": scan_id,
             "seq": seq,
@@ -380,6 +457,7 @@ class Door:
             "reason": reason.value,
             "direction": direction.value,
             "at": at,
+            "time_source": time_source.value,
             "recorded": seq is not None,
         }
         if override_of is not None:
