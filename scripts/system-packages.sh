@@ -4,7 +4,8 @@
 # chromium, the real browser the organizer pages' tests drive through Playwright
 # (tests/browser.py; Playwright's own browser downloads are not used, see docs/dependencies.md),
 # the shellcheck linter, which the tests run on the shell scripts, and PostgreSQL, whose
-# throwaway clusters the server's PostgreSQL tests run on (checkin/harness.py, Postgres).
+# throwaway clusters the server's PostgreSQL tests run on (checkin/harness.py, Postgres),
+# and faketime, which runs a door and its daemon with a shifted clock (tests/test_field_time.py).
 # Run by `make` before it creates .venv; asks for sudo only if something is missing.
 set -euo pipefail
 
@@ -22,6 +23,8 @@ command -v shellcheck >/dev/null || missing+=(shellcheck)
     || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     || command -v initdb >/dev/null \
     || missing+=(postgresql)
+# A door and its daemon three days behind, as a Pi booted offline (tests/test_field_time.py).
+command -v faketime >/dev/null || missing+=(faketime)
 # systemd-analyze verify checks the units (tests/test_systemd.py); a container may lack it.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
