@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from core.clock import boot_id
+from core.timesource import ClockAnchor, TimeSource, door_time, synchronized
 from device.config import ConfigError, DeviceConfig, load_config
 from sync.config import ServerConfig, insecure_url_warning
 from sync.device_schema import MIGRATIONS
@@ -178,6 +180,8 @@ class StoreFacts:
     connected: bool = False
     server_url: str | None = None
     link_noted_at: str | None = None
+    #: The sync daemon's last clock anchor (the door carries the server's time from it).
+    anchor: ClockAnchor | None = None
 
 
 def read_store(path: Path) -> StoreFacts:
@@ -195,6 +199,8 @@ def read_store(path: Path) -> StoreFacts:
                 facts = _cached(db, facts)
             with contextlib.suppress(sqlite3.Error):  # no server_url before version 5
                 facts = _link(db, facts)
+            with contextlib.suppress(sqlite3.Error, ValueError):  # none before version 6
+                facts = _anchor(db, facts)
     except sqlite3.Error as exc:
         return StoreFacts(path, error=f"cannot read {path}: {exc}")
     return facts
@@ -215,6 +221,15 @@ def _link(db: sqlite3.Connection, facts: StoreFacts) -> StoreFacts:
     if row is None:
         return facts
     return replace(facts, connected=bool(row[0]), server_url=row[1], link_noted_at=row[2])
+
+
+def _anchor(db: sqlite3.Connection, facts: StoreFacts) -> StoreFacts:
+    row = db.execute("SELECT anchor_server_time, anchor_monotonic_ns, anchor_boot_id"
+                     " FROM sync_state").fetchone()
+    if row is None or row[0] is None:
+        return facts
+    return replace(facts, anchor=ClockAnchor(datetime.fromisoformat(row[0]), row[1] or 0,
+                                             row[2] or ""))
 
 
 def store_checks(store: StoreFacts) -> list[Check]:
@@ -332,20 +347,23 @@ def _api_checks(client: httpx.Client, config: DeviceConfig, server: ServerConfig
         return [*checks, failed("token", f"cannot read {server.token_file}: {exc.strerror}",
                                 "write the door's token there (docs/provisioning.md); run "
                                 "the doctor as the sync daemon's user")]
-    started = time.time()
+    started, started_mono = time.time(), time.monotonic_ns()
     try:
         answer = client.get("/api/device", headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         return [*checks, failed("token", f"GET /api/device failed: {exc}",
                                 "run the doctor again; if it fails again, see the server's log")]
-    ended = time.time()
+    ended, ended_mono = time.time(), time.monotonic_ns()
     checks.append(token_check(answer.status_code, _json(answer), config.device_id,
                               server.token_file))
     if not checks[-1].ok:
         return checks
     facts = _json(answer)
-    local = datetime.fromtimestamp((started + ended) / 2, UTC)
-    checks.append(clock_check(local, facts.get("server_time")))
+    # The door's time as the door would take it, halfway through the request.
+    wall = datetime.fromtimestamp((started + ended) / 2, UTC)
+    source, local = door_time(synchronized(), store.anchor, wall,
+                              (started_mono + ended_mono) // 2, boot_id())
+    checks.append(clock_check(local, facts.get("server_time"), source, wall))
     checks += session_checks(config.device_id, facts.get("session_id"), facts.get("registrants"),
                              store)
     return checks
@@ -406,19 +424,44 @@ def token_check(status: int, body: dict[str, Any], device_id: str, token_file: P
     return passed("token", f"accepted for device {device_id}")
 
 
-def clock_check(local: datetime, server_time: Any) -> Check:
-    """The door's clock (*local*, taken halfway through the request) against the server's."""
+_SET_THE_CLOCK = ("set the clock: timedatectl status; enable NTP (timedatectl set-ntp true) "
+                  "or set it by hand (the server's clock may be the wrong one)")
+#: What each time source means for the door, as the clock row says it.
+_SOURCES = {
+    TimeSource.SYSTEM: "the system clock, synchronised",
+    TimeSource.SERVER: "the server's, carried by the door since the sync daemon's last "
+                       "exchange (the system clock is not synchronised)",
+    TimeSource.UNKNOWN: "unknown: the system clock is not synchronised and the sync daemon "
+                        "has not reached the server since boot",
+}
+
+
+def clock_check(local: datetime, server_time: Any, source: TimeSource = TimeSource.SYSTEM,
+                wall: datetime | None = None) -> Check:
+    """The door's time (*local*, taken halfway through the request from *source*, as the
+    door would take it: :func:`core.timesource.door_time`) against the server's. A door
+    whose time is unknown fails, whatever the offset: it cannot know it is right. *wall*,
+    the system clock then, is said too when the door's time is not the system's."""
     try:
-        offset = (local - datetime.fromisoformat(server_time)).total_seconds()
+        server = datetime.fromisoformat(server_time)
+        offset = (local - server).total_seconds()
+        wall_offset = (wall - server).total_seconds() if wall is not None else None
     except (TypeError, ValueError):
         return failed("clock", f"the server sent no usable time ({server_time!r})",
                       "upgrade the server")
-    detail = f"{round(offset, 2) + 0:+.2f} s from the server's"  # + 0: no "-0.00"
+    detail = (f"{round(offset, 2) + 0:+.2f} s from the server's"  # + 0: no "-0.00"
+              f" (time source: {_SOURCES[source]}")
+    if source is TimeSource.SERVER and wall_offset is not None:
+        detail += f"; the system clock {round(wall_offset, 2) + 0:+.2f} s"
+    detail += ")"
+    if source is TimeSource.UNKNOWN:
+        return failed("clock", detail,
+                      "is checkin-sync running? (systemctl status checkin-sync): once it "
+                      "reaches the server the door carries the server's time; until then "
+                      "session windows follow [door] unknown_time. Better: " + _SET_THE_CLOCK)
     if abs(offset) <= MAX_CLOCK_OFFSET_S:
         return passed("clock", detail)
-    return failed("clock", f"{detail} (more than {MAX_CLOCK_OFFSET_S:g} s)",
-                  "set the clock: timedatectl status; enable NTP (timedatectl set-ntp true) "
-                  "or set it by hand (the server's clock may be the wrong one)")
+    return failed("clock", f"{detail} (more than {MAX_CLOCK_OFFSET_S:g} s)", _SET_THE_CLOCK)
 
 
 def session_checks(device_id: str, session_id: str | None, registrants: int | None,

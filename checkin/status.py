@@ -13,8 +13,9 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TextIO
 
-from core.clock import wall_now
+from core.clock import boot_id, monotonic_ns, wall_now
 from core.database import StoreError
+from core.timesource import TimeSource, door_time, synchronized
 from device.config import DeviceConfig
 from sync.device_store import STORE_FILE
 from sync.store import DeviceStatus, SyncStore
@@ -38,11 +39,12 @@ async def show_status(config: DeviceConfig, out: TextIO, *, as_json: bool = Fals
         await store.close()
     stale_after = 3 * (config.server.status_seconds if config.server else 15.0)
     link = link_state(status, wall_now(), stale_after)
+    source = time_source(status)
     if as_json:
-        out.write(json.dumps({"device_id": config.device_id, **asdict(status), "link": link})
-                  + "\n")
+        out.write(json.dumps({"device_id": config.device_id, **asdict(status), "link": link,
+                              "time_source": source.value}) + "\n")
     else:
-        out.write(render(config.device_id, status, link, wall_now()))
+        out.write(render(config.device_id, status, link, wall_now(), source))
     return 0
 
 
@@ -54,7 +56,40 @@ def link_state(status: DeviceStatus, now: datetime, stale_after: float) -> str:
     return "connected" if heard is not None and heard <= stale_after else "unknown"
 
 
-def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
+def time_source(status: DeviceStatus) -> TimeSource:
+    """Where the door would take its time from now (the same reading as the door's)."""
+    source, _now = door_time(synchronized(), status.clock_anchor, wall_now(), monotonic_ns(),
+                             boot_id())
+    return source
+
+
+def time_text(source: TimeSource, offset_s: float | None) -> str:
+    """The time source the door would use now, and how far this device's clock was off
+    the server's at the daemon's last welcome."""
+    what = {TimeSource.SYSTEM: "the system clock, synchronised",
+            TimeSource.SERVER: "the server's, carried since the last sync (the system clock "
+                               "is not synchronised)",
+            TimeSource.UNKNOWN: "the system clock is not synchronised and the server not "
+                                "reached since boot: session windows follow [door] "
+                                "unknown_time"}[source]
+    if offset_s is None:
+        offset = "offset from the server: not measured yet"
+    else:
+        direction = "ahead of" if offset_s > 0 else "behind"
+        offset = (f"this clock {_duration(abs(offset_s))} {direction} the server's at the "
+                  "last welcome" if abs(offset_s) >= 0.05 else
+                  "this clock on the server's at the last welcome")
+    return f"{source.value} ({what}; {offset})"
+
+
+def revoked_text(s: DeviceStatus) -> str:
+    """What a revocation left on this device (the scans a technician can still recover)."""
+    return (f"{s.scans_waiting} scan(s) kept for recovery (revoked at {s.revoked_at}: "
+            "checkin recover uploads them under a new unit's token)")
+
+
+def render(device_id: str, s: DeviceStatus, link: str, now: datetime,
+           source: TimeSource = TimeSource.SYSTEM) -> str:
     """The human-readable status, one fact per line."""
     if s.session_id is None:
         session = "none (no registrant list synced yet: the door answers not_ready)"
@@ -80,7 +115,10 @@ def render(device_id: str, s: DeviceStatus, link: str, now: datetime) -> str:
         ("scans quarantined", str(s.scans_quarantined)),
         ("scans stored", str(s.scans_stored)),
         ("last frame", _when(s.last_frame_at, now)),
+        ("time", time_text(source, s.clock_offset_s)),
     ]
+    if s.revoked_at is not None:
+        lines.insert(1, ("revoked", revoked_text(s)))
     return "".join(f"{key + ':':<20}{value}\n" for key, value in lines)
 
 
@@ -116,6 +154,14 @@ def _when(stamp: str | None, now: datetime) -> str:
     if stamp is None or age is None:
         return "never"
     return f"{stamp} ({_ago(age)})"
+
+
+def _duration(seconds: float) -> str:
+    """*seconds* (at least 0) said in the largest unit that fits, e.g. ``3.0 d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit} ({seconds:.1f} s)"
+    return f"{seconds:.1f} s"
 
 
 def _ago(seconds: float) -> str:

@@ -29,6 +29,7 @@ from checkin.doctor import (
     session_checks,
     token_check,
 )
+from core.timesource import TimeSource
 from device.indicators.mirror import read_pins
 from device.selftest import CONTROL_SOCKET, NoDoor, request_self_test
 from tests.system import Device, Server, private_ca, process_env, wait_for
@@ -45,6 +46,20 @@ def test_clock_within_five_seconds_passes_and_beyond_fails() -> None:
     assert not late.ok and "+6.00 s" in late.detail and "timedatectl" in (late.fix or "")
     assert not clock_check(NOW, None).ok
     assert not clock_check(NOW, "yesterday").ok
+
+
+def test_the_clock_row_judges_the_doors_time_by_its_source() -> None:
+    """The door's time as the door takes it (issue 17): the server's carried one passes
+    and says how far the system clock is off; an unknown one fails whatever the offset."""
+    server = (NOW - timedelta(seconds=0.5)).isoformat()
+    carried = clock_check(NOW, server, TimeSource.SERVER, NOW - timedelta(days=3))
+    assert carried.ok and "time source: the server's" in carried.detail
+    assert "the system clock -259199.50 s" in carried.detail
+    system = clock_check(NOW, server, TimeSource.SYSTEM, NOW)
+    assert system.ok and "time source: the system clock, synchronised" in system.detail
+    unknown = clock_check(NOW, server, TimeSource.UNKNOWN, NOW)
+    assert not unknown.ok and "unknown" in unknown.detail
+    assert "checkin-sync" in (unknown.fix or "") and "unknown_time" in (unknown.fix or "")
 
 
 def test_disk_below_200_mb_or_5_percent_fails() -> None:
