@@ -32,12 +32,17 @@ from server.store import LINK_SECRET_NAME
 
 #: The tables copied, in this order, each with the columns its rows are read in order of
 #: (its primary key; scans: the order they were stored in, the dialect's ``position``).
-#: ``meta`` is copied apart (its one row is updated, not inserted).
+#: A table not in this software's schema yet is passed over (source and target are both
+#: at this software's version); one in the schema but not here is refused, so a table a
+#: later migration adds is never left behind unsaid. ``meta`` is copied apart (its one
+#: row is updated, not inserted).
 TABLES: dict[str, tuple[str, ...]] = {
     "sessions": ("session_id",),
     "attendees": ("code",),
     "registrants": ("session_id", "code"),
     "devices": ("device_id",),
+    "revoked_tokens": ("token_hash",),
+    "clock_anchors": ("device_id", "boot_id"),
     "scans": (),  # by position
     "schedule_links": ("code",),
     "presence": ("session_id", "code"),
@@ -138,16 +143,13 @@ async def _copy(source: Database, target: Database) -> tuple[dict[str, int], byt
     """Copy every table in one write transaction on *target*; return each table's row
     count and the link secret (``None``: the source never made one)."""
     async with source.read() as src, target.write() as dst:
-        await _refuse_unless_empty(dst, target)
-        await _refuse_unknown_tables(src, source)
-        meta = await src.fetchone("SELECT epoch, seq, horizon FROM meta")
-        assert meta is not None  # the schema's first migration makes the row
-        await dst.execute("UPDATE meta SET epoch = ?, seq = ?, horizon = ?",
-                          (meta["epoch"], meta["seq"], meta["horizon"]))
+        tables = [t for t in TABLES if t in await _known_tables(src, source)]
+        await _refuse_unless_empty(dst, target, tables)
+        await _copy_meta(src, dst)
         counts = {}
-        for table, key in TABLES.items():
-            counts[table] = await _copy_table(src, dst, table, key or (source.dialect.position,),
-                                              target)
+        for table in tables:
+            key = TABLES[table] or (source.dialect.position,)
+            counts[table] = await _copy_table(src, dst, table, key, target)
         for table, count in counts.items():  # before COMMIT: a short copy is never kept
             expected = await src.scalar(f"SELECT count(*) FROM {table}")
             if count != expected or await dst.scalar(f"SELECT count(*) FROM {table}") != count:
@@ -161,10 +163,27 @@ async def _copy(source: Database, target: Database) -> tuple[dict[str, int], byt
     return counts, secret
 
 
-async def _refuse_unless_empty(dst: Connection, target: Database) -> None:
+async def _known_tables(src: Connection, source: Database) -> set[str]:
+    """The source's tables; refused if one is neither copied nor known not to need it
+    (it would be left behind without a word)."""
+    if source.kind == "sqlite":
+        names = await src.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                   " AND name NOT LIKE 'sqlite%'")
+    else:
+        names = await src.fetchall("SELECT table_name AS name FROM information_schema.tables"
+                                   " WHERE table_schema = current_schema()")
+    found = {r["name"] for r in names}
+    unknown = found - TABLES.keys() - NOT_COPIED
+    if unknown:
+        raise MigrationError(f"{source.url} has table(s) this software does not copy: "
+                             f"{', '.join(sorted(unknown))} (a newer server's?)")
+    return found
+
+
+async def _refuse_unless_empty(dst: Connection, target: Database, tables: list[str]) -> None:
     """Refuse a target that holds anything: merging two servers' histories would give
     two rows one seq, and the doors of either would miss changes."""
-    held = {table: await dst.scalar(f"SELECT count(*) FROM {table}") for table in TABLES}
+    held = {table: await dst.scalar(f"SELECT count(*) FROM {table}") for table in tables}
     seq = await dst.scalar("SELECT seq FROM meta")
     if any(held.values()) or seq:
         rows = ", ".join(f"{n} {table}" for table, n in held.items() if n)
@@ -173,18 +192,15 @@ async def _refuse_unless_empty(dst: Connection, target: Database) -> None:
             f"{seq}): migrate into a new, empty database (e.g. createdb), nothing was written")
 
 
-async def _refuse_unknown_tables(src: Connection, source: Database) -> None:
-    """A table this software does not know would be left behind without a word."""
-    if source.kind == "sqlite":
-        names = await src.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                   " AND name NOT LIKE 'sqlite%'")
-    else:
-        names = await src.fetchall("SELECT table_name AS name FROM information_schema.tables"
-                                   " WHERE table_schema = current_schema()")
-    unknown = {r["name"] for r in names} - TABLES.keys() - NOT_COPIED
-    if unknown:
-        raise MigrationError(f"{source.url} has table(s) this software does not copy: "
-                             f"{', '.join(sorted(unknown))} (a newer server's?)")
+async def _copy_meta(src: Connection, dst: Connection) -> None:
+    """Every column of meta's one row: the epoch, the sequence, the horizon, and whatever
+    else a door's cache was made with (a key its cached values depend on): with all of
+    them as they were, a door carries on without a snapshot."""
+    meta = await src.fetchone("SELECT * FROM meta")
+    assert meta is not None  # the schema's first migration makes the row
+    columns = [c for c in meta if c != "singleton"]
+    await dst.execute(f"UPDATE meta SET {', '.join(f'{c} = ?' for c in columns)}",
+                      tuple(meta[c] for c in columns))
 
 
 async def _copy_table(src: Connection, dst: Connection, table: str, key: tuple[str, ...],
