@@ -172,19 +172,23 @@ def _still_waiting(what: str, timeout: float, deadline: float, process: Process 
 class Process(subprocess.Popen):
     """A ``checkin`` command in a subprocess. What it writes goes to *log* (appended: a
     process started again adds to it); with *pipe*, its stdout comes through a pipe
-    instead. With *own_session* it does not get the terminal's Ctrl-C."""
+    instead. With *own_session* it does not get the terminal's Ctrl-C. *prefix* runs it
+    through another command (e.g. ``("faketime", "-f", "-3d")``: a shifted clock)."""
 
     def __init__(self, args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None,
-                 pipe: bool = False, own_session: bool = False, **popen: Any) -> None:
+                 pipe: bool = False, own_session: bool = False, prefix: Sequence[str] = (),
+                 **popen: Any) -> None:
         self.log = log
+        self.prefix = tuple(prefix)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as sink:
-            super().__init__([*CHECKIN, *args], env=process_env() if env is None else env,
+            super().__init__([*prefix, *CHECKIN, *args],
+                             env=process_env() if env is None else env,
                              stdout=subprocess.PIPE if pipe else sink, stderr=sink,
                              start_new_session=own_session, **popen)
 
     def __repr__(self) -> str:
-        return f"checkin {self.args[len(CHECKIN)]} (pid {self.pid})"
+        return f"checkin {self.args[len(self.prefix) + len(CHECKIN)]} (pid {self.pid})"
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Send *signum* if it still runs and wait for its end (killing it after *timeout*);
@@ -272,10 +276,11 @@ class DoorLines:
 
 
 def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0,
-        **popen: Any) -> subprocess.CompletedProcess[str]:
-    """Run a ``checkin`` command to its end; its stdout and stderr captured as text."""
-    return subprocess.run([*CHECKIN, *args], capture_output=True, text=True, timeout=timeout,
-                          env=process_env() if env is None else env, **popen)
+        prefix: Sequence[str] = (), **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run a ``checkin`` command to its end (through *prefix*, as :class:`Process`); its
+    stdout and stderr captured as text."""
+    return subprocess.run([*prefix, *CHECKIN, *args], capture_output=True, text=True,
+                          timeout=timeout, env=process_env() if env is None else env, **popen)
 
 
 def decisions(stdout: str | bytes) -> list[dict[str, Any]]:
@@ -394,13 +399,16 @@ class Device:
 
     *sections* go into the config (:func:`door_config`); with *server_url* (one URL, or a
     list tried in order), a ``[server]`` section with it and the token file is added under
-    the caller's keys.
+    the caller's keys. *command_prefix* runs both processes through another command
+    (:class:`Process`'s *prefix*: a door and its daemon under ``faketime``).
     """
 
     def __init__(self, root: Path, device_id: str, *, server_url: str | list[str] | None = None,
                  comment: str = "", data_dir: str | Path = "data",
+                 command_prefix: Sequence[str] = (),
                  **sections: Mapping[str, Value]) -> None:
         self.root = root
+        self.command_prefix = tuple(command_prefix)
         self.device_id = device_id
         self.config = root / "door.toml"
         self.token_file = root / "device.token"
@@ -422,13 +430,14 @@ class Device:
     def start_sync(self, *args: str, **process: Any) -> Process:
         """Start ``checkin sync`` (*process*: :class:`Process`'s options)."""
         self.sync = Process(["sync", "--config", str(self.config), *args], self.sync_log,
-                            **process)
+                            **{"prefix": self.command_prefix, **process})
         return self.sync
 
     def start_door(self, *args: str, pipe: bool = True, **process: Any) -> Process:
         """Start ``checkin door``; its decisions come through :meth:`Process.lines`."""
         self.door_process = Process(["door", "--config", str(self.config), *args],
-                                    self.door_log, pipe=pipe, **process)
+                                    self.door_log, pipe=pipe,
+                                    **{"prefix": self.command_prefix, **process})
         return self.door_process
 
     def run_door(self, *, env: Mapping[str, str] | None = None, timeout: float = 120.0,
@@ -436,7 +445,7 @@ class Device:
         """Run ``checkin door --exit-when-done`` to its end: a decision for every badge
         in its camera's folder (:func:`decisions` reads them from its stdout)."""
         return run("door", "--config", str(self.config), "--exit-when-done", env=env,
-                   timeout=timeout, **popen)
+                   timeout=timeout, **{"prefix": self.command_prefix, **popen})
 
     def show(self, payload: str | bytes | None, look: Look | None = None,
              seed: int | None = None) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checkin.harness import Postgres, Process, WaitFailed, door_config, toml, wait_for
+from checkin.harness import Postgres, Process, WaitFailed, door_config, run, toml, wait_for
 from device.config import load_config
 from tests.conftest import require_postgres
 
@@ -108,3 +108,13 @@ def test_without_postgresql_its_tests_skip_saying_why_but_fail_where_it_is_requi
     monkeypatch.setenv("CHECKIN_REQUIRE_TOOLS", "1")
     with pytest.raises(pytest.fail.Exception, match="CHECKIN_REQUIRE_TOOLS=1 says it must be"):
         require_postgres()
+
+
+def test_a_command_prefix_runs_the_process_through_another_command(tmp_path: Path) -> None:
+    """faketime (tests/test_field_time.py) and env wrap a checkin process this way."""
+    process = Process(["--version"], tmp_path / "log", prefix=("env", "CHECKIN_PREFIXED=1"),
+                      pipe=True)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and out.startswith(b"checkin ")
+    assert repr(process).startswith("checkin --version (pid")
+    assert run("--version", prefix=("env", "A=1")).stdout.startswith("checkin ")
