@@ -37,8 +37,9 @@ from server.store import Attendee, Conflict, NotFound, ServerStore
 from server.tokens import bearer, same_token
 from sync.messages import (
     CLOSE_REASSIGNED,
-    CLOSE_UNAUTHORIZED,
+    CLOSE_REVOKED,
     MAX_CAPACITY,
+    REVOKED_REASON,
     SessionInfo,
     attendee_code,
 )
@@ -374,7 +375,7 @@ async def put_device(request: Request) -> Response:
 async def delete_device(request: Request) -> Response:
     device_id = _path_id(request, "device_id")
     await _store(request).revoke_device(device_id)
-    await request.app.state.hub.disconnect(device_id, CLOSE_UNAUTHORIZED, "device token revoked")
+    await request.app.state.hub.disconnect(device_id, CLOSE_REVOKED, REVOKED_REASON)
     publish(request, "doors")
     return Response(status_code=204)
 

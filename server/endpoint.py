@@ -30,7 +30,9 @@ from sync.messages import (
     CLOSE_POLICY,
     CLOSE_REASSIGNED,
     CLOSE_REPLACED,
+    CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
+    REVOKED_REASON,
     ProtocolError,
     ScanOutcome,
     Status,
@@ -60,11 +62,17 @@ async def sync_endpoint(websocket: WebSocket) -> None:
     token = bearer(websocket.headers.get("authorization"))
     try:
         device = await store.device_by_token(token) if token else None
+        revoked = device is None and token is not None and await store.token_revoked(token)
         await websocket.accept()
+        if revoked:  # the door wipes its codes; a mere typo (below) must not make it
+            log.warning("sync connection from %s refused: revoked device token",
+                        _peer(websocket))
+            await websocket.close(CLOSE_REVOKED, REVOKED_REASON)
+            return
         if device is None:
             log.warning("sync connection from %s refused: %s", _peer(websocket),
-                        "unknown or revoked device token" if token else "no bearer token")
-            await websocket.close(CLOSE_UNAUTHORIZED, "unknown or revoked device token")
+                        "unknown device token" if token else "no bearer token")
+            await websocket.close(CLOSE_UNAUTHORIZED, "unknown device token")
             return
         link = DeviceLink(websocket, ServerEnd(await store.view(device)), device, store)
     except StoreError as exc:
@@ -89,8 +97,10 @@ async def _serve(link: DeviceLink, token: str) -> None:
         # link found no link to close: look again now that any later one will find it.
         current = await store.device_by_token(token)
         if current != device:
-            code, reason = ((CLOSE_REASSIGNED, "device reassigned; reconnect") if current
-                            else (CLOSE_UNAUTHORIZED, "device token revoked"))
+            code, reason = (
+                (CLOSE_REASSIGNED, "device reassigned; reconnect") if current
+                else (CLOSE_REVOKED, REVOKED_REASON) if await store.token_revoked(token)
+                else (CLOSE_UNAUTHORIZED, "unknown device token"))
             await link.close(code, reason)
             return
         await store.note_status(device.device_id, None)  # last seen: now
@@ -236,7 +246,7 @@ class DeviceLink:
             presence = self.store.presence_version(self.session_id)
             stored = (await self.store.store_scans(self.device, action.scans, self.end.anchor)
                       if action.scans else [])
-            self.end.send_results(action.batch, stored + action.refused)
+            self.end.send_results(action.batch, stored + action.refused, wall_now())
             accepted = {r.scan_id for r in stored if r.result == ScanOutcome.ACCEPTED}
             self._publish(*{session_topic(s.session_id) for s in action.scans
                             if s.scan_id in accepted and s.session_id is not None},

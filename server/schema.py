@@ -14,6 +14,37 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
+#: Issue 17's tables and columns, the same on both storages (PostgreSQL's text with the
+#: "C" collation and BIGINT integers, as in its version 1).
+_ISSUE_17 = """
+    -- Tokens revoked (a device revoked, or provisioned again): a connection with one is
+    -- closed with 4004, and the door wipes its codes; an unknown token stays 4001.
+    CREATE TABLE revoked_tokens (
+        token_hash TEXT PRIMARY KEY,
+        device_id  TEXT NOT NULL,
+        revoked_at TEXT NOT NULL
+    );
+
+    -- Each device's latest clock anchor per boot: the server's time when a hello arrived,
+    -- with the hello's monotonic clock (server/retime.py).
+    CREATE TABLE clock_anchors (
+        device_id    TEXT NOT NULL,
+        boot_id      TEXT NOT NULL,
+        monotonic_ns INTEGER NOT NULL,
+        server_time  TEXT NOT NULL,
+        PRIMARY KEY (device_id, boot_id)
+    );
+
+    -- Where the door's time came from (system, server, unknown); a scan whose time was
+    -- unknown is re-timed: scanned_at corrected, the door's own kept in device_scanned_at,
+    -- time_corrected 'reconstructed' (or 'unknown' until an anchor of its boot arrives).
+    ALTER TABLE scans ADD COLUMN time_source TEXT NOT NULL DEFAULT 'system';
+    ALTER TABLE scans ADD COLUMN time_corrected TEXT;
+    ALTER TABLE scans ADD COLUMN device_scanned_at TEXT;
+    CREATE INDEX scans_time_unknown ON scans (device_id, boot_id)
+        WHERE time_corrected = 'unknown';
+"""
+
 #: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -176,9 +207,13 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TRIGGER presence_changed;
     DROP TRIGGER presence_removed;
     """,
+    """
+    -- Issue 17. The event's code key (32 random bytes, hex): doors keep HMAC-SHA256(key,
+    -- code) instead of codes; made with the epoch and renewed with it (--new-epoch).
+    ALTER TABLE meta ADD COLUMN code_key TEXT;
+    UPDATE meta SET code_key = lower(hex(randomblob(32)));
+    """ + _ISSUE_17,
 )
-
-
 
 def _postgres_v1() -> str:
     """The schema SQLite reaches at its last version (same tables, columns and names),
@@ -298,11 +333,18 @@ CREATE TABLE secrets (
 );
 """
 
+def _postgres_v2() -> str:
+    """SQLite's version 8 (issue 17) for PostgreSQL, with a new code key."""
+    return (f"ALTER TABLE meta ADD COLUMN code_key TEXT COLLATE \"C\";\n"
+            f"UPDATE meta SET code_key = '{secrets.token_hex(32)}';\n"
+            + _ISSUE_17.replace("TEXT", 'TEXT COLLATE "C"').replace("INTEGER", "BIGINT"))
+
+
 #: The server's history on PostgreSQL (``checkin server --database postgresql://...``),
 #: applied by :func:`server.database.open_database` and counted in its
 #: ``schema_version`` table: version 1 is SQLite's last version. Each entry is a
 #: script, or a function making it when it is applied.
-POSTGRES_MIGRATIONS: tuple[str | Callable[[], str], ...] = (_postgres_v1,)
+POSTGRES_MIGRATIONS: tuple[str | Callable[[], str], ...] = (_postgres_v1, _postgres_v2)
 
 #: Every backend's history, by :attr:`server.database.Database.kind`: what
 #: :func:`server.database.open_database` takes.

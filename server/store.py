@@ -50,7 +50,7 @@ from server.presence import (
 )
 from server.schema import LINK_SECRET_FILE, MIGRATIONS_BY_KIND
 from server.tokens import new_token, token_hash
-from sync.messages import Change, Scan, ScanOutcome, ScanResult, SessionInfo
+from sync.messages import CODE_KEY_BYTES, Change, Scan, ScanOutcome, ScanResult, SessionInfo
 from sync.server_end import ClockAnchor, ServerView, judge_scans
 
 log = logging.getLogger("checkin.server")
@@ -145,13 +145,25 @@ class ServerStore:
         restored one would otherwise never learn of the rows it lost.
         """
         async with self._write() as db:
-            self.epoch = await db.scalar("UPDATE meta SET epoch = ? RETURNING epoch",
-                                         (secrets.token_hex(8),))
+            # The code key with it: the doors' hashed caches are replaced by the snapshot
+            # anyway, and a lost door's card no longer matches the event's codes.
+            self.epoch = await db.scalar(
+                "UPDATE meta SET epoch = ?, code_key = ? RETURNING epoch",
+                (secrets.token_hex(8), secrets.token_hex(CODE_KEY_BYTES)))
         return self.epoch
 
     @property
     def _dialect(self) -> Dialect:
         return self.database.dialect
+
+    async def _analyze_after_bulk(self, db: Connection, table: str, changed: int) -> None:
+        """Refresh PostgreSQL's statistics of *table* after *changed* rows changed at once
+        (an import): autovacuum does it only a minute or so later, and meanwhile the
+        planner, taking the session's 50,000 new registrants for a handful, reads every
+        admission once per registrant (the live page took minutes). SQLite plans without
+        statistics, as the store's queries are written for."""
+        if changed >= _BULK_ROWS and self.database.kind == "postgresql":
+            await db.execute(f"ANALYZE {table}")
 
     def _matching(self, query: str, prefix: str) -> tuple[str, list[str]]:
         """:func:`_matching` on this database."""
@@ -280,6 +292,7 @@ class ServerStore:
                 "UPDATE attendees SET name = ?, email = COALESCE(?, email) WHERE code = ?"
                 if keep_emails else "UPDATE attendees SET name = ?, email = ? WHERE code = ?",
                 [(a.name, a.email, a.code) for a in latest.values() if a.code in existing])
+            await self._analyze_after_bulk(db, "attendees", len(new))
         return len(new), len(latest) - len(new)
 
     async def put_registrant(self, session_id: str, code: str) -> bool:
@@ -316,6 +329,7 @@ class ServerStore:
             first = await self._next_seqs(db, len(new), session_id) if new else 0
             await db.executemany(_PUT_REGISTRANT, [(session_id, c, first + i)
                                                    for i, c in enumerate(new)])
+            await self._analyze_after_bulk(db, "registrants", len(new))
         return len(new)
 
     async def remove_registrants(self, session_id: str, codes: list[str] | None = None) -> int:
@@ -343,6 +357,7 @@ class ServerStore:
                 "UPDATE registrants SET deleted = 1, deleted_at = ?, seq = ?"
                 " WHERE session_id = ? AND code = ?",
                 [(stamp, first + i, session_id, code) for i, code in enumerate(gone)])
+            await self._analyze_after_bulk(db, "registrants", len(gone))
         return len(gone)
 
     async def search_attendees(self, query: str = "", *, limit: int = 50,
@@ -562,12 +577,28 @@ class ServerStore:
             return token, old["session_id"] if old else None
 
     async def revoke_device(self, device_id: str) -> None:
+        """Revoke the device's token. Its hash is remembered (:meth:`token_revoked`): a
+        door still holding it is told it was revoked (and wipes its codes), where an
+        unknown token (a typo) is only refused. Provisioning the device again
+        (:meth:`put_device`) gives it a new token; the old one stays revoked."""
+        stamp = wall_stamp()
         async with self._write() as db:
-            changed = await db.execute(
-                "UPDATE devices SET token_hash = NULL, revoked_at = ? WHERE device_id = ?"
-                " AND token_hash IS NOT NULL", (wall_stamp(), device_id))
-            if changed == 0:
+            old = await db.scalar("SELECT token_hash FROM devices WHERE device_id = ?"
+                                  " AND token_hash IS NOT NULL", (device_id,))
+            if old is None:
                 raise NotFound(f"no device {device_id!r} with a valid token")
+            await db.execute(
+                "INSERT INTO revoked_tokens (token_hash, device_id, revoked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (token_hash) DO NOTHING", (old, device_id, stamp))
+            await db.execute(
+                "UPDATE devices SET token_hash = NULL, revoked_at = ? WHERE device_id = ?",
+                (stamp, device_id))
+
+    async def token_revoked(self, token: str) -> bool:
+        """Whether *token* was some device's and was revoked (not merely unknown)."""
+        async with self._read() as db:
+            return bool(await db.scalar("SELECT 1 FROM revoked_tokens WHERE token_hash = ?",
+                                        (token_hash(token),)))
 
     async def device_by_token(self, token: str) -> Device | None:
         async with self._read() as db:
@@ -608,7 +639,7 @@ class ServerStore:
         # Read, not remembered: another server process on the database may have renewed it.
         self.epoch = meta["epoch"]
         return ServerView(device.device_id, device.session_id, self.epoch, meta["seq"],
-                          meta["horizon"])
+                          meta["horizon"], meta["code_key"])
 
     async def snapshot(self, session_id: str | None) -> tuple[int, SessionInfo | None,
                                                                list[str], list[str]]:
@@ -1114,9 +1145,9 @@ async def _prune(db: Connection, upto_seq: int) -> int:
 
 
 async def _meta(db: Connection) -> Row:
-    """The last seq given out, the horizon (tombstones at or below it were pruned) and
-    the epoch."""
-    return (await db.fetchall("SELECT seq, horizon, epoch FROM meta"))[0]
+    """The last seq given out, the horizon (tombstones at or below it were pruned), the
+    epoch and the code key (hex)."""
+    return (await db.fetchall("SELECT seq, horizon, epoch, code_key FROM meta"))[0]
 
 
 async def _registered(db: Connection, session_id: str) -> int:
@@ -1129,6 +1160,10 @@ async def _is_registrant(db: Connection, session_id: str, code: str) -> bool:
     return bool(await db.scalar("SELECT 1 FROM registrants WHERE session_id = ? AND code = ?"
                                 " AND deleted = 0", (session_id, code)))
 
+
+#: Rows changed in one write from which the store refreshes PostgreSQL's statistics of
+#: the table (:meth:`ServerStore._analyze_after_bulk`).
+_BULK_ROWS = 1000
 
 #: Most values in one ``IN (...)`` list (SQLite allows 32,766 parameters; smaller
 #: statements keep each step short).

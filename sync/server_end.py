@@ -46,6 +46,7 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
+    code_key_id,
     parse_device_message,
 )
 
@@ -61,7 +62,8 @@ class ServerView:
     """What the server knows when a device connects.
 
     ``horizon``: the oldest cursor changes can still be served from
-    (tombstones before it were pruned).
+    (tombstones before it were pruned). ``code_key``: the event's code key (hex), sent
+    to devices that keep hashed codes (``None``: the server has none).
     """
 
     device_id: str
@@ -69,6 +71,12 @@ class ServerView:
     epoch: str
     cursor: int
     horizon: int = 0
+    code_key: str | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        """:func:`code_key_id` of the server's code key."""
+        return None if self.code_key is None else code_key_id(bytes.fromhex(self.code_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +132,14 @@ def needs_snapshot(hello: Hello, view: ServerView) -> bool:
         or hello.session_id != view.session_id  # reassigned since it last synced
         or hello.cursor > view.cursor  # the server lost history (restored from a backup)
         or hello.cursor < view.horizon  # tombstones it needs were pruned
+        or (sends_key(hello, view) and hello.key_id != view.key_id)  # hashed with another key
     )
+
+
+def sends_key(hello: Hello, view: ServerView) -> bool:
+    """Whether the welcome carries the code key: the device keeps hashed codes (its hello
+    says ``hashes: true``) and the server has a key."""
+    return bool(hello.hashes) and view.code_key is not None
 
 
 class ServerEnd(ProtocolEnd[ServerAction]):
@@ -178,7 +193,9 @@ class ServerEnd(ProtocolEnd[ServerAction]):
             self.anchor = ClockAnchor(hello.boot_id, hello.monotonic_ns, now)
         self._send(Welcome(device_id=self.view.device_id, session_id=self.view.session_id,
                            epoch=self.view.epoch, cursor=self.view.cursor,
-                           server_time=now.isoformat(), resync=resync))
+                           server_time=now.isoformat(), resync=resync,
+                           code_key=self.view.code_key if sends_key(hello, self.view)
+                           else None))
         self._fetching = True
         self._actions.append(SendSnapshot() if resync else SendChanges(hello.cursor))
         if not resync:
@@ -254,13 +271,17 @@ class ServerEnd(ProtocolEnd[ServerAction]):
             self._send(Changes(epoch=self.view.epoch, since=since, cursor=cursor, changes=batch))
         self._fetched(cursor)
 
-    def send_results(self, batch: int, results: list[ScanResult]) -> None:
+    def send_results(self, batch: int, results: list[ScanResult],
+                     now: datetime | None = None) -> None:
+        """Queue the answer to *batch*; *now* (the server's time, aware) goes with it as
+        ``server_time``: a later anchor for the device's clock."""
         expected = self._pending_batches.get(batch)
         ids = [r.scan_id for r in results]
         if expected is None or len(ids) != len(expected) or set(ids) != expected:
             raise ValueError(f"results for batch {batch} do not match its scans")
         del self._pending_batches[batch]
-        self._send(ScanResults(batch=batch, results=results))
+        self._send(ScanResults(batch=batch, results=results,
+                               server_time=None if now is None else now.isoformat()))
 
     def _expect_fetch(self) -> None:
         if not self._fetching:

@@ -36,6 +36,7 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
+    code_key_id,
     encode,
     parse_server_message,
 )
@@ -730,3 +731,57 @@ def test_admission_changes_reach_the_device_in_the_change_stream() -> None:
     assert sent == Changes(epoch="E1", since=60, cursor=62, changes=changes)
     end.changed()  # another door's admission: the changes since what was sent
     assert end.actions() == [SendChanges(62)]
+
+
+# -- the code key (issue 17) ---------------------------------------------------
+
+KEY = bytes(range(32))
+KEYED = ServerView(device_id=DEVICE, session_id="keynote-1", epoch="E1", cursor=100,
+                   horizon=20, code_key=KEY.hex())
+
+
+def test_the_views_key_id_is_the_protocols() -> None:
+    assert KEYED.key_id == code_key_id(KEY)
+    assert VIEW.key_id is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "resync", "key_sent"),
+    [
+        ({}, False, False),  # an older door: no key, no resync for it
+        ({"key_id": "0" * 16}, False, False),  # a key id without hashes: not a hashing door
+        ({"hashes": False, "key_id": "0" * 16}, False, False),
+        ({"hashes": True, "key_id": code_key_id(KEY)}, False, True),  # its key is the server's
+        ({"hashes": True}, True, True),  # no key yet: a snapshot to hash with it
+        ({"hashes": True, "key_id": "0" * 16}, True, True),  # another key (a new epoch's?)
+        ({"hashes": True, "key_id": code_key_id(KEY), "epoch": "E0"}, True, True),
+    ],
+)
+def test_a_hashing_door_gets_the_key_and_a_snapshot_when_its_key_is_not_the_servers(
+        overrides: dict[str, Any], resync: bool, key_sent: bool) -> None:
+    assert needs_snapshot(hello_message(**overrides), KEYED) is resync
+    end = greeted(KEYED, **overrides)
+    [welcome] = frames(end)
+    assert isinstance(welcome, Welcome)
+    assert welcome.resync is resync
+    assert welcome.code_key == (KEY.hex() if key_sent else None)
+    assert end.actions() == [SendSnapshot() if resync else SendChanges(60)]
+
+
+def test_a_server_without_a_key_sends_none_and_never_resyncs_for_it() -> None:
+    end = greeted(VIEW, hashes=True, key_id="0" * 16)
+    [welcome] = frames(end)
+    assert isinstance(welcome, Welcome)
+    assert welcome.code_key is None and welcome.resync is False
+
+
+def test_results_carry_the_servers_time_when_given() -> None:
+    end = live()
+    end.receive(scans(2, "a"), NOW)
+    end.send_results(2, [ScanResult("a", ScanOutcome.ACCEPTED)], NOW)
+    assert frames(end) == [ScanResults(2, [ScanResult("a", ScanOutcome.ACCEPTED)],
+                                       server_time=NOW.isoformat())]
+    end.receive(scans(3, "b"), NOW)
+    end.send_results(3, [ScanResult("b", ScanOutcome.ACCEPTED)])
+    [answer] = frames(end)
+    assert isinstance(answer, ScanResults) and answer.server_time is None

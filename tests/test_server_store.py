@@ -99,7 +99,7 @@ async def test_pruned_tombstones_make_older_cursors_resync(store) -> None:
     fresh = Hello(device_id="d", software="t", session_id="s1", epoch=store.epoch,
                   cursor=cursor)
     assert needs_snapshot(old, view) and not needs_snapshot(fresh, view)
-    assert view == ServerView("d", "s1", store.epoch, cursor, cursor)
+    assert view == ServerView("d", "s1", store.epoch, cursor, cursor, view.code_key)
 
 
 async def test_scans_are_stored_once_by_id_with_the_devices_facts(store) -> None:

@@ -41,8 +41,9 @@ from server.tokens import same_token
 from server.web.auth import Signer, WebSession, load_secret, same
 from sync.messages import (
     CLOSE_REASSIGNED,
-    CLOSE_UNAUTHORIZED,
+    CLOSE_REVOKED,
     MAX_CAPACITY,
+    REVOKED_REASON,
     SessionInfo,
     attendee_code,
 )
@@ -847,7 +848,7 @@ async def reassign_door(request: Request) -> Response:
 async def revoke_door(request: Request) -> Response:
     device_id = _checked("door id", await _field(request, "device_id"), identifier)
     await _store(request).revoke_device(device_id)
-    await request.app.state.hub.disconnect(device_id, CLOSE_UNAUTHORIZED, "device token revoked")
+    await request.app.state.hub.disconnect(device_id, CLOSE_REVOKED, REVOKED_REASON)
     _publish_doors(request)
     request.state.session.say(f"Door {device_id} revoked: its token no longer works.")
     return _redirect("/doors")
