@@ -53,6 +53,7 @@ from sync.device_schema import MIGRATIONS
 from sync.device_store import STORE_FILE, UploadState
 from sync.failover import Rotation
 from sync.messages import (
+    CLOSE_REPLACED,
     CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
     MAX_SCANS_PER_BATCH,
@@ -118,6 +119,8 @@ class Report:
     accepted: list[str] = field(default_factory=list)
     already_stored: list[str] = field(default_factory=list)
     refused: list[Listed] = field(default_factory=list)
+    #: Why the upload stopped with scans unanswered (``None``: it did not).
+    stopped: str | None = None
 
     def take(self, scans: Sequence[Scan], results: Sequence[ScanResult]) -> None:
         """Count the server's answer to a batch of *scans*."""
@@ -157,6 +160,7 @@ class Report:
             "accepted": len(self.accepted), "already_stored": len(self.already_stored),
             "refused": [vars_of(r) for r in self.refused],
             "unanswered": [scan.scan_id for scan in self.unanswered],
+            "stopped": self.stopped,
             "ok": self.exit_status() == EXIT_STORED,
         }
 
@@ -177,6 +181,8 @@ class Report:
         unanswered = self.unanswered
         if unanswered:
             lines.append(f"not answered:   {len(unanswered)} (run it again)")
+            if self.stopped:
+                lines.append(f"stopped:        {self.stopped}")
         stored = len(self.accepted) + len(self.already_stored)
         if self.exit_status() == EXIT_STORED:
             lines.append(f"every waiting scan is on the server ({stored} of "
@@ -273,14 +279,21 @@ async def read_store(data_dir: Path) -> tuple[list[Scan], list[Listed]]:
 class _Retry(Exception):
     """This connection failed; another attempt may succeed."""
 
+    def __init__(self, message: str, *, replaced: bool = False) -> None:
+        super().__init__(message)
+        #: Another connection of the same device took over (its own sync daemon).
+        self.replaced = replaced
+
 
 async def upload(config: Any, token_file: Path, report: Report) -> None:
     """Upload *report*'s waiting scans, recording each answer in it. Raises
-    :class:`UsageError` when the token is refused or no server can be reached."""
+    :class:`UsageError` when the token is refused or no server can be reached; after
+    :data:`MAX_ATTEMPTS` failures in a row once some scans were answered, returns with
+    the rest unanswered and :attr:`Report.stopped` saying why."""
     server = config.server
     rotation = Rotation(server.url)
     backoff = Backoff(min(server.retry_min_seconds, 2.0), min(server.retry_max_seconds, 8.0))
-    failures: list[str] = []
+    failures: list[_Retry] = []
     while report.unanswered:
         before = len(report.answered)
         url = rotation.current
@@ -291,19 +304,30 @@ async def upload(config: Any, token_file: Path, report: Report) -> None:
         try:
             await _connection(url, token, config, report)
         except _Retry as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(exc)
         if len(report.answered) > before:
             failures.clear()  # progress: the server is there
             backoff.success()
         if not report.unanswered:
             return
         if len(failures) >= MAX_ATTEMPTS:
+            why = give_up(failures, config.device_id)
             if report.answered:
-                return  # the report says what is left
-            raise UsageError("cannot upload: the server cannot be reached ("
-                             + "; ".join(failures[-len(rotation.urls):]) + ")")
+                report.stopped = why
+                return
+            raise UsageError(why)
         if rotation.failed():  # every URL failed since the last wait
             await asyncio.sleep(backoff.failure())
+
+
+def give_up(failures: Sequence[_Retry], device_id: str) -> str:
+    """Why recovery stopped after *failures* in a row, and what to do."""
+    if any(failure.replaced for failure in failures):
+        return (f"another connection of device {device_id} keeps replacing this one (close "
+                f"{CLOSE_REPLACED}): stop that unit's sync daemon while recovering (sudo "
+                "systemctl stop checkin-sync), then run this again")
+    return ("cannot upload: the server cannot be reached ("
+            + "; ".join(str(failure) for failure in failures[-3:]) + ")")
 
 
 async def _connection(url: str, token: str, config: Any, report: Report) -> None:
@@ -321,7 +345,7 @@ async def _connection(url: str, token: str, config: Any, report: Report) -> None
         status = exc.response.status_code
         if status in (401, 403):
             raise UsageError(f"{url} refused the device token (HTTP {status})") from None
-        raise _Retry(f"HTTP {status}") from None
+        raise _Retry(f"{url}: HTTP {status}") from None
     except ConnectionClosed as exc:
         close = exc.rcvd
         if close is not None and close.code == CLOSE_UNAUTHORIZED:
@@ -333,15 +357,16 @@ async def _connection(url: str, token: str, config: Any, report: Report) -> None
             raise UsageError(f"{url}: device {config.device_id} is revoked (close "
                              f"{close.code}: {close.reason or 'no reason'}); provision a "
                              "new unit and use its config and token") from None
-        raise _Retry("connection lost" if close is None else
-                     f"closed ({close.code}: {close.reason or 'no reason'})") from None
+        raise _Retry(f"{url}: " + ("connection lost" if close is None else
+                     f"closed ({close.code}: {close.reason or 'no reason'})"),
+                     replaced=close is not None and close.code == CLOSE_REPLACED) from None
     except ProtocolError as exc:
         if "belongs to another device" in str(exc):
             raise UsageError(f"{url}: the token in {config.server.token_file} is not "
                              f"{config.device_id}'s: {exc}") from None
-        raise _Retry(f"protocol error: {exc}") from None
+        raise _Retry(f"{url}: protocol error: {exc}") from None
     except (OSError, InvalidHandshake, TimeoutError) as exc:  # ssl.SSLError is an OSError
-        raise _Retry(f"cannot reach it: {exc or type(exc).__name__}") from None
+        raise _Retry(f"{url}: {exc or type(exc).__name__}") from None
 
 
 async def _push(websocket: ClientConnection, config: Any, report: Report, url: str) -> None:

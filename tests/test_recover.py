@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from checkin import harness
-from checkin.recover import OTHER_DEVICE_REASON, Report, classify
+from checkin.recover import OTHER_DEVICE_REASON, Report, _Retry, classify, give_up
 from core.rules import Decision
 from sync.device_store import STORE_FILE, ScanRecord, Store
 from sync.messages import Scan, ScanOutcome, ScanResult
@@ -65,6 +65,18 @@ def test_the_exit_status_is_0_only_when_every_waiting_scan_is_stored() -> None:
     assert "refused:        1\n  c (session s2, scanned 2026-11-28T09:00:00+00:00): scan is " \
            "for session 's2'" in report.text()
     assert Report(Path("o"), "d", [], []).exit_status() == 0  # nothing waiting: all stored
+
+
+def test_giving_up_says_why_and_what_to_do() -> None:
+    lost = [_Retry("ws://a/sync: connection lost"), _Retry("ws://b/sync: refused")]
+    assert give_up(lost, "door-new") == (
+        "cannot upload: the server cannot be reached (ws://a/sync: connection lost; "
+        "ws://b/sync: refused)")
+    # The unit's own sync daemon and recovery take the device's one link in turns.
+    replaced = [*lost, _Retry("ws://a/sync: closed (4003: ...)", replaced=True)]
+    assert give_up(replaced, "door-new").startswith(
+        "another connection of device door-new keeps replacing this one (close 4003): stop "
+        "that unit's sync daemon while recovering")
 
 
 # -- real processes ------------------------------------------------------------------
