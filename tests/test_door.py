@@ -27,7 +27,7 @@ FAST = """
 debounce_seconds = 0.15
 """
 SESSION = SessionRules("workshop-1", validate_registrants=True)
-CONTRACT_KEYS = {"scan_id", "code", "session_id", "decision", "reason", "at"}
+CONTRACT_KEYS = {"scan_id", "code", "session_id", "decision", "reason", "at", "time_source"}
 
 
 def frames(folder: Path, *payloads: str | bytes | None) -> Path:
