@@ -230,8 +230,14 @@ class DeviceLink:
     async def _carry_out(self, action: ServerAction) -> None:
         hello = self.end.hello
         if hello is not None and not self._hello_noted:  # before any scan is audited
-            await self.store.note_hello(self.device_id, hello.allow_reentry)
+            # Its clocks too: an anchor for its boot, which re-times the scans it pushed
+            # earlier in this boot without knowing the time.
+            retimed = await self.store.note_hello(self.device_id, hello.allow_reentry,
+                                                  self.end.anchor)
             self._hello_noted = True
+            if retimed:
+                self._publish(*(session_topic(s) for s in retimed if s is not None),
+                              "sessions")
         shared = self.end.wants_admissions
         if isinstance(action, SendSnapshot):
             self.end.send_snapshot(*await (self.store.snapshot_with_admissions(self.session_id)

@@ -29,10 +29,16 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: Columns added later go at the end: a sheet reading the older columns by position
 #: reads them still.
 ATTENDANCE_HEADER = ("code", "name", "email", "registered", "first_admitted_at", "door",
-                     "reentries", "rejected_attempts", "minutes_in_session", "overrides")
+                     "reentries", "rejected_attempts", "minutes_in_session", "overrides",
+                     # of the first admission: first_admitted_at re-timed by the server
+                     # when its door did not know the time (server/retime.py)
+                     "time_source", "time_corrected", "device_scanned_at")
+#: ``device_time`` is the scan's time as the server keeps it (re-timed when the door did
+#: not know the time: ``time_corrected``, the door's own then in ``device_scanned_at``).
 SCANS_HEADER = ("scan_id", "device", "session", "code", "decision", "reason", "device_time",
                 "server_time", "uploaded_late", "flagged", "direction", "override_of",
-                "double_admission", "over_capacity")
+                "double_admission", "over_capacity", "time_source", "time_corrected",
+                "device_scanned_at")
 
 
 def safe_cell(value: Any) -> str:
@@ -75,7 +81,8 @@ async def attendance_csv(store: ServerStore, session_id: str) -> AsyncIterator[b
             after = page[-1]["code"]
             yield _lines((r["code"], r["name"], r["email"], r["registered"],
                           r["first_admitted_at"], r["door"], r["reentries"], r["rejected"],
-                          r["time_in_session"] // 60, r["overrides"])
+                          r["time_in_session"] // 60, r["overrides"], r["time_source"],
+                          r["time_corrected"], r["device_scanned_at"])
                          for r in page)
 
     return _guarded(lines(), f"attendance of session {session_id}")
@@ -98,7 +105,8 @@ async def scans_csv(store: ServerStore, session_id: str | None = None) -> AsyncI
                           r["uploaded_late"],
                           "; ".join(f for f in (r["disagreement"], r["clock_flag"]) if f),
                           r["direction"], r["override_of"], r["double_admission"],
-                          r["over_capacity"])
+                          r["over_capacity"], r["time_source"], r["time_corrected"],
+                          r["device_scanned_at"])
                          for r in page)
 
     return _guarded(lines(), "scan log")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -47,6 +48,15 @@ from server.presence import (
     audit_admissions,
     instant,
     time_in_session,
+)
+from server.retime import (
+    Corrected,
+    StoredScan,
+    Timing,
+    anchor_from_row,
+    anchor_row,
+    retime,
+    retime_stored,
 )
 from server.schema import LINK_SECRET_FILE, MIGRATIONS_BY_KIND
 from server.tokens import new_token, token_hash
@@ -616,13 +626,38 @@ class ServerStore:
         return [dict(r) | {"status": json.loads(r["status"]) if r["status"] else None}
                 for r in rows]
 
-    async def note_hello(self, device_id: str, allow_reentry: bool | None) -> None:
+    async def note_hello(self, device_id: str, allow_reentry: bool | None,
+                         anchor: ClockAnchor | None = None) -> set[str | None]:
         """Keep what the device's latest hello said of its re-entry policy (``None``: it
-        did not say, which the audit counts as forbidding)."""
+        did not say, which the audit counts as forbidding) and its clocks: *anchor* (the
+        server's time of the hello, with its monotonic time and boot) becomes the
+        device's anchor for that boot, and re-times the device's stored scans of that
+        boot whose time was still unknown (:func:`server.retime.retime_stored`). Return
+        the sessions whose scans were re-timed (for the live pages)."""
         async with self._write() as db:
             await db.execute("UPDATE devices SET allow_reentry = ? WHERE device_id = ?",
                              (None if allow_reentry is None else int(allow_reentry),
                               device_id))
+            if anchor is None:
+                return set()
+            await db.execute(
+                "INSERT INTO clock_anchors (device_id, boot_id, monotonic_ns, server_time)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (device_id, boot_id) DO UPDATE"
+                " SET monotonic_ns = excluded.monotonic_ns,"
+                " server_time = excluded.server_time", (device_id, *anchor_row(anchor)))
+            rows = await db.fetchall(
+                "SELECT scan_id, session_id, scanned_at, monotonic_ns, boot_id FROM scans"
+                " WHERE device_id = ? AND boot_id = ? AND time_corrected = ?",
+                (device_id, anchor.boot_id, Corrected.UNKNOWN))
+            timings = retime_stored((StoredScan(r["scan_id"], r["scanned_at"],
+                                                r["monotonic_ns"], r["boot_id"])
+                                     for r in rows), anchor)
+            await db.executemany(
+                "UPDATE scans SET scanned_at = ?, device_scanned_at = ?, time_corrected = ?"
+                " WHERE scan_id = ?",
+                [(t.scanned_at, t.device_scanned_at, t.time_corrected, scan_id)
+                 for scan_id, t in timings.items()])
+        return {r["session_id"] for r in rows if r["scan_id"] in timings}
 
     async def note_status(self, device_id: str, status: dict[str, Any] | None) -> None:
         async with self._write() as db:
@@ -762,22 +797,50 @@ class ServerStore:
         results = judge_scans(scans, device.device_id, device.session_id, owners)
         accepted = [s for s, r in zip(scans, results, strict=True)
                     if r.result == ScanOutcome.ACCEPTED]
+        # Scans whose door did not know the time are re-timed before anything reads
+        # their time (the audit, presence): scanned_at is the server's reckoning.
+        timings = await self._timings(db, device.device_id, accepted, anchor)
+        accepted = [s if timings[s.scan_id].time_corrected is None
+                    else dataclasses.replace(s, scanned_at=timings[s.scan_id].scanned_at)
+                    for s in accepted]
         flags = await self._disagreements(db, accepted)
         audit = await self._audit_admissions(db, device, accepted)
         await db.executemany(
             "INSERT INTO scans (scan_id, device_id, device_seq, session_id, code, decision,"
             " reason, scanned_at, monotonic_ns, boot_id, received_at, disagreement, clock_flag,"
-            " direction, override_of, double_admission, over_capacity)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " direction, override_of, double_admission, over_capacity, time_source,"
+            " time_corrected, device_scanned_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.scan_id, device.device_id, s.seq, s.session_id, s.code, s.decision, s.reason,
-              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag, clock_flag(s, anchor),
+              s.scanned_at, s.monotonic_ns, s.boot_id, received, flag,
+              # Only a door that trusted its system clock is judged on it.
+              clock_flag(s, anchor) if s.source == "system" else None,
               s.direction or Direction.IN, s.override_of, audit.double.get(s.scan_id),
-              audit.over_capacity.get(s.scan_id))
+              audit.over_capacity.get(s.scan_id), s.source,
+              timings[s.scan_id].time_corrected, timings[s.scan_id].device_scanned_at)
              for s, flag in zip(accepted, flags, strict=True)])
         await self._write_presence(db, device.session_id, audit)
         await db.execute("UPDATE devices SET last_seen_at = ? WHERE device_id = ?",
                          (received, device.device_id))
         return results
+
+    async def _timings(self, db: Connection, device_id: str, scans: list[Scan],
+                       anchor: ClockAnchor | None) -> dict[str, Timing]:
+        """How each of *scans* is stored (:func:`server.retime.retime`), from the latest
+        anchor of its boot: the connection's own *anchor* (its hello's), else the one
+        stored from an earlier hello."""
+        boots = sorted({s.boot_id for s in scans if s.time_source == "unknown"}
+                       - ({anchor.boot_id} if anchor else set()))
+        anchors = {r["boot_id"]: anchor_from_row(r["boot_id"], r["monotonic_ns"],
+                                                 r["server_time"])
+                   for r in (await db.fetchall(
+                       "SELECT boot_id, monotonic_ns, server_time FROM clock_anchors"
+                       f" WHERE device_id = ? AND boot_id IN ({_marks(boots)})",
+                       [device_id, *boots]) if boots else [])}
+        if anchor is not None:
+            anchors[anchor.boot_id] = anchor
+        return {s.scan_id: retime(s.scanned_at, s.time_source, s.monotonic_ns, s.boot_id,
+                                  anchors.get(s.boot_id)) for s in scans}
 
     def presence_version(self, session_id: str | None) -> int:
         """A number that changes whenever stored scans change who is inside the session
@@ -885,19 +948,25 @@ class ServerStore:
                 "SELECT count(DISTINCT code) FILTER (WHERE decision = :admitted"
                 "  AND direction = 'in') AS admitted,"
                 " count(*) FILTER (WHERE decision = :rejected) AS rejected,"
-                " count(*) FILTER (WHERE reason = :override) AS overrides"
+                " count(*) FILTER (WHERE reason = :override) AS overrides,"
+                " count(*) FILTER (WHERE time_corrected = :reconstructed) AS reconstructed,"
+                " count(*) FILTER (WHERE time_corrected = :unknown) AS unknown"
                 " FROM scans WHERE session_id = :session",
                 {"admitted": Decision.ADMITTED, "rejected": Decision.REJECTED,
-                 "override": Reason.OVERRIDE, "session": session_id}))[0]
+                 "override": Reason.OVERRIDE, "session": session_id,
+                 "reconstructed": Corrected.RECONSTRUCTED, "unknown": Corrected.UNKNOWN}))[0]
             rows = await db.fetchall(
                 "SELECT scan_id, code, device_id, decision, reason, scanned_at, received_at,"
                 " disagreement, clock_flag, direction, override_of, double_admission,"
-                " over_capacity FROM scans WHERE session_id = ?"
+                " over_capacity, time_source, time_corrected, device_scanned_at"
+                " FROM scans WHERE session_id = ?"
                 " ORDER BY scanned_at, device_id, device_seq", (session_id,))
         scans = [dict(r) for r in rows]
         return {"session_id": session_id, "registered": registered,
                 "admitted": counts["admitted"], "rejected": counts["rejected"],
                 "inside": session["inside"], "overrides": counts["overrides"],
+                "times_reconstructed": counts["reconstructed"],
+                "times_unknown": counts["unknown"],
                 "over_capacity": [s["scan_id"] for s in scans if s["over_capacity"]],
                 "double_admissions": [s["scan_id"] for s in scans if s["double_admission"]],
                 "time_in_session": _times_in_session(scans, session["starts_at"],
@@ -1033,7 +1102,9 @@ class ServerStore:
         registrants or were scanned for it: ``code, name, email`` (``None`` for a code
         no attendee has), ``registered``, ``first_admitted_at`` (the door's time) and
         ``door`` of their first admission by time, ``reentries``, ``rejected``,
-        ``overrides`` and ``time_in_session`` (seconds). Admissions are entrances'."""
+        ``overrides`` and ``time_in_session`` (seconds), and the first admission's
+    ``time_source``, ``time_corrected`` and ``device_scanned_at`` (its time re-timed by
+    the server: :mod:`server.retime`). Admissions are entrances'."""
         params = {"session": session_id, "after": after, "limit": limit}
         d = self._dialect
         async with self._read() as db:
@@ -1055,7 +1126,8 @@ class ServerStore:
             # "direction IN": the index (session, decision, direction, code) finds each code.
             # In order of storing: the first of two admissions at the same time wins.
             admissions = await db.fetchall(
-                "SELECT code, decision, direction, reason, scanned_at, device_id FROM scans"
+                "SELECT code, decision, direction, reason, scanned_at, device_id, time_source,"
+                " time_corrected, device_scanned_at FROM scans"
                 " WHERE session_id = ? AND decision = ? AND direction IN ('in', 'out')"
                 f" AND code IN ({marks}) ORDER BY {d.position}",
                 [session_id, Decision.ADMITTED, *codes])
@@ -1083,7 +1155,8 @@ class ServerStore:
                          "overrides": first["overrides"] if first else 0,
                          "time_in_session": time_in_session(
                              moves[code], window["starts_at"], window["ends_at"], last, now)
-                         if first and window and code in moves else 0})
+                         if first and window and code in moves else 0,
+                         **{key: first[key] if first else None for key in _TIMING_KEYS}})
         return rows
 
     async def scans_export_page(self, session_id: str | None = None, after: int = 0,
@@ -1100,7 +1173,8 @@ class ServerStore:
                 f"SELECT {d.position} AS position, scan_id, device_id, session_id, code,"
                 " decision, reason, scanned_at, received_at, disagreement, clock_flag,"
                 " direction, override_of, double_admission, over_capacity,"
-                f" {late} > :late AS uploaded_late"
+                f" {late} > :late AS uploaded_late, time_source, time_corrected,"
+                " device_scanned_at"
                 f" FROM scans WHERE {d.position} > :after{only}"
                 f" ORDER BY {d.position} LIMIT :limit",
                 {"after": after, "session": session_id, "limit": limit,
@@ -1250,15 +1324,21 @@ def _first_admissions(scans: Iterable[Row]) -> dict[str, dict[str, Any]]:
             continue
         at, override = instant(s["scanned_at"]), int(s["reason"] == Reason.OVERRIDE)
         first = firsts.get(s["code"])
+        timing = {key: s[key] for key in _TIMING_KEYS}
         if first is None:
             firsts[s["code"]] = {"scanned_at": s["scanned_at"], "device_id": s["device_id"],
-                                 "instant": at, "n": 1, "overrides": override}
+                                 "instant": at, "n": 1, "overrides": override, **timing}
             continue
         first["n"] += 1
         first["overrides"] += override
         if at < first["instant"]:
-            first.update(scanned_at=s["scanned_at"], device_id=s["device_id"], instant=at)
+            first.update(scanned_at=s["scanned_at"], device_id=s["device_id"], instant=at,
+                         **timing)
     return firsts
+
+
+#: What a scan row says of its time besides ``scanned_at`` (:mod:`server.retime`).
+_TIMING_KEYS = ("time_source", "time_corrected", "device_scanned_at")
 
 
 def _moves(scans: Iterable[dict[str, Any]]) -> dict[str, list[tuple[str, bool]]]:

@@ -205,7 +205,8 @@ def check_exports(page: Page) -> None:
     assert set(attendance) == {"ATT-0001", "ATT-0002", "ATT-0003", "ATT-0004", "ATT-0005"}
     assert list(next(iter(attendance.values()))) == [
         "code", "name", "email", "registered", "first_admitted_at", "door", "reentries",
-        "rejected_attempts", "minutes_in_session", "overrides"]
+        "rejected_attempts", "minutes_in_session", "overrides", "time_source",
+        "time_corrected", "device_scanned_at"]
     for code, row in attendance.items():
         name, email = HOSTILE[code]
         assert (row["name"], row["email"]) == (safe(name), safe(email)), row
