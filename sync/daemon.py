@@ -217,10 +217,11 @@ class SyncDaemon:
 
     async def _serve(self, websocket: ClientConnection) -> None:
         # admissions: this daemon applies the other doors' admissions to the store (the
-        # door decides by them); allow_reentry: the server's audit judges by the policy.
+        # door decides by them); allow_reentry: the server's audit judges by the policy;
+        # hashes: the store keeps keyed hashes of codes (the welcome brings the key).
         end = DeviceEnd(self.config.device_id, __version__, await self.store.cache_state(),
                         boot_id=boot_id(), monotonic_ns=monotonic_ns(), admissions=True,
-                        allow_reentry=self.config.door.allow_reentry)
+                        allow_reentry=self.config.door.allow_reentry, hashes=True)
         link = _Link(websocket, end)
         await link.flush()
         tasks = [asyncio.create_task(coro) for coro in (

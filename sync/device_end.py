@@ -36,6 +36,7 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
+    code_key_id,
     parse_server_message,
 )
 
@@ -53,6 +54,8 @@ class CacheState:
     session_id: str | None
     epoch: str | None
     cursor: int
+    #: :func:`sync.messages.code_key_id` of the code key the cache is hashed with.
+    key_id: str | None = None
 
 
 class DeviceAction:
@@ -77,6 +80,8 @@ class ApplySnapshot(DeviceAction):
     #: admitted who left since; ``None`` when the server sent none (an older server).
     admissions: list[str] | None = None
     exits: list[str] | None = None
+    #: The code key to hash it all with (the welcome's); ``None``: the key held.
+    code_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +119,16 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
     hello message is queued at once, with *boot_id* and *monotonic_ns* (the
     device's clocks at that moment) when given. With *admissions* the hello asks
     for the other doors' admissions (a door that applies them says so);
-    *allow_reentry* is the door's policy, for the server's audit.
+    *allow_reentry* is the door's policy, for the server's audit. With *hashes* the
+    device keeps keyed hashes of codes: the hello names the key the cache holds
+    (``cache.key_id``) and the welcome brings the server's (a snapshot follows when it
+    is another).
     """
 
     def __init__(self, device_id: str, software: str, cache: CacheState, *,
                  boot_id: str | None = None, monotonic_ns: int | None = None,
-                 admissions: bool | None = None, allow_reentry: bool | None = None) -> None:
+                 admissions: bool | None = None, allow_reentry: bool | None = None,
+                 hashes: bool | None = None) -> None:
         super().__init__()
         self.device_id = device_id
         self.software = software
@@ -127,13 +136,16 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
         self.epoch = cache.epoch
         self.cursor = cache.cursor
         self.session_id = cache.session_id
+        self.key_id = cache.key_id if hashes else None
+        #: The welcome's code key, for the snapshot that follows it.
+        self.code_key: bytes | None = None
         self._snapshot: _PartialSnapshot | None = None
         self._in_flight: dict[int, frozenset[str]] = {}
         self._next_batch = 1
         self._send(Hello(device_id=device_id, software=software, session_id=cache.session_id,
                          epoch=cache.epoch, cursor=cache.cursor, boot_id=boot_id,
                          monotonic_ns=monotonic_ns, admissions=admissions,
-                         allow_reentry=allow_reentry))
+                         allow_reentry=allow_reentry, hashes=hashes, key_id=self.key_id))
 
     # -- input -----------------------------------------------------------------
 
@@ -164,6 +176,12 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
             )
         if not welcome.resync and welcome.epoch != self.epoch:
             raise ProtocolError("welcome without resync from a server with another epoch")
+        if welcome.code_key is not None:
+            key = bytes.fromhex(welcome.code_key)
+            if not welcome.resync and code_key_id(key) != self.key_id:
+                # The cache is hashed with another key: only a snapshot can replace it.
+                raise ProtocolError("welcome without resync with another code key")
+            self.code_key, self.key_id = key, code_key_id(key)
         self.state = DeviceState.SYNCING
         self._actions.append(Welcomed(welcome))
 
@@ -195,7 +213,8 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
             self.state = DeviceState.READY
             self._actions.append(ApplySnapshot(part.epoch, part.cursor, part.session,
                                                partial.attendees, partial.registrants,
-                                               partial.admissions, partial.exits))
+                                               partial.admissions, partial.exits,
+                                               self.code_key))
 
     def _changes(self, changes: Changes) -> None:
         if self._snapshot is not None:

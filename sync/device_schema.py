@@ -170,4 +170,66 @@ MIGRATIONS: tuple[str, ...] = (
     -- once a welcome came again.
     ALTER TABLE sync_state ADD COLUMN revoked_at TEXT;
     """,
+    """
+    -- Keyed hashes instead of codes (issue 17): a card read elsewhere gives no badge that
+    -- opens a door. The cache keeps HMAC-SHA256(code key, code), its first 16 bytes, of
+    -- every code; the key is the server's per-event key (sync_state.code_key). The cached
+    -- codes are forgotten with the epoch (and the session: until a snapshot refills the
+    -- cache, hashed, the door answers not_ready); the scans keep their codes until the
+    -- server has them (then code holds the hash's hex, the sync daemon sees to it).
+    -- Deleted content is overwritten with zeros, not left in free pages (every store
+    -- connection says so too: sync.device_store.SECURE_DELETE).
+    PRAGMA secure_delete = ON;
+    DROP TRIGGER scans_presence;
+    DROP TABLE admissions;  -- with its triggers, made again below
+    DROP TABLE attendees;
+    DROP TABLE registrants;
+    DELETE FROM session;
+    UPDATE occupancy SET inside = 0;
+
+    CREATE TABLE attendees (
+        hash BLOB PRIMARY KEY
+    ) WITHOUT ROWID;
+    CREATE TABLE registrants (
+        session_id TEXT NOT NULL,
+        hash       BLOB NOT NULL,
+        PRIMARY KEY (session_id, hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE admissions (
+        hash   BLOB PRIMARY KEY,
+        inside INTEGER NOT NULL CHECK (inside IN (0, 1))
+    ) WITHOUT ROWID;
+    CREATE TRIGGER admissions_inserted AFTER INSERT ON admissions WHEN new.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside + 1;
+    END;
+    CREATE TRIGGER admissions_deleted AFTER DELETE ON admissions WHEN old.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside - 1;
+    END;
+    CREATE TRIGGER admissions_updated AFTER UPDATE OF inside ON admissions
+    WHEN new.inside <> old.inside
+    BEGIN
+        UPDATE occupancy SET inside = inside + new.inside - old.inside;
+    END;
+
+    -- The scan's code hashed with the key held when it was recorded (NULL: no key then;
+    -- x'': a key held since cannot tell, its code already replaced by an older hash).
+    ALTER TABLE scans ADD COLUMN code_hash BLOB;
+    DROP INDEX scans_admitted;
+    CREATE INDEX scans_admitted ON scans (session_id, code_hash) WHERE decision = 'admitted';
+    CREATE TRIGGER scans_presence AFTER INSERT ON scans
+    WHEN new.decision = 'admitted' AND new.session_id IS (SELECT session_id FROM session)
+        AND length(new.code_hash) > 0
+    BEGIN
+        INSERT INTO admissions (hash, inside) VALUES (new.code_hash, new.direction = 'in')
+        ON CONFLICT (hash) DO UPDATE SET inside = excluded.inside;
+    END;
+
+    -- The server's code key (32 bytes) and its id (first 16 hex digits of its SHA-256,
+    -- sent in the hello); NULL before the first snapshot and after a revocation.
+    ALTER TABLE sync_state ADD COLUMN code_key BLOB;
+    ALTER TABLE sync_state ADD COLUMN key_id TEXT;
+    UPDATE sync_state SET epoch = NULL, cursor = 0;
+    """,
 )

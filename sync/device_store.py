@@ -8,12 +8,19 @@ its next query without a restart.
 The door's hot path does not go through aiosqlite: :class:`DoorStore` is a plain
 ``sqlite3`` connection on a thread the door owns, and one call there looks the
 code up, decides and records the scan (docs/performance.md says why).
+
+The cache keeps no attendee code, only its keyed hash (:func:`code_hash`, with the
+server's per-event code key in ``sync_state``): a card read elsewhere gives no badge.
+Each store object holds the key in memory (:class:`HeldKey`), reads it once and again
+only when a lookup finds the store holds another (the daemon stored a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hmac
+import os
 import queue
 import sqlite3
 import threading
@@ -29,10 +36,12 @@ from core.database import PRAGMAS, StoreError, WriteTransaction, connect
 from core.rules import Decision, Direction, Facts, Reason, SessionRules
 from core.timesource import ClockAnchor
 from sync.device_schema import MIGRATIONS
+from sync.messages import CODE_KEY_BYTES, code_key_id
 
-__all__ = ["ANCHOR_SQL", "FACTS_SQL", "REAPPLY_OWN", "STORE_FILE", "UPSERT_ADMISSION",
-           "UPSERT_SESSION", "Decided", "DoorStore", "ScanRecord", "SessionRow", "Store",
-           "StoreError", "UploadState", "anchor_of", "facts_of", "write_cache"]
+__all__ = ["ANCHOR_SQL", "FACTS_SQL", "HASH_BYTES", "KEY_SQL", "REAPPLY_OWN", "STORE_FILE",
+           "UPSERT_ADMISSION", "UPSERT_SESSION", "Decided", "DoorStore", "HeldKey",
+           "ScanRecord", "SessionRow", "Store", "StoreError", "UploadState", "anchor_of",
+           "code_hash", "facts_of", "new_code_key", "store_key", "write_cache"]
 
 T = TypeVar("T")
 
@@ -72,26 +81,71 @@ class ScanRecord:
     time_source: str = "system"
 
 
+#: Bytes of a code's keyed hash as the store keeps it.
+HASH_BYTES = 16
+
+
+def code_hash(key: bytes, code: str) -> bytes:
+    """What the store keeps of *code*: HMAC-SHA256 with the code *key*, its first
+    :data:`HASH_BYTES` bytes (one C call, about a microsecond)."""
+    return hmac.digest(key, code.encode("utf-8", "surrogatepass"), "sha256")[:HASH_BYTES]
+
+
+def new_code_key() -> bytes:
+    """A code key of this device's own, for a cache filled without the server's (tests,
+    tools, a server that sends none)."""
+    return os.urandom(CODE_KEY_BYTES)
+
+
+#: Every connection to the store overwrites deleted content with zeros: a scan's code
+#: replaced by its hash, a cache replaced, leave nothing readable in free space.
+SECURE_DELETE = "PRAGMA secure_delete = ON"
+
+#: The key the store holds, and its id.
+KEY_SQL = "SELECT code_key, key_id FROM sync_state"
+
+
+class HeldKey:
+    """The code key a store object holds in memory, as last read from the store."""
+
+    __slots__ = ("key", "key_id")
+
+    def __init__(self) -> None:
+        self.key: bytes | None = None
+        self.key_id: str | None = None
+
+    def load(self, row: Any) -> None:
+        """Take the key from a :data:`KEY_SQL` row."""
+        self.key, self.key_id = (row["code_key"], row["key_id"]) if row else (None, None)
+
+    def hash(self, code: str | None) -> bytes | None:
+        """*code*'s hash with the key held; ``None`` without a code or a key."""
+        if code is None or self.key is None:
+            return None
+        return code_hash(self.key, code)
+
+
 # The decision is written into the text, not bound: the partial index scans_admitted
 # serves only a query whose condition matches its own literally. Every part is an index
 # lookup or a one-row read (occupancy is kept by triggers): nothing is counted here.
+# key_id tells the caller whether it hashed with the key the store holds.
 FACTS_SQL = f"""
-SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at, s.capacity,
-       EXISTS (SELECT 1 FROM attendees WHERE code = :code) AS is_attendee,
-       EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND code = :code)
+SELECT s.session_id, s.validate_registrants, s.starts_at, s.ends_at, s.capacity, y.key_id,
+       EXISTS (SELECT 1 FROM attendees WHERE hash = :hash) AS is_attendee,
+       EXISTS (SELECT 1 FROM registrants WHERE session_id = s.session_id AND hash = :hash)
            AS is_registrant,
-       (SELECT inside FROM admissions WHERE code = :code) AS presence,
-       EXISTS (SELECT 1 FROM scans WHERE session_id = s.session_id AND code = :code
+       (SELECT inside FROM admissions WHERE hash = :hash) AS presence,
+       EXISTS (SELECT 1 FROM scans WHERE session_id = s.session_id AND code_hash = :hash
                AND decision = '{Decision.ADMITTED}') AS admitted_here,
        (SELECT inside FROM occupancy) AS occupancy
-FROM session AS s
+FROM session AS s CROSS JOIN sync_state AS y
 """
 
 
 def facts_of(rows: Iterable[sqlite3.Row]) -> Facts:
     """The :class:`Facts` in the rows :data:`FACTS_SQL` returned."""
     row = next(iter(rows), None)
-    if row is None:
+    if row is None or row["key_id"] is None:  # no key: nothing cached can be looked up
         return Facts(session=None)
     session = SessionRules(
         session_id=row["session_id"],
@@ -187,6 +241,9 @@ class DoorStore:
         self.path = path
         self._thread = _OwnThread("door-store")
         self._db: sqlite3.Connection | None = None
+        self._key = HeldKey()
+        #: The code last looked up and its hash (the scan recorded next reuses it).
+        self._looked_up: tuple[str | None, bytes | None] = (None, None)
 
     @classmethod
     async def open(cls, data_dir: Path | str) -> Self:
@@ -202,7 +259,7 @@ class DoorStore:
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
-            for pragma in PRAGMAS:
+            for pragma in (*PRAGMAS, SECURE_DELETE):
                 db.execute(pragma)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version != len(MIGRATIONS):
@@ -245,7 +302,7 @@ class DoorStore:
 
     async def record(self, scan: ScanRecord) -> int:
         """Commit *scan* durably (e.g. a staff override); return its seq."""
-        return await self.run(self._insert, scan)
+        return await self.run(self._record, scan)
 
     async def clock_anchor(self) -> ClockAnchor | None:
         """The clock anchor the sync daemon recorded last (``None``: never one)."""
@@ -254,20 +311,44 @@ class DoorStore:
     def clock_anchor_in_thread(self) -> ClockAnchor | None:
         """:meth:`clock_anchor`, called on the store's thread (inside :meth:`run`): one
         read of one row, cheap enough once a second on the door's own thread."""
-        if self._db is None:
-            raise sqlite3.ProgrammingError("the store is closed")
-        return anchor_of(self._db.execute(ANCHOR_SQL).fetchall())
+        return anchor_of(self._open_db().execute(ANCHOR_SQL).fetchall())
 
     def facts_in_thread(self, code: str | None) -> Facts:
         """:meth:`facts`, called on the store's thread (inside :meth:`run`)."""
+        return self._lookup(code)[0]
+
+    def _open_db(self) -> sqlite3.Connection:
         if self._db is None:
             raise sqlite3.ProgrammingError("the store is closed")
-        return facts_of(self._db.execute(FACTS_SQL, {"code": code or ""}).fetchall())
+        return self._db
+
+    def _lookup(self, code: str | None) -> tuple[Facts, bytes | None]:
+        """The facts about *code* and its hash, with the key the store holds: the query
+        says which key that is, and only when it is not the one held (the daemon stored
+        another with a new snapshot) is the key read again and the code looked up again."""
+        db = self._open_db()
+        digest = self._key.hash(code)
+        rows = db.execute(FACTS_SQL, {"hash": digest}).fetchall()
+        if rows and rows[0]["key_id"] != self._key.key_id:
+            self._key.load(db.execute(KEY_SQL).fetchone())
+            digest = self._key.hash(code)
+            rows = db.execute(FACTS_SQL, {"hash": digest}).fetchall()
+        self._looked_up = (code, digest)
+        return facts_of(rows), digest
+
+    def _record(self, scan: ScanRecord) -> int:
+        """Insert *scan* alone (not after a lookup): its hash with the key stored now."""
+        self._key.load(self._open_db().execute(KEY_SQL).fetchone())
+        self._looked_up = (None, None)
+        return self._insert(scan)
 
     def _insert(self, scan: ScanRecord) -> int:
-        if self._db is None:
-            raise sqlite3.ProgrammingError("the store is closed")
-        seq = self._db.execute(_INSERT_SCAN, _scan_row(scan)).lastrowid
+        # The code looked up just before was hashed with the key checked then; anything
+        # else (a garbage payload's rendering) with the key held.
+        code, digest = self._looked_up
+        if code is None or scan.code != code:
+            digest = self._key.hash(scan.code)
+        seq = self._open_db().execute(_INSERT_SCAN, _scan_row(scan, digest)).lastrowid
         assert seq is not None
         return seq
 
@@ -278,7 +359,7 @@ class DoorStore:
         """:meth:`decide_and_record`, called on the store's thread (inside :meth:`run`;
         elsewhere sqlite3 refuses the connection)."""
         try:
-            facts = self.facts_in_thread(code)
+            facts, _ = self._lookup(code)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {self.path}: {exc}") from exc
         reason = judge(facts)
@@ -295,12 +376,19 @@ class Store:
         self._db = db
         self.path = path
         self._write_lock = asyncio.Lock()
+        self._key = HeldKey()
 
     @classmethod
     async def open(cls, data_dir: Path | str) -> Self:
         """Open (creating and migrating if needed) the store in *data_dir*."""
         path = Path(data_dir) / STORE_FILE
-        return cls(await connect(path, MIGRATIONS), path)
+        db = await connect(path, MIGRATIONS)
+        try:
+            await db.execute(SECURE_DELETE)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        return cls(db, path)
 
     async def close(self) -> None:
         await self._db.close()
@@ -314,13 +402,24 @@ class Store:
     async def facts(self, code: str | None) -> Facts:
         """Everything the decision needs to know about *code*, in one query.
 
-        With ``code=None`` (an invalid payload) only the session is looked up.
+        With ``code=None`` (an invalid payload) only the session is looked up. The code
+        is hashed with the key held, read again only when the store holds another (as
+        :class:`DoorStore` does).
         """
         try:  # one round trip to the database thread (the door itself uses DoorStore)
-            rows = await self._db.execute_fetchall(FACTS_SQL, {"code": code or ""})
+            rows = await self._db.execute_fetchall(FACTS_SQL, {"hash": self._key.hash(code)})
+            if rows and rows[0]["key_id"] != self._key.key_id:
+                await self._load_key()
+                rows = await self._db.execute_fetchall(FACTS_SQL,
+                                                       {"hash": self._key.hash(code)})
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read store {self.path}: {exc}") from exc
         return facts_of(rows)
+
+    async def _load_key(self) -> HeldKey:
+        """Read the key the store holds now into :attr:`_key`."""
+        self._key.load(next(iter(await self._db.execute_fetchall(KEY_SQL)), None))
+        return self._key
 
     async def clock_anchor(self) -> ClockAnchor | None:
         """The clock anchor the sync daemon recorded last (``None``: never one)."""
@@ -338,7 +437,9 @@ class Store:
         """
         async with self._write_lock:
             try:
-                row = await self._db.execute_insert(_INSERT_SCAN, _scan_row(scan))
+                key = await self._load_key()
+                row = await self._db.execute_insert(_INSERT_SCAN,
+                                                    _scan_row(scan, key.hash(scan.code)))
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write store {self.path}: {exc}") from exc
         return row[0]  # last_insert_rowid(): the scan's seq
@@ -347,7 +448,9 @@ class Store:
         """Commit several scans in one transaction (a backlog made elsewhere, for tools,
         tests and benchmarks; the door records each scan with :meth:`record_scan`)."""
         async with self.write():
-            await self._db.executemany(_INSERT_SCAN, [_scan_row(scan) for scan in scans])
+            key = await self._load_key()
+            await self._db.executemany(_INSERT_SCAN, [_scan_row(scan, key.hash(scan.code))
+                                                      for scan in scans])
 
     async def note_door(self, *, started_at: str | None = None, last_frame_at: str | None = None,
                         frames: int = 0) -> None:
@@ -372,9 +475,11 @@ class Store:
         exits: Iterable[str] | None = None,
     ) -> None:
         """Replace the whole cache with a full snapshot, in one transaction (see
-        :func:`write_cache` for *admissions* and *exits*)."""
+        :func:`write_cache` for *admissions* and *exits*), hashed with the key the store
+        holds (one of its own if it holds none: for tests and tools)."""
         async with self.write():
-            await write_cache(self._db, {
+            key = await store_key(self._db, None)
+            await write_cache(self._db, key, {
                 "session_id": session.session_id, "name": name,
                 "validate_registrants": int(session.validate_registrants),
                 "starts_at": _format_time(session.starts_at),
@@ -402,20 +507,22 @@ UPSERT_SESSION = (
     " capacity = excluded.capacity"
 )
 
-#: Sets one attendee's presence (``?`` code, ``?`` inside). An upsert, never
+#: Sets one attendee's presence (``?`` code hash, ``?`` inside). An upsert, never
 #: ``INSERT OR REPLACE``: a replacing delete fires no trigger, and occupancy would drift.
-UPSERT_ADMISSION = ("INSERT INTO admissions (code, inside) VALUES (?, ?)"
-                    " ON CONFLICT (code) DO UPDATE SET inside = excluded.inside")
+UPSERT_ADMISSION = ("INSERT INTO admissions (hash, inside) VALUES (?, ?)"
+                    " ON CONFLICT (hash) DO UPDATE SET inside = excluded.inside")
 
 #: Applies this door's own admissions and exits of its session again, in the order it
-#: made them; with ``{waiting}`` only those the server does not have yet.
+#: made them; with ``{waiting}`` only those the server does not have yet. (A scan whose
+#: hash under the key held is unknown, ``code_hash`` NULL or empty, cannot count.)
 REAPPLY_OWN = f"""
-INSERT INTO admissions (code, inside)
-SELECT code, direction = '{Direction.IN}' FROM scans
+INSERT INTO admissions (hash, inside)
+SELECT code_hash, direction = '{Direction.IN}' FROM scans
 WHERE decision = '{Decision.ADMITTED}' AND session_id = (SELECT session_id FROM session)
+AND length(code_hash) > 0
 {{waiting}}
 ORDER BY seq
-ON CONFLICT (code) DO UPDATE SET inside = excluded.inside
+ON CONFLICT (hash) DO UPDATE SET inside = excluded.inside
 """
 # The state is written into the text: the partial index scans_waiting serves only a
 # query whose condition matches its own literally.
@@ -424,13 +531,15 @@ _WAITING_ONLY = f"AND upload_state = '{UploadState.WAITING}'"
 
 async def write_cache(
     db: aiosqlite.Connection,
+    key: bytes,
     session: SessionRow | None,
     attendees: Iterable[str],
     registrants: Iterable[str],
     admissions: Iterable[str] | None = None,
     exits: Iterable[str] | None = None,
 ) -> None:
-    """Replace the cache's rows, inside the caller's write transaction.
+    """Replace the cache's rows, inside the caller's write transaction: every code
+    hashed with *key* (the key the store holds: :func:`store_key`).
 
     *session* holds the session row's columns (``session_id``, ``name``,
     ``validate_registrants``, ``starts_at``, ``ends_at``, ``capacity``), or is
@@ -445,15 +554,14 @@ async def write_cache(
     await db.execute("DELETE FROM attendees")
     await db.execute("DELETE FROM registrants")
     await db.execute("DELETE FROM admissions")
-    await db.executemany(
-        "INSERT OR IGNORE INTO attendees (code) VALUES (?)", ((c,) for c in attendees)
-    )
+    await db.executemany("INSERT OR IGNORE INTO attendees (hash) VALUES (?)",
+                         ((code_hash(key, c),) for c in attendees))
     if session is None:
         return
     await db.execute(UPSERT_SESSION, {"capacity": None} | session)
     await db.executemany(
-        "INSERT OR IGNORE INTO registrants (session_id, code) VALUES (?, ?)",
-        ((session["session_id"], c) for c in registrants),
+        "INSERT OR IGNORE INTO registrants (session_id, hash) VALUES (?, ?)",
+        ((session["session_id"], code_hash(key, c)) for c in registrants),
     )
     shared = admissions is not None or exits is not None
     # This door's own scans first, the snapshot's rows over them: a scan the server
@@ -462,19 +570,51 @@ async def write_cache(
     # who is inside. Replayed over the snapshot, a scan in flight as the snapshot was
     # made would stand over the later exit for good (found by the model test).
     await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
-    await db.executemany(UPSERT_ADMISSION, ((c, 1) for c in admissions or ()))
-    await db.executemany(UPSERT_ADMISSION, ((c, 0) for c in exits or ()))
+    await db.executemany(UPSERT_ADMISSION, ((code_hash(key, c), 1) for c in admissions or ()))
+    await db.executemany(UPSERT_ADMISSION, ((code_hash(key, c), 0) for c in exits or ()))
+
+
+async def store_key(db: aiosqlite.Connection, key: bytes | None) -> bytes:
+    """The key to hash the cache with from now on, inside the caller's write transaction
+    (which then replaces the whole cache): *key* (the server's), or with ``None`` the key
+    stored, or a new one of this device's own when none is.
+
+    A key other than the one stored (or than none) is stored, and the scans' hashes are
+    made again with it: those the server does not have yet, and those stored while no
+    key was held (their codes replaced by the hash now); the others' codes are gone
+    already, so their old hash is dropped (``x''``: unknown under this key).
+    """
+    rows = await db.execute_fetchall(KEY_SQL)
+    stored = next(iter(rows))["code_key"]
+    if key is None:
+        key = stored or new_code_key()
+    if key == stored:
+        return key
+    await db.execute("UPDATE sync_state SET code_key = ?, key_id = ?", (key, code_key_id(key)))
+    await db.execute(f"UPDATE scans SET code_hash = x'' WHERE upload_state = '{UploadState.STORED}'"
+                     " AND length(code_hash) > 0")
+    rows = await db.execute_fetchall(
+        "SELECT seq, code, upload_state FROM scans"
+        f" WHERE code_hash IS NULL OR upload_state <> '{UploadState.STORED}'")
+    hashes = [(row["seq"], row["code"], row["upload_state"] == UploadState.STORED,
+               code_hash(key, row["code"])) for row in rows]
+    await db.executemany("UPDATE scans SET code_hash = ? WHERE seq = ?",
+                         [(digest, seq) for seq, _, stored_, digest in hashes if not stored_])
+    await db.executemany("UPDATE scans SET code_hash = ?, code = ? WHERE seq = ?",
+                         [(digest, digest.hex(), seq) for seq, _, stored_, digest in hashes
+                          if stored_])
+    return key
 
 
 _INSERT_SCAN = ("INSERT INTO scans (scan_id, code, session_id, decision, reason, scanned_at,"
-                " monotonic_ns, boot_id, direction, override_of, time_source)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                " monotonic_ns, boot_id, direction, override_of, time_source, code_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _scan_row(scan: ScanRecord) -> tuple[Any, ...]:
+def _scan_row(scan: ScanRecord, digest: bytes | None) -> tuple[Any, ...]:
     return (scan.scan_id, scan.code, scan.session_id, scan.decision, scan.reason,
             scan.scanned_at, scan.monotonic_ns, scan.boot_id, scan.direction, scan.override_of,
-            scan.time_source)
+            scan.time_source, digest)
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -22,6 +22,8 @@ from sync.device_store import (
     SessionRow,
     Store,
     UploadState,
+    code_hash,
+    store_key,
     write_cache,
 )
 from sync.messages import Change, Scan, ScanResult, SessionInfo
@@ -85,36 +87,42 @@ class SyncStore(Store):
 
     async def cache_state(self) -> CacheState:
         rows = await self._db.execute_fetchall(
-            "SELECT (SELECT session_id FROM session) AS session_id, epoch, cursor"
+            "SELECT (SELECT session_id FROM session) AS session_id, epoch, cursor, key_id"
             " FROM sync_state")
         return CacheState(**next(iter(rows)))
 
     async def apply_snapshot(self, snapshot: ApplySnapshot) -> None:
-        """Replace the cache and store the snapshot's epoch and cursor, atomically."""
+        """Replace the cache (hashed with the snapshot's code key, or the key held) and
+        store the snapshot's epoch and cursor, atomically."""
         async with self.write():
-            await write_cache(self._db, _session_row(snapshot.session), snapshot.attendees,
-                              snapshot.registrants, snapshot.admissions, snapshot.exits)
+            key = await store_key(self._db, snapshot.code_key)
+            await write_cache(self._db, key, _session_row(snapshot.session),
+                              snapshot.attendees, snapshot.registrants, snapshot.admissions,
+                              snapshot.exits)
             await self._set_cursor(snapshot.cursor, snapshot.epoch)
 
     async def apply_changes(self, changes: ApplyChanges) -> None:
-        """Apply changes in seq order and store the new cursor, atomically."""
+        """Apply changes in seq order (hashed with the key held) and store the new cursor,
+        atomically."""
         db = self._db
         async with self.write():
+            key = await store_key(db, None)
             for change in session_first(changes.changes):
+                digest = code_hash(key, change.code) if change.code is not None else None
                 if change.kind == "session":
                     await _apply_session(db, change.session)
                 elif change.kind == "admission":
-                    await _apply_admission(db, change)
+                    await _apply_admission(db, digest, change.inside)
                 elif change.kind == "attendee" and change.deleted:
-                    await db.execute("DELETE FROM attendees WHERE code = ?", (change.code,))
+                    await db.execute("DELETE FROM attendees WHERE hash = ?", (digest,))
                 elif change.kind == "attendee":
-                    await db.execute("INSERT OR IGNORE INTO attendees (code) VALUES (?)",
-                                     (change.code,))
+                    await db.execute("INSERT OR IGNORE INTO attendees (hash) VALUES (?)",
+                                     (digest,))
                 elif change.deleted:
-                    await db.execute("DELETE FROM registrants WHERE code = ?", (change.code,))
+                    await db.execute("DELETE FROM registrants WHERE hash = ?", (digest,))
                 else:
-                    await db.execute("INSERT OR IGNORE INTO registrants (session_id, code)"
-                                     " SELECT session_id, ? FROM session", (change.code,))
+                    await db.execute("INSERT OR IGNORE INTO registrants (session_id, hash)"
+                                     " SELECT session_id, ? FROM session", (digest,))
             await self._set_cursor(changes.cursor)
 
     async def _set_cursor(self, cursor: int, epoch: str | None = None) -> None:
@@ -132,10 +140,17 @@ class SyncStore(Store):
         return [Scan(**row) for row in rows]
 
     async def record_results(self, results: list[ScanResult]) -> None:
-        """Mark stored scans stored and refused scans quarantined with the reason."""
+        """Mark stored scans stored and refused scans quarantined with the reason.
+
+        A stored scan's code is replaced by its hash (hex): the card keeps the codes of
+        scans still waiting only. (Without a hash yet, no key was held: the code is
+        replaced when the first key comes, :func:`sync.device_store.store_key`.)
+        """
         async with self.write():
             await self._db.executemany(
-                "UPDATE scans SET upload_state = ? WHERE scan_id = ?",
+                "UPDATE scans SET upload_state = ?,"
+                " code = CASE WHEN length(code_hash) > 0 THEN lower(hex(code_hash)) ELSE code END"
+                " WHERE scan_id = ?",
                 [(UploadState.STORED, r.scan_id) for r in results if r.stored])
             await self._db.executemany(
                 "UPDATE scans SET upload_state = ?, upload_note = ? WHERE scan_id = ?",
@@ -225,11 +240,12 @@ async def _apply_session(db: Any, session: SessionInfo | None) -> None:
         await db.execute(REAPPLY_OWN.format(waiting=""))
 
 
-async def _apply_admission(db: Any, change: Change) -> None:
-    """Another door's admission or exit (or this door's own, back from the server); only
-    while the door has a session (they are that session's), as registrants."""
-    await db.execute("INSERT INTO admissions (code, inside) SELECT ?, ?"
+async def _apply_admission(db: Any, digest: bytes | None, inside: bool) -> None:
+    """Another door's admission or exit (or this door's own, back from the server), by
+    its code's hash; only while the door has a session (they are that session's), as
+    registrants."""
+    await db.execute("INSERT INTO admissions (hash, inside) SELECT ?, ?"
                      " WHERE EXISTS (SELECT 1 FROM session)"
-                     " ON CONFLICT (code) DO UPDATE SET inside = excluded.inside",
-                     (change.code, int(change.inside)))
+                     " ON CONFLICT (hash) DO UPDATE SET inside = excluded.inside",
+                     (digest, int(inside)))
 

@@ -55,6 +55,7 @@ import httpx
 
 from checkin.harness import Device, Process
 from checkin.linkproxy import LinkProxy
+from sync.device_store import code_hash
 from tests.system import Server, read_only_query
 
 WAITING = "SELECT count(*) FROM scans WHERE upload_state = 'waiting'"
@@ -293,21 +294,24 @@ class Chaos:
         if waiting:
             found.append(f"{door.name}: {waiting} scans waiting")
         session = door.session_id
-        registrants = {r[0] for r in self._server(
+        # The door keeps keyed hashes of codes (issue 17): the server's codes are hashed
+        # with the door's key to compare.
+        key = _device(door, "SELECT code_key FROM sync_state")[0][0] or b""
+        registrants = {code_hash(key, r[0]) for r in self._server(
             "SELECT code FROM registrants WHERE session_id = ? AND deleted = 0", (session,))}
-        if {r[0] for r in _device(door, "SELECT code FROM registrants")} != registrants:
+        if {r[0] for r in _device(door, "SELECT hash FROM registrants")} != registrants:
             found.append(f"{door.name}: registrants differ from the server's")
         # Own admissions the server refused (quarantined) are the door's alone.
         own = {r[0] for r in _device(
-            door, "SELECT code FROM scans WHERE decision = 'admitted' AND session_id = ?"
+            door, "SELECT code_hash FROM scans WHERE decision = 'admitted' AND session_id = ?"
                   " AND upload_state = 'quarantined'", (session,))}
-        presence = {code: bool(inside) for code, inside in self._server(
+        presence = {code_hash(key, code): bool(inside) for code, inside in self._server(
             "SELECT code, inside FROM presence WHERE session_id = ?", (session,))
-            if code not in own}
-        admissions = {code: bool(inside) for code, inside in _device(
-            door, "SELECT code, inside FROM admissions") if code not in own}
+            if code_hash(key, code) not in own}
+        admissions = {digest: bool(inside) for digest, inside in _device(
+            door, "SELECT hash, inside FROM admissions") if digest not in own}
         if admissions != presence:
-            differ = sorted(c for c in admissions.keys() | presence.keys()
+            differ = sorted(c.hex() for c in admissions.keys() | presence.keys()
                             if admissions.get(c) != presence.get(c))
             found.append(f"{door.name}: admissions differ from the server's presence for "
                          f"{differ[:5]}{'...' if len(differ) > 5 else ''}")
@@ -317,7 +321,7 @@ class Chaos:
             found.append(f"{door.name}: occupancy {counted} but {inside} admissions inside")
         twice = _device(door, "SELECT code FROM scans WHERE decision = 'admitted' AND"
                               " reason = 'registered' AND direction = 'in' AND session_id = ?"
-                              " GROUP BY code HAVING count(*) > 1", (session,))
+                              " GROUP BY code_hash HAVING count(*) > 1", (session,))
         if twice:
             found.append(f"{door.name}: admitted as 'registered' twice: {twice[:5]}")
         return found

@@ -20,12 +20,66 @@ from checkin.badges import Look
 from checkin.harness import DoorLines, decisions, free_port, wait_for
 from server.schema import SERVER_FILE
 from sync.device_end import CacheState, DeviceEnd, RecordResults
+from sync.device_store import code_hash
 from sync.messages import Scan
 
 __all__ = ["ADMIN", "Device", "DoorLines", "Server", "free_port", "private_ca",
            "process_env", "read_only_query", "store_dump", "wait_for"]
 
 ADMIN = "test-admin-token"
+
+
+class HashedCodes:
+    """The keyed hashes a door's store holds (issue 17), asked about by code: equal to a
+    set of codes when it holds exactly their hashes; ``code in`` hashes *code*."""
+
+    def __init__(self, key: bytes | None, hashes: set[bytes]) -> None:
+        self.key = key
+        self.hashes = hashes
+
+    def __contains__(self, code: object) -> bool:
+        return (isinstance(code, str) and self.key is not None
+                and code_hash(self.key, code) in self.hashes)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HashedCodes):
+            return self.hashes == other.hashes
+        if isinstance(other, set | frozenset):
+            return len(other) == len(self.hashes) and all(code in self for code in other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{len(self.hashes)} hashed code(s)>"
+
+
+class HashedPresence:
+    """A door store's admissions (hash -> inside), asked about by code."""
+
+    def __init__(self, key: bytes | None, inside: dict[bytes, bool]) -> None:
+        self.key = key
+        self.inside = inside
+
+    def get(self, code: str) -> bool | None:
+        return self.inside.get(code_hash(self.key, code)) if self.key is not None else None
+
+    def __len__(self) -> int:
+        return len(self.inside)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return len(other) == len(self.inside) and all(
+                self.get(code) is value for code, value in other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<presence of {len(self.inside)} hashed code(s)>"
 
 
 def read_only_query(store: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
@@ -134,10 +188,17 @@ class Device(harness.Device):
         with self.press_file.open("ab") as presses:
             presses.write(b"p")
 
-    def presence(self) -> dict[str, bool]:
-        """Who this door's store counts inside (``True``) or gone out (``False``)."""
-        return {code: bool(inside)
-                for code, inside in self.query("SELECT code, inside FROM admissions")}
+    def presence(self) -> HashedPresence:
+        """Who this door's store counts inside (``True``) or gone out (``False``), asked
+        by code (the store keeps their keyed hashes)."""
+        return HashedPresence(self.code_key(), {
+            digest: bool(inside)
+            for digest, inside in self.query("SELECT hash, inside FROM admissions")})
+
+    def code_key(self) -> bytes | None:
+        """The code key the door's store hashes codes with (``None``: none yet)."""
+        rows = self.query("SELECT code_key FROM sync_state")
+        return rows[0][0] if rows else None
 
     def door(self, *payloads: str | bytes | None,
              look: Callable[[str | bytes | None], Look] = lambda payload: Look(),
@@ -160,8 +221,10 @@ class Device(harness.Device):
         except sqlite3.OperationalError:  # not migrated yet
             return []
 
-    def registrants(self) -> set[str]:
-        return {row[0] for row in self.query("SELECT code FROM registrants")}
+    def registrants(self) -> HashedCodes:
+        """The registrants this door's store holds, compared by code (it keeps hashes)."""
+        return HashedCodes(self.code_key(),
+                           {row[0] for row in self.query("SELECT hash FROM registrants")})
 
     def waiting(self) -> int:
         rows = self.query("SELECT count(*) FROM scans WHERE upload_state = 'waiting'")

@@ -21,7 +21,7 @@ from core.rules import Decision
 from device.config import DoorConfig
 from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
-from sync.device_store import ScanRecord
+from sync.device_store import ScanRecord, code_hash
 from sync.messages import (
     ScanOutcome,
     ScanResult,
@@ -29,6 +29,7 @@ from sync.messages import (
     SessionInfo,
     Snapshot,
     Welcome,
+    code_key_id,
     encode,
 )
 from sync.store import SyncStore
@@ -53,8 +54,15 @@ class FakeServer:
     hellos: list[dict[str, Any]] = field(default_factory=list)
     scans: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    links: list[ServerConnection] = field(default_factory=list)
+
+    async def drop(self) -> None:
+        """Close every link (a server restarting): the daemon reconnects."""
+        for websocket in self.links:
+            await websocket.close(1012, "restarting")
 
     async def handle(self, websocket: ServerConnection) -> None:
+        self.links.append(websocket)
         hello = json.loads(await websocket.recv())
         self.hellos.append(hello)
         if self.close is not None:
@@ -171,3 +179,43 @@ async def test_a_system_time_scan_is_uploaded_without_the_field(served, daemon_f
     await store.record_scan(a_scan(1))
     await until(lambda: fake.scans, 20, "the scan uploaded")
     assert "time_source" not in fake.scans[0]
+
+
+# -- keyed hashes -----------------------------------------------------------------------
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def keyed(key: bytes) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A server whose code key is *key*: a snapshot when the hello names another."""
+    return lambda hello: {"code_key": key.hex() if hello.get("hashes") else None,
+                          "resync": hello.get("key_id") != code_key_id(key)}
+
+
+async def test_the_welcomes_key_hashes_the_cache(served, daemon_for) -> None:
+    fake = await served(FakeServer(welcome=keyed(KEY)))
+    _, store = await daemon_for(fake)
+    await until(lambda: _key_id(store, code_key_id(KEY)), 20, "the snapshot")
+    assert fake.hellos[0]["hashes"] is True and "key_id" not in fake.hellos[0]
+    assert (await store.facts("A1")).is_registrant
+    await store.record_scan(a_scan(1, code="A1"))
+    await until(lambda: _codes(store, code_hash(KEY, "A1").hex()), 20,
+                "the code replaced by its hash once stored")
+    assert fake.scans[0]["code"] == "A1"  # the server gets the code itself
+
+    # The next connection names the key: changes only. Then the server's key changes
+    # (a new epoch): the snapshot hashes the cache with the new one.
+    fake.welcome = keyed(OTHER_KEY)
+    await fake.drop()  # the daemon reconnects
+    await until(lambda: _key_id(store, code_key_id(OTHER_KEY)), 20, "the new key")
+    assert fake.hellos[1]["key_id"] == code_key_id(KEY)
+    assert (await store.facts("A1")).is_registrant
+
+
+async def _key_id(store: SyncStore, key_id: str) -> bool:
+    return (await store.cache_state()).key_id == key_id
+
+
+async def _codes(store: SyncStore, *codes: str) -> bool:
+    return [s["code"] for s in await store.scans()] == list(codes)

@@ -30,6 +30,7 @@ from sync.messages import (
     Snapshot,
     Status,
     Welcome,
+    code_key_id,
     encode,
     parse_device_message,
     parse_server_message,
@@ -590,3 +591,48 @@ def test_admission_changes_are_passed_on_in_order() -> None:
              Change(12, "admission", code="A1", inside=False)]
     end.receive(changes(10, 12, items))
     assert end.actions() == [ApplyChanges(12, items)]
+
+
+# -- issue 17: keyed hashes ------------------------------------------------------
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def test_a_hashing_device_names_the_key_it_holds() -> None:
+    cache = CacheState("keynote-1", "E1", 10, key_id=code_key_id(KEY))
+    [frame] = DeviceEnd(DEVICE, SOFTWARE, cache, hashes=True).data_to_send()
+    hello = parse_device_message(frame)
+    assert (hello.hashes, hello.key_id) == (True, code_key_id(KEY))
+    [frame] = DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0), hashes=True).data_to_send()
+    assert '"key_id"' not in frame and '"hashes":true' in frame  # none held yet
+    [frame] = DeviceEnd(DEVICE, SOFTWARE, cache).data_to_send()  # an older door: neither
+    assert '"hashes"' not in frame and '"key_id"' not in frame
+
+
+def test_the_welcomes_key_comes_with_the_snapshot() -> None:
+    end = DeviceEnd(DEVICE, SOFTWARE, CacheState(None, None, 0), hashes=True)
+    end.receive(welcome(resync=True, code_key=KEY.hex()))
+    end.receive(snapshot(attendees=["A1"]))
+    [_, action] = end.actions()
+    assert isinstance(action, ApplySnapshot) and action.code_key == KEY
+    assert end.key_id == code_key_id(KEY)
+
+
+def test_a_welcome_without_a_key_keeps_the_one_held() -> None:
+    end = DeviceEnd(DEVICE, SOFTWARE, CacheState("keynote-1", "E1", 10,
+                                                 key_id=code_key_id(KEY)), hashes=True)
+    end.receive(welcome(resync=True))
+    end.receive(snapshot())
+    [_, action] = end.actions()
+    assert action.code_key is None  # the store hashes with the key it holds
+
+
+def test_another_key_without_a_snapshot_is_a_protocol_error() -> None:
+    """The cache is hashed with the key held: only a whole snapshot can change it."""
+    held = CacheState("keynote-1", "E1", 10, key_id=code_key_id(KEY))
+    end = DeviceEnd(DEVICE, SOFTWARE, held, hashes=True)
+    end.receive(welcome(code_key=KEY.hex()))  # the same key: changes may follow
+    assert end.state is DeviceState.SYNCING
+    with pytest.raises(ProtocolError, match="another code key"):
+        DeviceEnd(DEVICE, SOFTWARE, held, hashes=True).receive(welcome(code_key=OTHER_KEY.hex()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.database import scalar
+from core.database import connect, scalar
 from core.rules import Decision, Direction, Facts, Policy, Reason, SessionRules, decide
 from sync.device_schema import MIGRATIONS
 from sync.device_store import (
@@ -26,7 +26,6 @@ from sync.device_store import (
     StoreError,
     UploadState,
 )
-from sync.store import SyncStore
 
 SESSION = SessionRules("keynote", validate_registrants=True)
 
@@ -274,10 +273,10 @@ async def test_occupancy_is_kept_by_triggers_not_counted(tmp_path: Path) -> None
     await store.close()
     with sqlite3.connect(tmp_path / STORE_FILE) as db:
         db.execute("INSERT INTO admissions VALUES ('A', 1), ('B', 1), ('C', 0)")
-        db.execute("UPDATE admissions SET inside = 0 WHERE code = 'A'")
-        db.execute("UPDATE admissions SET inside = 1 WHERE code = 'C'")
-        db.execute("UPDATE admissions SET inside = 1 WHERE code = 'C'")  # no change
-        db.execute("INSERT INTO admissions VALUES ('B', 0) ON CONFLICT (code)"
+        db.execute("UPDATE admissions SET inside = 0 WHERE hash = 'A'")
+        db.execute("UPDATE admissions SET inside = 1 WHERE hash = 'C'")
+        db.execute("UPDATE admissions SET inside = 1 WHERE hash = 'C'")  # no change
+        db.execute("INSERT INTO admissions VALUES ('B', 0) ON CONFLICT (hash)"
                    " DO UPDATE SET inside = excluded.inside")
         counted = db.execute("SELECT count(*) FROM admissions WHERE inside").fetchone()[0]
         kept = db.execute("SELECT inside FROM occupancy").fetchone()[0]
@@ -351,14 +350,14 @@ async def test_migrating_counts_the_admissions_made_before(tmp_path: Path) -> No
                        " 't', 0, 'b')", (f"s{n}", code, decision))
         db.execute("UPDATE sync_state SET epoch = 'e1', cursor = 42")
     db.close()
-    store = await SyncStore.open(tmp_path)
+    db = await connect(path, MIGRATIONS[:4])  # the schema that brought admissions
     try:
-        facts = await store.facts("A1")
-        assert facts.inside and facts.occupancy == 2
-        assert not (await store.facts("A2")).admitted_before
-        assert {s["direction"] for s in await store.scans()} == {"in"}
+        rows = await db.execute_fetchall("SELECT code, inside FROM admissions")
+        assert {row["code"]: row["inside"] for row in rows} == {"A1": 1, "A3": 1}
+        assert await scalar(db, "SELECT inside FROM occupancy") == 2
+        assert await scalar(db, "SELECT count(DISTINCT direction) FROM scans") == 1
         # The other doors' admissions before the upgrade are behind the cursor: the
         # forgotten epoch brings a snapshot that carries them.
-        assert (await store.cache_state()).epoch is None
+        assert await scalar(db, "SELECT epoch FROM sync_state") is None
     finally:
-        await store.close()
+        await db.close()

@@ -15,8 +15,9 @@ from checkin import status as status_command
 from core.rules import Decision, Direction
 from core.timesource import ClockAnchor
 from sync.device_end import ApplyChanges, ApplySnapshot
-from sync.device_store import STORE_FILE, DoorStore, ScanRecord, UploadState
-from sync.messages import Change, ScanResult, SessionInfo
+from sync.device_schema import MIGRATIONS
+from sync.device_store import STORE_FILE, DoorStore, ScanRecord, UploadState, code_hash
+from sync.messages import Change, ScanResult, SessionInfo, code_key_id
 from sync.store import DeviceStatus, SyncStore
 from tests.conftest import CHECKIN
 from tests.system import process_env
@@ -66,8 +67,9 @@ async def test_changes_apply_in_order_with_their_cursor(store) -> None:
 
 async def test_a_failed_apply_leaves_cache_and_cursor_as_they_were(store, tmp_path) -> None:
     await store.apply_snapshot(ApplySnapshot("e1", 7, SESSION, ["A1"], ["A1"]))
+    b2 = code_hash(await held_key(store), "B2").hex()
     with sqlite3.connect(tmp_path / STORE_FILE) as db:  # sabotage one statement
-        db.execute("CREATE TRIGGER no_b2 BEFORE INSERT ON attendees WHEN NEW.code = 'B2'"
+        db.execute(f"CREATE TRIGGER no_b2 BEFORE INSERT ON attendees WHEN NEW.hash = x'{b2}'"
                    " BEGIN SELECT RAISE(ABORT, 'sabotaged'); END")
     with pytest.raises(Exception, match="sabotaged"):
         await store.apply_changes(ApplyChanges(9, [Change(8, "registrant", code="A1",
@@ -171,9 +173,17 @@ def at_door(scan_id: str, code: str, direction: Direction = Direction.IN,
                       "2026-11-28T10:00:00+00:00", 1, "boot", direction, override_of)
 
 
-async def inside(store: SyncStore) -> dict[str, bool]:
-    rows = await store._db.execute_fetchall("SELECT code, inside FROM admissions")
-    return {row["code"]: bool(row["inside"]) for row in rows}
+async def held_key(store: SyncStore) -> bytes:
+    [row] = await store._db.execute_fetchall("SELECT code_key FROM sync_state")
+    return row["code_key"]
+
+
+async def inside(store: SyncStore, codes: str = "A1 B2 C3 D4") -> dict[str, bool]:
+    """Who the store counts inside, by code (the store keeps hashes: of *codes*)."""
+    key = await held_key(store)
+    by_hash = {code_hash(key, code): code for code in codes.split()}
+    rows = await store._db.execute_fetchall("SELECT hash, inside FROM admissions")
+    return {by_hash[row["hash"]]: bool(row["inside"]) for row in rows}
 
 
 async def test_admission_changes_move_presence_and_occupancy(store) -> None:
@@ -276,3 +286,145 @@ async def test_the_clock_anchor_is_kept_for_the_door_and_status(store, tmp_path)
         await door.close()
     status = await store.status()
     assert status.clock_anchor == later and status.clock_offset_s == -2.5
+
+
+# -- issue 17: keyed hashes, never codes --
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+SECRET = SessionInfo("s1", "Workshop", True)
+
+
+def secret_scan(n: int, code: str, decision: Decision = Decision.ADMITTED) -> ScanRecord:
+    return ScanRecord(f"scan-{n}", code, "s1", decision,
+                      "registered" if decision == Decision.ADMITTED else "not_registered",
+                      "2026-11-28T10:00:00+00:00", n, "boot")
+
+
+async def rows(store: SyncStore, sql: str) -> list[tuple]:
+    return [tuple(row) for row in await store._db.execute_fetchall(sql)]
+
+
+async def test_the_cache_holds_keyed_hashes_of_the_codes(store) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                             ["SECRET-A1"], ["SECRET-B2"], [], code_key=KEY))
+    assert await rows(store, "SELECT hash FROM attendees ORDER BY hash") == sorted(
+        [(code_hash(KEY, "SECRET-A1"),), (code_hash(KEY, "SECRET-B2"),)])
+    assert await rows(store, "SELECT session_id, hash FROM registrants") == [
+        ("s1", code_hash(KEY, "SECRET-A1"))]
+    assert await rows(store, "SELECT hash, inside FROM admissions") == [
+        (code_hash(KEY, "SECRET-B2"), 1)]
+    assert len(code_hash(KEY, "SECRET-A1")) == 16
+    assert (await store.cache_state()).key_id == code_key_id(KEY)
+    facts = await store.facts("SECRET-A1")
+    assert facts.is_attendee and facts.is_registrant and not facts.admitted_before
+    assert (await store.facts("SECRET-B2")).inside
+    assert not (await store.facts("SECRET-C3")).is_attendee
+    await store.apply_changes(ApplyChanges(9, [
+        Change(8, "registrant", code="SECRET-A1", deleted=True),
+        Change(9, "attendee", code="SECRET-C3")]))
+    assert (await store.facts("SECRET-C3")).is_attendee
+    assert not (await store.facts("SECRET-A1")).is_registrant
+
+
+async def test_a_scan_keeps_its_code_only_until_the_server_has_it(tmp_path) -> None:
+    store = await SyncStore.open(tmp_path)
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                             ["SECRET-A1", "SECRET-B2"], [], [], code_key=KEY))
+    await store.record_scan(secret_scan(1, "SECRET-A1"))
+    await store.record_scan(secret_scan(2, "SECRET-B2"))
+    await store.record_scan(secret_scan(3, "SECRET-Q3", Decision.REJECTED))
+    await store.record_results([ScanResult("scan-1", "accepted"),
+                                ScanResult("scan-2", "duplicate"),
+                                ScanResult("scan-3", "refused", "why")])
+    await store.record_scan(secret_scan(4, "SECRET-W4"))
+    codes = {s["scan_id"]: s["code"] for s in await store.scans()}
+    assert codes == {"scan-1": code_hash(KEY, "SECRET-A1").hex(),
+                     "scan-2": code_hash(KEY, "SECRET-B2").hex(),
+                     "scan-3": "SECRET-Q3", "scan-4": "SECRET-W4"}  # for recovery
+    # Stored scans still count for the door (by their hash).
+    assert (await store.facts("SECRET-A1")).admitted_before
+    await store.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob(f"{STORE_FILE}*"))
+    assert b"SECRET-A1" not in data and b"SECRET-B2" not in data  # nowhere on the card
+    assert b"SECRET-W4" in data and b"SECRET-Q3" in data
+
+
+async def test_a_new_key_replaces_the_hashes_with_the_snapshot(store, tmp_path) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                             ["SECRET-A1", "SECRET-B2"], [], [], code_key=KEY))
+    door = await DoorStore.open(tmp_path)
+    try:
+        assert (await door.facts("SECRET-A1")).is_registrant  # the door holds KEY now
+        await store.record_scan(secret_scan(1, "SECRET-A1"))
+        await store.record_scan(secret_scan(2, "SECRET-B2"))
+        await store.record_results([ScanResult("scan-1", "accepted")])
+        await store.apply_snapshot(ApplySnapshot("e2", 3, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                                 ["SECRET-A1", "SECRET-B2"], [], [],
+                                                 code_key=OTHER_KEY))
+        assert (await store.cache_state()).key_id == code_key_id(OTHER_KEY)
+        # The door hashes with the new key at its next lookup.
+        a1, b2 = await door.facts("SECRET-A1"), await door.facts("SECRET-B2")
+        assert a1.is_registrant and not a1.admitted_before  # the server's word: not inside
+        assert b2.inside and b2.occupancy == 1  # its own waiting scan, hashed again
+        by_id = {s["scan_id"]: s for s in await store.scans()}
+        assert by_id["scan-2"]["code_hash"] == code_hash(OTHER_KEY, "SECRET-B2")
+        # The stored scan's code is gone: its hash under the new key cannot be known.
+        assert by_id["scan-1"]["code_hash"] == b""
+        assert by_id["scan-1"]["code"] == code_hash(KEY, "SECRET-A1").hex()
+    finally:
+        await door.close()
+
+
+async def test_without_a_key_the_door_is_not_ready(store, tmp_path) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SECRET, ["A1"], ["A1"], code_key=KEY))
+    async with store.write():  # as a revocation leaves it, but with the session kept
+        await store._db.execute("UPDATE sync_state SET code_key = NULL, key_id = NULL")
+    assert (await store.facts("A1")).session is None
+    door = await DoorStore.open(tmp_path)
+    try:
+        assert (await door.facts("A1")).session is None
+    finally:
+        await door.close()
+
+
+async def test_the_upgrade_forgets_the_cached_codes(tmp_path) -> None:
+    """A store of before the hashes (schema 6): the session, the cache and the epoch are
+    forgotten (the door is not ready until a snapshot refills them hashed); the scans
+    stay, and those the server has lose their codes when the key comes."""
+    path = tmp_path / STORE_FILE
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:6]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 6")
+        db.execute("INSERT INTO session (singleton, session_id, validate_registrants)"
+                   " VALUES (1, 's1', 1)")
+        db.executemany("INSERT INTO attendees (code) VALUES (?)",
+                       [("SECRET-A1",), ("SECRET-B2",), ("SECRET-C3",)])
+        db.executemany("INSERT INTO registrants (session_id, code) VALUES ('s1', ?)",
+                       [("SECRET-A1",), ("SECRET-B2",), ("SECRET-C3",)])
+        for n, (code, state) in enumerate([("SECRET-A1", "stored"), ("SECRET-B2", "waiting")]):
+            db.execute("INSERT INTO scans (scan_id, code, session_id, decision, reason,"
+                       " scanned_at, monotonic_ns, boot_id, upload_state)"
+                       " VALUES (?, ?, 's1', 'admitted', 'registered', 't', 0, 'b', ?)",
+                       (f"s{n}", code, state))
+        db.execute("UPDATE sync_state SET epoch = 'e1', cursor = 42")
+    db.close()
+    store = await SyncStore.open(tmp_path)
+    try:
+        assert (await store.facts("SECRET-A1")).session is None
+        state = await store.cache_state()
+        assert (state.session_id, state.epoch, state.cursor, state.key_id) == (
+            None, None, 0, None)
+        status = await store.status()
+        assert (status.attendees, status.registrants, status.inside) == (0, 0, 0)
+        await store.apply_snapshot(ApplySnapshot("e1", 50, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                                 ["SECRET-A1", "SECRET-B2"], [], [],
+                                                 code_key=KEY))
+        assert [s["code"] for s in await store.scans()] == [
+            code_hash(KEY, "SECRET-A1").hex(), "SECRET-B2"]
+        assert (await store.facts("SECRET-B2")).inside  # its own waiting admission
+    finally:
+        await store.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob(f"{STORE_FILE}*"))
+    assert b"SECRET-A1" not in data and b"SECRET-C3" not in data
