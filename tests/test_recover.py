@@ -132,11 +132,11 @@ def record(data_dir: Path, *scans: ScanRecord) -> None:
 
 
 def made(code: str, session_id: str | None, decision: Decision = Decision.ADMITTED,
-         reason: str = "registered") -> ScanRecord:
+         reason: str = "registered", time_source: str = "system") -> ScanRecord:
     return ScanRecord(scan_id=str(uuid.uuid4()), code=code, session_id=session_id,
                       decision=decision, reason=reason,
                       scanned_at="2026-11-28T09:00:00.000+00:00", monotonic_ns=10**9,
-                      boot_id="old-boot")
+                      boot_id="old-boot", time_source=time_source)
 
 
 def test_a_dead_doors_waiting_scans_are_uploaded_once_under_the_new_unit(
@@ -254,7 +254,7 @@ def test_what_cannot_be_recovered_exits_2_with_a_clear_message(
     event(server)
     new = unit(tmp_path, server, "door-new", "s1", devices)
     card = tmp_path / "card"
-    record(card, made("A1", "s1"))
+    record(card, made("A1", "s1", time_source="unknown"))  # the old unit booted offline
     store = card / STORE_FILE
 
     def refused(device: Device, path: Path, message: str) -> None:
@@ -289,4 +289,5 @@ def test_what_cannot_be_recovered_exits_2_with_a_clear_message(
     done = harness.run("recover", "--config", str(bad), "--store", str(store),
                        env=process_env(), timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert len(server.attendance("s1")["scans"]) == 1
+    [scan] = server.attendance("s1")["scans"]
+    assert scan["time_source"] == "unknown"  # uploaded as the old unit recorded it
