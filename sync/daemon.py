@@ -49,6 +49,7 @@ from sync.messages import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REASSIGNED,
+    CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
     MAX_SCANS_PER_BATCH,
     MAX_SERVER_MESSAGE,
@@ -100,11 +101,13 @@ class _Failure(Exception):
     """Why one connection ended, and how soon to try again."""
 
     def __init__(self, message: str, *, auth: bool = False, at_once: bool = False,
-                 close_code: int | None = None) -> None:
+                 close_code: int | None = None, revoked: bool = False) -> None:
         super().__init__(message)
         self.auth = auth
         self.at_once = at_once
         self.close_code = close_code
+        #: The server revoked this device: its cache must be wiped.
+        self.revoked = revoked
 
     def fields(self) -> dict[str, object]:
         """Its log line's extra fields."""
@@ -157,6 +160,8 @@ class SyncDaemon:
     async def _failed(self, failure: _Failure) -> float:
         """Log why the link ended and choose the next attempt: return how long to wait."""
         failed_url = self.rotation.current
+        if failure.revoked:
+            await self._wipe()
         why = str(failure)
         if len(self.rotation.urls) > 1 and failed_url not in why:
             why = f"{failed_url}: {why}"  # which of the servers closed or lost the link
@@ -178,6 +183,22 @@ class SyncDaemon:
                         extra=fields | {"retry_seconds": round(delay, 3)})
         await self._note(connected=False, error=why, server_url=failed_url)
         return delay
+
+    async def _wipe(self) -> None:
+        """The server said this device is revoked: wipe the cached codes and the key
+        (the scans stay for recovery). It keeps trying: a new token file resumes it."""
+        try:
+            newly, kept = await self.store.wipe_revoked()
+        except StoreError as exc:
+            log.error("device revoked, but its cache could not be wiped: %s", exc)
+            return
+        if newly:
+            log.error("this device was revoked by the server: its cached attendees, "
+                      "registrants and code key are wiped (the door signals not_ready); "
+                      "%d scan(s) the server does not have are kept for recovery "
+                      "(checkin recover); a new token in %s resumes it", kept,
+                      self.server.token_file,
+                      extra={"event": "revoked", "scans_kept": kept})
 
     async def _note(self, *, connected: bool, error: str | None = None,
                     server_url: str | None = None) -> None:
@@ -375,6 +396,10 @@ def _closed(exc: ConnectionClosed, token_file: Path) -> _Failure:
     if close is None:
         return _Failure("connection lost")
     reason = f"server closed the connection ({close.code}: {close.reason or 'no reason'})"
+    if close.code == CLOSE_REVOKED:
+        return _Failure(f"device revoked (close {close.code}): cache wiped, scans kept for "
+                        f"recovery; a new token in {token_file} resumes it", auth=True,
+                        close_code=close.code, revoked=True)
     if close.code == CLOSE_UNAUTHORIZED:
         return _Failure(f"refused: {close.reason or 'unknown or revoked device token'} "
                         f"(close {close.code}); check the token in {token_file}", auth=True,

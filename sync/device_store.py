@@ -333,6 +333,8 @@ class DoorStore:
             self._key.load(db.execute(KEY_SQL).fetchone())
             digest = self._key.hash(code)
             rows = db.execute(FACTS_SQL, {"hash": digest}).fetchall()
+        elif not rows and self._key.key is not None:
+            self._key.load(None)  # no session (say the device was revoked): hold no key
         self._looked_up = (code, digest)
         return facts_of(rows), digest
 

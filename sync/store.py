@@ -162,12 +162,35 @@ class SyncStore(Store):
     async def note_link(self, *, connected: bool, error: str | None = None,
                         server_url: str | None = None) -> None:
         """Record the link's state (and why it is down) for ``checkin status``, with the
-        server it is to (or was last tried: *server_url* ``None`` keeps the one noted)."""
+        server it is to (or was last tried: *server_url* ``None`` keeps the one noted).
+        Connected (welcomed) the device is not revoked any more."""
         async with self.write():
             await self._db.execute(
-                "UPDATE sync_state SET connected = ?, last_error = ?, updated_at = ?,"
-                " server_url = coalesce(?, server_url)",
+                "UPDATE sync_state SET connected = ?1, last_error = ?2, updated_at = ?3,"
+                " server_url = coalesce(?4, server_url),"
+                " revoked_at = CASE WHEN ?1 THEN NULL ELSE revoked_at END",
                 (int(connected), error, wall_stamp(), server_url))
+
+    async def wipe_revoked(self) -> tuple[bool, int]:
+        """The server revoked this device: forget every cached code (attendees,
+        registrants, admissions), the key, the session and the epoch, in one transaction,
+        and note when (the first time). Every scan is kept, for ``checkin recover``; the
+        door answers not_ready. Return whether the device was newly revoked, and how many
+        scans it keeps that the server does not have (waiting and quarantined)."""
+        async with self.write():
+            db = self._db
+            rows = await db.execute_fetchall(
+                "SELECT revoked_at IS NULL AS newly,"
+                f" (SELECT count(*) FROM scans WHERE upload_state <> '{UploadState.STORED}')"
+                " AS kept FROM sync_state")
+            newly, kept = next(iter(rows))
+            for table in ("session", "attendees", "registrants", "admissions"):
+                await db.execute(f"DELETE FROM {table}")
+            await db.execute(
+                "UPDATE sync_state SET code_key = NULL, key_id = NULL, epoch = NULL,"
+                " cursor = 0, revoked_at = coalesce(revoked_at, ?1), updated_at = ?1",
+                (wall_stamp(),))
+        return bool(newly), kept
 
     async def note_clock(self, anchor: ClockAnchor, *,
                          clock_offset_s: float | None = None) -> None:

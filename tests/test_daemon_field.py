@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
 from sync.device_store import ScanRecord, code_hash
 from sync.messages import (
+    CLOSE_REVOKED,
+    CLOSE_UNAUTHORIZED,
     ScanOutcome,
     ScanResult,
     ScanResults,
@@ -51,6 +54,8 @@ class FakeServer:
     attendees: list[str] = field(default_factory=lambda: ["A1", "B2"])
     registrants: list[str] = field(default_factory=lambda: ["A1"])
     close: int | None = None
+    #: ``False``: scans are taken and never answered (they stay waiting).
+    scans_answered: bool = True
     hellos: list[dict[str, Any]] = field(default_factory=list)
     scans: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
@@ -82,6 +87,8 @@ class FakeServer:
             if message["type"] != "scans":
                 continue
             self.scans.extend(message["scans"])
+            if not self.scans_answered:
+                continue
             await websocket.send(encode(ScanResults(
                 batch=message["batch"],
                 results=[ScanResult(s["scan_id"], ScanOutcome.ACCEPTED)
@@ -219,3 +226,59 @@ async def _key_id(store: SyncStore, key_id: str) -> bool:
 
 async def _codes(store: SyncStore, *codes: str) -> bool:
     return [s["code"] for s in await store.scans()] == list(codes)
+
+
+# -- revocation -------------------------------------------------------------------------
+
+
+async def test_a_revoked_device_wipes_its_cache_keeps_its_scans_and_resumes(
+        served, daemon_for, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="checkin.sync")
+    fake = await served(FakeServer(welcome=keyed(KEY)))
+    _, store = await daemon_for(fake)
+    await until(lambda: _key_id(store, code_key_id(KEY)), 20, "the snapshot")
+    fake.scans_answered = False  # the server stops answering: the scans stay waiting
+    await store.record_scan(a_scan(1, code="A1"))
+    await until(lambda: fake.scans, 20, "the scan pushed")
+
+    fake.close = CLOSE_REVOKED  # the organizer revokes the device
+    await fake.drop()
+    await until(lambda: _revoked(store), 20, "the wipe")
+    status = await store.status()
+    assert (status.session_id, status.registrants, status.attendees, status.epoch) == (
+        None, 0, 0, None)
+    assert (await store.cache_state()).key_id is None
+    assert [s["code"] for s in await store.scans()] == ["A1"]  # kept for recovery
+    assert (await store.facts("A1")).session is None  # the door: not_ready
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "revoked"]
+    line = record.getMessage()
+    assert "revoked" in line and "1 scan(s)" in line and "kept for recovery" in line
+    assert record.levelno == logging.ERROR and record.scans_kept == 1
+    hellos = len(fake.hellos)
+    await until(lambda: len(fake.hellos) >= hellos + 2, 20, "retries")  # still trying
+    assert fake.hellos[-1]["epoch"] is None and "key_id" not in fake.hellos[-1]
+
+    fake.close = None  # a new token: welcomed again, a fresh snapshot
+    fake.scans_answered = True
+    await until(lambda: _key_id(store, code_key_id(KEY)), 20, "the fresh snapshot")
+    await until(lambda: _codes(store, code_hash(KEY, "A1").hex()), 20, "the scan stored")
+    status = await store.status()
+    assert status.revoked_at is None and status.registrants == 1
+
+
+async def _revoked(store: SyncStore) -> bool:
+    return (await store.status()).revoked_at is not None
+
+
+async def test_an_unknown_token_wipes_nothing(served, daemon_for) -> None:
+    """4001 (a typo in the token, say) is not a revocation: the cache stays."""
+    fake = await served(FakeServer(welcome=keyed(KEY)))
+    _, store = await daemon_for(fake)
+    await until(lambda: _key_id(store, code_key_id(KEY)), 20, "the snapshot")
+    fake.close = CLOSE_UNAUTHORIZED
+    await fake.drop()
+    hellos = len(fake.hellos)
+    await until(lambda: len(fake.hellos) >= hellos + 2, 20, "refused twice")
+    status = await store.status()
+    assert status.revoked_at is None and status.registrants == 1
+    assert (await store.facts("A1")).is_registrant

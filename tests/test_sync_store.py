@@ -428,3 +428,42 @@ async def test_the_upgrade_forgets_the_cached_codes(tmp_path) -> None:
         await store.close()
     data = b"".join(p.read_bytes() for p in tmp_path.glob(f"{STORE_FILE}*"))
     assert b"SECRET-A1" not in data and b"SECRET-C3" not in data
+
+
+# -- issue 17: a revoked device --
+
+
+async def test_a_revoked_device_forgets_its_cache_and_keeps_every_scan(store, tmp_path) -> None:
+    await store.apply_snapshot(ApplySnapshot("e1", 7, SECRET, ["SECRET-A1", "SECRET-B2"],
+                                             ["SECRET-A1", "SECRET-B2"], ["SECRET-A1"], [],
+                                             code_key=KEY))
+    door = await DoorStore.open(tmp_path)
+    try:
+        assert (await door.facts("SECRET-A1")).inside
+        for n, code in enumerate(["SECRET-A1", "SECRET-B2", "SECRET-C3"], 1):
+            await store.record_scan(secret_scan(n, code))
+        await store.record_results([ScanResult("scan-1", "accepted"),
+                                    ScanResult("scan-3", "refused", "why")])
+        assert await store.wipe_revoked() == (True, 2)  # B2 waiting, C3 quarantined
+        assert await store.wipe_revoked() == (False, 2)  # again: nothing new
+        assert (await door.facts("SECRET-B2")).session is None  # not_ready
+        status = await store.status()
+        assert (status.session_id, status.attendees, status.registrants, status.inside,
+                status.epoch, status.cursor) == (None, 0, 0, 0, None, 0)
+        assert status.revoked_at is not None
+        assert (status.scans_waiting, status.scans_quarantined, status.scans_stored) == (1, 1, 1)
+        assert await rows(store, "SELECT code_key, key_id FROM sync_state") == [(None, None)]
+        assert [s["code"] for s in await store.scans()] == [
+            code_hash(KEY, "SECRET-A1").hex(), "SECRET-B2", "SECRET-C3"]
+        assert (await store.cache_state()).key_id is None
+        # A new token later: welcomed, a fresh snapshot; revoked no more.
+        await store.note_link(connected=False, error="refused")
+        assert (await store.status()).revoked_at == status.revoked_at
+        await store.note_link(connected=True)
+        await store.apply_snapshot(ApplySnapshot("e1", 9, SECRET, ["SECRET-B2"], ["SECRET-B2"],
+                                                 [], [], code_key=KEY))
+        assert (await store.status()).revoked_at is None
+        b2 = await door.facts("SECRET-B2")
+        assert b2.is_registrant and b2.inside  # its own waiting admission counts again
+    finally:
+        await door.close()
