@@ -25,7 +25,7 @@ from server.live import Live
 from server.web import dashboard
 from server.web.dashboard import Feeds, _events, _silent, _unsettled
 from server.web.pages import WebError, clock, form_capacity, offset
-from sync.device_end import ApplySnapshot
+from sync.device_end import ApplySnapshot, CacheState, DeviceEnd
 from sync.messages import Scan
 from tests.system import ADMIN, Server, SyncClient
 
@@ -531,3 +531,43 @@ def test_numbers_are_not_final_while_a_door_is_offline_silent_or_has_scans_waiti
     assert _unsettled([door(silent=True)]) == ["door d1 is silent"]
     assert _unsettled([door(scans_waiting=3)]) == ["door d1 has 3 scan(s) waiting to upload"]
     assert _unsettled([door(scans_waiting=None)]) == []  # not told yet
+
+
+def test_the_scan_log_marks_times_the_door_did_not_know(server: Server) -> None:
+    """A door three days behind, its time unknown: a scan of the boot it said hello in is
+    shown at the server's reckoning, marked reconstructed with what the door said; a scan
+    of an earlier boot (no anchor yet) is marked unknown. The "time" filter shows both."""
+    server.api("PUT", "/api/sessions/clockless", {"name": "Clockless",
+                                                 "validate_registrants": False})
+    behind = (NOW - timedelta(days=3)).isoformat()
+
+    def unknown(code: str, boot: str) -> Scan:
+        return Scan(str(uuid.uuid4()), 1, code, "clockless", "admitted", "registered", behind,
+                    400 * 10**9, boot, time_source="unknown")
+
+    known = door_scan("A1", 1, 1, session="clockless")
+    retimed, flagged = unknown("B2", "boot-now"), unknown("C3", "boot-before")
+
+    async def push() -> None:
+        token = server.provision("clockless-door", "clockless")
+        async with connect(server.sync_url,
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            door = SyncClient(ws, "clockless-door")
+            door.end = DeviceEnd("clockless-door", "test", CacheState(None, None, 0),
+                                 boot_id="boot-now", monotonic_ns=460 * 10**9)
+            await door.until(ApplySnapshot)
+            stored = await door.push(known, retimed, flagged)
+            assert [r.result for r in stored.results] == ["accepted"] * 3, stored
+
+    asyncio.run(push())
+    with signed_in(server) as client:
+        rows = rows_of(client.get("/sessions/clockless/scans").text, "scans-table")
+        assert 'data-flag="time"' not in rows[known.scan_id]
+        assert "time reconstructed" in rows[retimed.scan_id]
+        assert clock(behind) in rows[retimed.scan_id]  # what the door said
+        assert clock(behind) not in rows[retimed.scan_id].split("</td>")[0]  # not its time
+        assert "time unknown" in rows[flagged.scan_id]
+        assert clock(behind) in rows[flagged.scan_id].split("</td>")[0]
+        shown = rows_of(client.get("/sessions/clockless/scans", params={"show": "time"}).text,
+                        "scans-table")
+        assert set(shown) == {retimed.scan_id, flagged.scan_id}

@@ -637,7 +637,7 @@ def test_changes_made_on_the_pages_reach_a_connected_door(server: Server, page: 
         wait_for(lambda: door.registrants() == set(), what="Delete All at the door")
         page.get("/doors")
         page.post("/doors/revoke", {"device_id": "door-live"})
-        wait_for(lambda: "4001" in door.log(), what="the revoked door's link closed")
+        wait_for(lambda: "4004" in door.log(), what="the revoked door's link closed")
     finally:
         door.stop_sync()
 

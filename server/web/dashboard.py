@@ -384,6 +384,8 @@ SCAN_FILTERS: dict[str, tuple[str, Callable[[ScanRow], bool]]] = {
     "over_capacity": ("Admissions over capacity", lambda s: bool(s["over_capacity"])),
     "override": ("Overrides", lambda s: s["reason"] == Reason.OVERRIDE),
     "exit": ("Exits", lambda s: s["direction"] == Direction.OUT),
+    # The door did not know the time (server/retime.py): re-timed, or still unknown.
+    "time": ("Times the door did not know", lambda s: s["time_corrected"] is not None),
 }
 #: Scans one page of the log reads at most looking for matches: a filter matching few
 #: of a million scans stops there and offers to search on (a page is never slow).
