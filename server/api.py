@@ -223,9 +223,14 @@ async def device(request: Request) -> Response:
     try:
         found = await _store(request).device_by_token(token) if token else None
         sessions = await _store(request).sessions() if found and found.session_id else []
+        revoked = found is None and token is not None and await _store(request).token_revoked(
+            token)
     except StoreError as exc:
         log.error("%s", exc)
         return error(503, "server storage error; try again later")
+    if revoked:
+        return error(401, "device token revoked: this door was revoked (or provisioned "
+                          "again); provision it again for a new token")
     if found is None:
         return error(401, "missing, unknown or revoked device token: send 'Authorization: "
                           "Bearer <device token>'")

@@ -646,9 +646,11 @@ class ServerStore:
                 " SET monotonic_ns = excluded.monotonic_ns,"
                 " server_time = excluded.server_time", (device_id, *anchor_row(anchor)))
             rows = await db.fetchall(
+                # The literal, not a parameter: the planner uses the partial index
+                # scans_time_unknown only when the query's condition is its own.
                 "SELECT scan_id, session_id, scanned_at, monotonic_ns, boot_id FROM scans"
-                " WHERE device_id = ? AND boot_id = ? AND time_corrected = ?",
-                (device_id, anchor.boot_id, Corrected.UNKNOWN))
+                " WHERE device_id = ? AND boot_id = ? AND time_corrected = 'unknown'",
+                (device_id, anchor.boot_id))
             timings = retime_stored((StoredScan(r["scan_id"], r["scanned_at"],
                                                 r["monotonic_ns"], r["boot_id"])
                                      for r in rows), anchor)

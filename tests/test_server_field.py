@@ -288,6 +288,11 @@ async def test_a_revoked_token_is_closed_with_4004_and_an_unknown_one_with_4001(
         assert await closed_with(websocket) == (4004, "device revoked")  # and at connection
     async with open_ws(server, token + "x") as websocket:
         assert await closed_with(websocket) == (4001, "unknown device token")  # a typo
+    # The doctor's question says so too.
+    revoked = server.client.get("/api/device", headers={"Authorization": f"Bearer {token}"})
+    assert revoked.status_code == 401 and "device token revoked" in revoked.text
+    typo = server.client.get("/api/device", headers={"Authorization": f"Bearer {token}x"})
+    assert typo.status_code == 401 and "device token revoked" not in typo.text
     new = server.provision(device_id, "s1")  # provisioned again: a new token works
     assert new != token
     async with open_ws(server, new) as websocket:
