@@ -89,7 +89,7 @@ from sync.device_end import (
 )
 from sync.messages import (
     CLOSE_REASSIGNED,
-    CLOSE_UNAUTHORIZED,
+    CLOSE_REVOKED,
     Change,
     Changes,
     ProtocolError,
@@ -1331,7 +1331,7 @@ async def _open_sync_link(app: Any, token: str) -> tuple[asyncio.Queue[dict],
 
 
 @pytest.mark.parametrize(("change", "code"), [("reassigned", CLOSE_REASSIGNED),
-                                              ("revoked", CLOSE_UNAUTHORIZED)])
+                                              ("revoked", CLOSE_REVOKED)])
 async def test_a_device_changed_while_its_link_opens_is_closed_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, code: int) -> None:
     """An organizer's call between ``sync_endpoint`` reading the device and attaching the link.
