@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--certfile", metavar="PEM", help="TLS certificate chain (for wss://)")
     server.add_argument("--keyfile", metavar="PEM", help="TLS private key")
     server.add_argument("--new-epoch", action="store_true",
-                        help="after restoring the database from a backup: give it a new "
-                             "epoch, so every door resyncs from a snapshot")
+                        help="after restoring the database from a backup (or losing a door): "
+                             "give it a new epoch and code key, so every door resyncs from "
+                             "a snapshot")
     server.add_argument("--keep-deleted-days", type=_days, default=KEEP_DELETED_DAYS,
                         metavar="N",
                         help="keep each registrant's removal this many days for doors that "

@@ -230,7 +230,8 @@ def run_server(data_dir: Path, host: str, port: int, *, certfile: str | None = N
         token, source = admin_token(data_dir)
         if new_epoch:
             epoch = asyncio.run(_renew_epoch(database or data_dir))
-            print(f"checkin server: new epoch {epoch}: every door resyncs", file=sys.stderr)
+            print(f"checkin server: new epoch {epoch} and code key: every door resyncs",
+                  file=sys.stderr)
     except (OSError, StoreError) as exc:
         print(f"checkin server: cannot use data dir {data_dir}: {exc}", file=sys.stderr)
         return 1
