@@ -989,6 +989,8 @@ class ServerStore:
         inside now, ``capacity`` the session's (``None``: no limit), ``overrides`` the staff
         overrides, ``over_capacity`` and ``double_admissions`` the admissions the audit
         flagged as past the capacity or as refused by another door's earlier admission.
+        ``times_reconstructed`` and ``times_unknown`` count the scans whose door did not
+        know the time, re-timed by the server or not yet (:mod:`server.retime`).
         """
         params = {"session": session_id, "admitted": Decision.ADMITTED,
                   "rejected": Decision.REJECTED}
@@ -1022,7 +1024,9 @@ class ServerStore:
                 "  OR clock_flag IS NOT NULL) AS flagged,"
                 " count(*) FILTER (WHERE reason = :override) AS overrides,"
                 " count(*) FILTER (WHERE over_capacity IS NOT NULL) AS over_capacity,"
-                " count(*) FILTER (WHERE double_admission IS NOT NULL) AS double_admissions"
+                " count(*) FILTER (WHERE double_admission IS NOT NULL) AS double_admissions,"
+                " count(*) FILTER (WHERE time_corrected = 'reconstructed') AS reconstructed,"
+                " count(*) FILTER (WHERE time_corrected = 'unknown') AS unknown"
                 f" FROM scans {d.indexed_by('scans_session')} WHERE session_id = :session",
                 params | {"override": Reason.OVERRIDE}))[0]
             # Each attendee's first admission, from the index alone (session, decision,
@@ -1047,7 +1051,8 @@ class ServerStore:
                 "flagged": flags["flagged"], "last_scan_at": last_scan_at,
                 "inside": session["inside"], "capacity": session["capacity"],
                 "overrides": flags["overrides"], "over_capacity": flags["over_capacity"],
-                "double_admissions": flags["double_admissions"]}
+                "double_admissions": flags["double_admissions"],
+                "times_reconstructed": flags["reconstructed"], "times_unknown": flags["unknown"]}
 
     async def not_arrived(self, session_id: str, query: str = "", *, limit: int = 50,
                           offset: int = 0) -> tuple[int, list[Attendee]]:

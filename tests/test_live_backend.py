@@ -268,7 +268,8 @@ async def test_attendance_live_counts_a_session(store: ServerStore) -> None:
                      "reentries": 0, "rejected": 0, "rejected_by_reason": {},
                      "not_arrived": 6, "arrivals_per_minute": [], "scans": 0, "flagged": 0,
                      "last_scan_at": None, "inside": 0, "capacity": None, "overrides": 0,
-                     "over_capacity": 0, "double_admissions": 0}
+                     "over_capacity": 0, "double_admissions": 0, "times_reconstructed": 0,
+                     "times_unknown": 0}
     door1 = Device("door-1", "s1")
     door2 = Device("door-2", "s1")
     await store.store_scans(door1, [

@@ -571,3 +571,10 @@ def test_the_scan_log_marks_times_the_door_did_not_know(server: Server) -> None:
         shown = rows_of(client.get("/sessions/clockless/scans", params={"show": "time"}).text,
                         "scans-table")
         assert set(shown) == {retimed.scan_id, flagged.scan_id}
+        # The live page counts them, and links to them.
+        live = client.get("/sessions/clockless/live").text
+        assert '<li id="times" >' in live or '<li id="times">' in live  # not hidden
+        assert '<strong id="times-reconstructed-count">1</strong>' in live
+        assert '<strong id="times-unknown-count">1</strong>' in live
+        assert 'href="/sessions/clockless/scans?show=time"' in live
+        assert '<li id="times" hidden>' in client.get("/sessions/s1/live").text

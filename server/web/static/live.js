@@ -112,6 +112,10 @@
       }
       insideNow(data.inside ?? 0, data.capacity ?? null);
       put("overrides-count", data.overrides ?? 0);
+      const retimed = data.times_reconstructed ?? 0, unknown = data.times_unknown ?? 0;
+      put("times-reconstructed-count", retimed);
+      put("times-unknown-count", unknown);
+      $("times").hidden = !(retimed || unknown);
       const over = data.over_capacity ?? 0, double = data.double_admissions ?? 0;
       put("over-capacity-count", over);
       put("double-admissions-count", double);
