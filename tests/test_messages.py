@@ -577,6 +577,13 @@ def test_lone_surrogates_in_text_refuse_the_scan_not_the_frame() -> None:
         parse_device_message(json.dumps(body(STATUS, software="\udfff")))
 
 
+def test_a_nul_in_text_refuses_the_scan_not_the_frame() -> None:
+    bad = body(SCANS)["scans"][0] | {"code": "A1\x00"}
+    parsed = parse_device_message(json.dumps(body(SCANS, scans=[bad])))
+    assert isinstance(parsed.scans[0], BadScan)
+    assert "without NUL" in parsed.scans[0].problem
+
+
 @given(st.lists(st.text(max_size=MAX_RECORDED_CODE), min_size=1, max_size=50))
 def test_any_batch_the_daemon_fits_is_within_the_servers_limit(codes: list[str]) -> None:
     scans = [make_scan(f"s{i}", code=printable(code.encode("utf-8", "surrogatepass")))
@@ -798,26 +805,34 @@ _CODES = st.from_regex(r"[A-Za-z0-9._~:@+=/-]{1,128}", fullmatch=True)
 _SEQS = st.integers(0, 2**63 - 1)
 _OFFSETS = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 _STAMPS = st.datetimes(timezones=_OFFSETS).map(lambda d: d.isoformat())
-_SESSIONS = st.builds(SessionInfo, _IDS, st.text(max_size=200), st.booleans(),
+
+
+def _text(size: int) -> st.SearchStrategy[str]:
+    """Text any text field takes: Unicode without NUL (which text fields may refuse:
+    PostgreSQL's text cannot hold one)."""
+    return st.text(st.characters(blacklist_characters="\x00"), max_size=size)
+
+
+_SESSIONS = st.builds(SessionInfo, _IDS, _text(200), st.booleans(),
                       st.none() | _STAMPS, st.none() | _STAMPS)
 _CHANGES = st.one_of(
     st.builds(Change, seq=_SEQS, kind=st.sampled_from(["attendee", "registrant"]), code=_CODES,
               deleted=st.booleans()),
     st.builds(Change, seq=_SEQS, kind=st.just("session"), session=st.none() | _SESSIONS),
 )
-_SCANS = st.builds(Scan, _IDS, _SEQS, st.text(max_size=400), st.none() | _IDS,
+_SCANS = st.builds(Scan, _IDS, _SEQS, _text(400), st.none() | _IDS,
                    st.sampled_from(["admitted", "rejected"]), st.sampled_from(list(Reason)),
-                   _STAMPS, _SEQS, st.text(max_size=64),
+                   _STAMPS, _SEQS, _text(64),
                    time_source=st.none() | st.sampled_from(["system", "server", "unknown"]))
 _HEX16 = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)
 _HEX64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 _DEVICE_MESSAGES = st.one_of(
-    st.builds(Hello, device_id=_IDS, software=st.text(max_size=100),
+    st.builds(Hello, device_id=_IDS, software=_text(100),
               session_id=st.none() | _IDS, epoch=st.none() | _IDS, cursor=_SEQS,
               v=st.integers(1, 1000), hashes=st.none() | st.booleans(),
               key_id=st.none() | _HEX16),
     st.builds(Scans, batch=_SEQS, scans=st.lists(_SCANS, max_size=5)),
-    st.builds(Status, software=st.text(max_size=100), cursor=_SEQS, scans_waiting=_SEQS,
+    st.builds(Status, software=_text(100), cursor=_SEQS, scans_waiting=_SEQS,
               scans_quarantined=_SEQS, last_frame_at=st.none() | _STAMPS),
 )
 _SERVER_MESSAGES = st.one_of(
@@ -831,7 +846,7 @@ _SERVER_MESSAGES = st.one_of(
               changes=st.lists(_CHANGES, max_size=5)),
     st.builds(ScanResults, batch=_SEQS, results=st.lists(st.builds(
         ScanResult, _IDS, st.sampled_from(ScanOutcome),
-        st.none() | st.text(max_size=500)), max_size=5), server_time=st.none() | _STAMPS),
+        st.none() | _text(500)), max_size=5), server_time=st.none() | _STAMPS),
 )
 
 
