@@ -125,7 +125,7 @@ def test_the_version_is_checked_first_but_stays_last_among_the_required_argument
     assert next(iter(fields_of(Hello))) == next(iter(fields_of(Welcome))) == "v"
     assert list(inspect.signature(Hello).parameters) == [
         "device_id", "software", "session_id", "epoch", "cursor", "v", "boot_id",
-        "monotonic_ns", "admissions", "allow_reentry"]
+        "monotonic_ns", "admissions", "allow_reentry", "hashes", "key_id"]
     # the frame keeps its order: v after the cursor, as before the fields were derived
     assert list(json.loads(encode(Hello("d", "s", None, None, 0)))) == [
         "type", "device_id", "software", "session_id", "epoch", "cursor", "v"]
