@@ -57,6 +57,10 @@ def text(limit: int) -> Check:
         if not _is_text(value):
             raise ValueError(f"a string of at most {limit} characters of Unicode text "
                              "(it holds a lone surrogate, which is not a character)")
+        if "\x00" in value:
+            # SQLite would keep it, PostgreSQL's text cannot: refused alike on both.
+            raise ValueError(f"a string of at most {limit} characters without NUL "
+                             "(\\u0000)")
         return value
 
     return check

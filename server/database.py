@@ -517,6 +517,10 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     """Set up a new pooled connection: times without an offset are UTC (as SQLite's
     julianday takes them), and numeric results come as SQLite gives them."""
     await conn.execute("SET TIME ZONE 'UTC'")
+    # psycopg prepares a statement after its fifth run; PostgreSQL's generic plan for it
+    # then searches a 500-value "code IN (...)" row by row (storing 50,000 scans took
+    # 53 s instead of 12.5 s): always plan for the values given.
+    await conn.execute("SET plan_cache_mode = force_custom_plan")
     conn.adapters.register_loader("numeric", _NumericLoader)
 
 

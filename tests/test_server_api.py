@@ -179,6 +179,11 @@ def test_the_admin_api_refuses_requests_without_the_admin_token(server, headers)
     ("PUT", "/api/sessions/..etc", {"name": "x", "validate_registrants": True},
      "session_id"),
     ("PUT", "/api/sessions/s/registrants/bad%00code", None, "code"),
+    # SQLite would keep a NUL, PostgreSQL cannot: a 400 on both, never a 503 on one.
+    ("POST", "/api/attendees", [{"code": "A", "name": "Ann\u0000"}],
+     'attendee 0: name = "Ann\\u0000": expected a string of at most 200 characters without NUL'),
+    ("PUT", "/api/sessions/s", {"name": "Talk\u0000", "validate_registrants": True},
+     "without NUL"),
 ])
 def test_malformed_requests_get_a_400_naming_the_problem(server, method, path, body,
                                                          words) -> None:
