@@ -136,6 +136,7 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
         self.epoch = cache.epoch
         self.cursor = cache.cursor
         self.session_id = cache.session_id
+        self.hashes = bool(hashes)
         self.key_id = cache.key_id if hashes else None
         #: The welcome's code key, for the snapshot that follows it.
         self.code_key: bytes | None = None
@@ -176,7 +177,7 @@ class DeviceEnd(ProtocolEnd[DeviceAction]):
             )
         if not welcome.resync and welcome.epoch != self.epoch:
             raise ProtocolError("welcome without resync from a server with another epoch")
-        if welcome.code_key is not None:
+        if welcome.code_key is not None and self.hashes:  # else not asked for: ignored
             key = bytes.fromhex(welcome.code_key)
             if not welcome.resync and code_key_id(key) != self.key_id:
                 # The cache is hashed with another key: only a snapshot can replace it.

@@ -636,3 +636,6 @@ def test_another_key_without_a_snapshot_is_a_protocol_error() -> None:
     assert end.state is DeviceState.SYNCING
     with pytest.raises(ProtocolError, match="another code key"):
         DeviceEnd(DEVICE, SOFTWARE, held, hashes=True).receive(welcome(code_key=OTHER_KEY.hex()))
+    older = DeviceEnd(DEVICE, SOFTWARE, held)  # a device that keeps codes: no key for it
+    older.receive(welcome(code_key=OTHER_KEY.hex()))
+    assert older.state is DeviceState.SYNCING and older.code_key is None
