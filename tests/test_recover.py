@@ -226,6 +226,20 @@ def test_scans_for_another_session_are_refused_and_reported(
     assert server.attendance("s2")["scans"] == []
 
 
+def test_a_backlog_goes_in_batches_each_scan_once(
+        tmp_path: Path, server: Server, devices: list[Device]) -> None:
+    event(server)
+    card = tmp_path / "card"
+    backlog = [made(f"X{i}", "s1", Decision.REJECTED, "unknown_code") for i in range(1201)]
+    record(card, *backlog)
+    new = unit(tmp_path, server, "door-new", "s1", devices)
+    status, report = recover_json(new, card / STORE_FILE)
+    assert status == 0, str(report)[:2000]
+    assert (report["waiting"], report["accepted"]) == (1201, 1201)  # 3 batches of <= 500
+    scans = server.attendance("s1")["scans"]
+    assert sorted(s["scan_id"] for s in scans) == sorted(s.scan_id for s in backlog)
+
+
 def test_scans_the_dead_unit_uploaded_unanswered_count_as_stored(
         tmp_path: Path, server: Server, devices: list[Device]) -> None:
     """The dead unit pushed its scans and died before the answer: its card still says
