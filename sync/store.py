@@ -19,10 +19,10 @@ from sync.device_end import ApplyChanges, ApplySnapshot, CacheState
 from sync.device_store import (
     REAPPLY_OWN,
     UPSERT_SESSION,
+    CodeHasher,
     SessionRow,
     Store,
     UploadState,
-    code_hash,
     store_key,
     write_cache,
 )
@@ -106,9 +106,9 @@ class SyncStore(Store):
         atomically."""
         db = self._db
         async with self.write():
-            key = await store_key(db, None)
+            hasher = CodeHasher(await store_key(db, None))
             for change in session_first(changes.changes):
-                digest = code_hash(key, change.code) if change.code is not None else None
+                digest = hasher(change.code) if change.code is not None else None
                 if change.kind == "session":
                     await _apply_session(db, change.session)
                 elif change.kind == "admission":

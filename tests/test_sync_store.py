@@ -16,7 +16,13 @@ from core.rules import Decision, Direction
 from core.timesource import ClockAnchor
 from sync.device_end import ApplyChanges, ApplySnapshot
 from sync.device_schema import MIGRATIONS
-from sync.device_store import STORE_FILE, DoorStore, ScanRecord, UploadState, code_hash
+from sync.device_store import (
+    STORE_FILE,
+    DoorStore,
+    ScanRecord,
+    UploadState,
+    code_hash,
+)
 from sync.messages import Change, ScanResult, SessionInfo, code_key_id
 from sync.store import DeviceStatus, SyncStore
 from tests.conftest import CHECKIN
