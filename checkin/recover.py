@@ -236,10 +236,11 @@ def copy_store(original: Path, folder: Path) -> Path:
 
 def check_door_store(path: Path, shown: Path) -> None:
     """Refuse what is not a checkin door store (named *shown* in the message) before
-    anything migrates it."""
+    anything migrates it. *path* is the copy: opened for writing, as reading a WAL
+    database without its ``-shm`` (not copied off the card) makes one."""
     not_ours = f"{shown} is not a checkin door store"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(path)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {row[0] for row in db.execute(

@@ -186,6 +186,14 @@ def test_a_dead_doors_waiting_scans_are_uploaded_once_under_the_new_unit(
     assert len(server.attendance("s1")["scans"]) == 3
     assert hashes(store) == before  # the card's files were never written
 
+    # Copied without its -shm (SQLite makes another): the same scans, all stored.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy2(card / f"{STORE_FILE}{suffix}", bare / f"{STORE_FILE}{suffix}")
+    status, report = recover_json(new, bare / STORE_FILE)
+    assert (status, report["waiting"], report["already_stored"]) == (0, 3, 3), report
+
 
 def test_scans_for_another_session_are_refused_and_reported(
         tmp_path: Path, server: Server, devices: list[Device]) -> None:
