@@ -33,6 +33,7 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import ssl
 import sys
 import tempfile
 from collections import Counter
@@ -366,7 +367,12 @@ async def _connection(url: str, token: str, config: Any, report: Report) -> None
             raise UsageError(f"{url}: the token in {config.server.token_file} is not "
                              f"{config.device_id}'s: {exc}") from None
         raise _Retry(f"{url}: protocol error: {exc}") from None
-    except (OSError, InvalidHandshake, TimeoutError) as exc:  # ssl.SSLError is an OSError
+    except ssl.SSLCertVerificationError as exc:  # a config problem: retrying changes nothing
+        raise UsageError(f"TLS with {url} failed: {exc.verify_message or exc}; check [server] "
+                         f"ca_file (now {config.server.ca_file or 'the system CAs'})") from None
+    except ssl.SSLError as exc:  # before OSError, which it is a kind of
+        raise _Retry(f"{url}: TLS failed: {exc}") from None
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise _Retry(f"{url}: {exc or type(exc).__name__}") from None
 
 

@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import uuid
 from pathlib import Path
@@ -26,7 +27,7 @@ from checkin.recover import OTHER_DEVICE_REASON, Report, _Retry, classify, give_
 from core.rules import Decision
 from sync.device_store import STORE_FILE, ScanRecord, Store
 from sync.messages import Scan, ScanOutcome, ScanResult
-from tests.system import Device, Server, free_port, process_env, wait_for
+from tests.system import Device, Server, free_port, private_ca, process_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +314,25 @@ def test_what_cannot_be_recovered_exits_2_with_a_clear_message(
     assert done.returncode == 2 and "Traceback" not in done.stderr
     [scan] = server.attendance("s1")["scans"]
     assert scan["time_source"] == "unknown"  # uploaded as the old unit recorded it
+
+
+def test_recovery_over_tls_trusts_the_configs_ca_only(tmp_path: Path) -> None:
+    ca_file, cert_file, key_file = private_ca(tmp_path)
+    with Server(tmp_path / "server", tls=(str(cert_file), str(key_file)),
+                verify=ssl.create_default_context(cafile=str(ca_file))) as server:
+        event(server)
+        card = tmp_path / "card"
+        record(card, made("A1", "s1"))
+        token = server.provision("door-new", "s1")
+        doubting = Device(tmp_path / "doubting", "door-new", server.sync_url)
+        doubting.token_file.write_text(token + "\n")
+        done = recover(doubting, card / STORE_FILE)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"TLS with {server.sync_url} failed: " in done.stderr
+        assert "check [server] ca_file (now the system CAs)" in done.stderr
+        trusting = Device(tmp_path / "trusting", "door-new", server.sync_url,
+                          ca_file=str(ca_file))
+        trusting.token_file.write_text(token + "\n")
+        status, report = recover_json(trusting, card / STORE_FILE)
+        assert (status, report["accepted"]) == (0, 1), report
+        assert len(server.attendance("s1")["scans"]) == 1
