@@ -218,7 +218,11 @@ def test_json_logs_each_sync_event(tmp_path: Path, server: Server, devices: list
     gone = wait_for(lambda: of("disconnected"), what="disconnect logged", process=device.sync)
     assert gone[0]["level"] == "WARNING" and gone[0]["close_code"] is not None
     assert gone[0]["reason"] in gone[0]["message"] and gone[0]["retry_seconds"] > 0
-    assert all(e["level"] in ("DEBUG", "INFO", "WARNING") for e in events())
+    # Revoked (close 4004, issue 17): the cache is wiped, an error says the scans are kept.
+    [revoked] = of("revoked")
+    assert revoked["level"] == "ERROR" and revoked["scans_kept"] == 0
+    assert all(e["level"] in ("DEBUG", "INFO", "WARNING") for e in events()
+               if e.get("event") != "revoked")
 
 
 def test_the_servers_own_warnings_are_json_too(tmp_path: Path) -> None:
