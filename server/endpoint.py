@@ -82,6 +82,7 @@ async def sync_endpoint(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):
         return  # gone before it was accepted
     await hub.attach(link, replaced_code=CLOSE_REPLACED)
+    link.woken = store.read_mark()  # from here on, every commit wakes it
     try:
         await _serve(link, token)
     finally:
@@ -140,6 +141,9 @@ class DeviceLink:
         #: The connected doors, told when this door's scans change who is inside.
         self.hub: Hub | None = getattr(websocket.app.state, "hub", None)
         self._hello_noted = False
+        #: The store's read mark when something last woke this link (None: not yet
+        #: attached to the hub): reads of the changes started after it may be shared.
+        self.woken: int | None = None
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._working = 0
@@ -195,6 +199,8 @@ class DeviceLink:
         return self.end.wants_admissions
 
     def changed(self) -> None:
+        # A read of the changes started from now on sees what woke this link.
+        self.woken = self.store.read_mark()
         self.end.changed()
         self._wake.set()
 
@@ -243,7 +249,8 @@ class DeviceLink:
             self.end.send_snapshot(*await (self.store.snapshot_with_admissions(self.session_id)
                                           if shared else self.store.snapshot(self.session_id)))
         elif isinstance(action, SendChanges):
-            found = await self.store.changes_since(self.session_id, action.since, shared)
+            found = await self.store.changes_since(self.session_id, action.since, shared,
+                                                   fresh_after=self.woken)
             if found is None:  # tombstones it needs were pruned: a snapshot on reconnect
                 await self.close(CLOSE_REASSIGNED, "history pruned; reconnect for a snapshot")
                 return

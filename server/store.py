@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -109,6 +110,11 @@ class ServerStore:
                                      asyncio.Future[list[ScanResult]]]] = []
         self._scan_writer: asyncio.Task[None] | None = None
         self._presence_versions: dict[str, int] = {}
+        #: changes_since reads under way, by (session, cursor, admissions): their number
+        #: (see read_mark) and their task, shared by callers woken before they started.
+        self._shared_reads: dict[tuple[str | None, int, bool],
+                                 tuple[int, asyncio.Future[tuple[int, list[Change]] | None]]] = {}
+        self._reads_started = 0
 
     @classmethod
     async def open(cls, target: Path | str) -> ServerStore:
@@ -695,12 +701,43 @@ class ServerStore:
         return (*head, [r["code"] for r in rows if r["inside"]],
                 [r["code"] for r in rows if not r["inside"]])
 
+    def read_mark(self) -> int:
+        """A mark for :meth:`changes_since`'s *fresh_after*: the reads started from now on
+        are after it."""
+        return self._reads_started
+
     async def changes_since(self, session_id: str | None, since: int,
-                            admissions: bool = False) -> tuple[int, list[Change]] | None:
+                            admissions: bool = False, *,
+                            fresh_after: int | None = None) -> tuple[int, list[Change]] | None:
         """(cursor, every change after *since* that concerns the session), in seq order;
         ``None`` when deletions after *since* were pruned (the device needs a snapshot).
         *admissions*: include the session's presence rows (kind ``admission``), for a
-        device that applies them (its hello said so)."""
+        device that applies them (its hello said so).
+
+        *fresh_after* (a :meth:`read_mark`): the caller may share the answer of the same
+        read (same session, cursor and kind) started after that mark — it sees every
+        commit made before it. After a change, the hundreds of doors of a session at the
+        same cursor then cost one read, not one each (their wake-up is the mark: a commit
+        after a shared read began wakes them again)."""
+        key = (session_id, since, admissions)
+        shared = self._shared_reads.get(key)
+        if shared is None or fresh_after is None or shared[0] <= fresh_after:
+            self._reads_started += 1
+            task = asyncio.ensure_future(self._changes_since(session_id, since, admissions))
+            shared = self._shared_reads[key] = (self._reads_started, task)
+            task.add_done_callback(functools.partial(self._read_done, key, shared))
+        # Shielded: a caller that goes away does not cancel the others' read.
+        return await asyncio.shield(shared[1])
+
+    def _read_done(self, key: tuple[str | None, int, bool], shared: tuple[int, Any],
+                   task: asyncio.Future[Any]) -> None:
+        if self._shared_reads.get(key) is shared:
+            del self._shared_reads[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone away meanwhile
+
+    async def _changes_since(self, session_id: str | None, since: int,
+                             admissions: bool) -> tuple[int, list[Change]] | None:
         presence = (" UNION ALL SELECT seq, 'admission', code, inside FROM presence"
                     "  WHERE session_id = :session AND seq > :since" if admissions else "")
         async with self._read() as db:

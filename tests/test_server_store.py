@@ -51,6 +51,45 @@ async def test_changes_concern_only_the_devices_session(store) -> None:
     assert [(c.kind, c.code) for c in changes] == [("attendee", "D4")]
 
 
+async def test_doors_woken_together_share_one_read_of_the_changes(store) -> None:
+    cursor, _ = await store.changes_since("s1", 0)
+    await store.put_registrant("s1", "A1")
+    woken, reads = store.read_mark(), store.read_mark()
+    answers = await asyncio.gather(*(store.changes_since("s1", cursor, fresh_after=woken)
+                                     for _ in range(50)))
+    assert store.read_mark() == reads + 1  # one read for the fifty
+    assert {(a[0], tuple(c.code for c in a[1])) for a in answers} == {(cursor + 1, ("A1",))}
+    # Without a mark (or another cursor, or kind), nobody shares.
+    await asyncio.gather(store.changes_since("s1", cursor), store.changes_since("s1", cursor),
+                         store.changes_since("s1", cursor - 1, fresh_after=woken),
+                         store.changes_since("s1", cursor, True, fresh_after=woken))
+    assert store.read_mark() == reads + 5
+
+
+async def test_a_read_begun_before_a_door_was_woken_is_not_shared_with_it(store) -> None:
+    cursor, _ = await store.changes_since("s1", 0)
+    early = asyncio.ensure_future(store.changes_since("s1", cursor,
+                                                      fresh_after=store.read_mark()))
+    await asyncio.sleep(0)  # the early read is under way
+    await store.put_registrant("s1", "B2")  # commits, then wakes the door:
+    woken = store.read_mark()
+    late = await store.changes_since("s1", cursor, fresh_after=woken)
+    assert [c.code for c in late[1]] == ["B2"]  # whatever the early read saw
+    await early
+
+
+async def test_a_caller_going_away_does_not_cancel_the_shared_read(store) -> None:
+    cursor, _ = await store.changes_since("s1", 0)
+    await store.put_registrant("s1", "C3")
+    woken = store.read_mark()
+    leaving = asyncio.ensure_future(store.changes_since("s1", cursor, fresh_after=woken))
+    staying = asyncio.ensure_future(store.changes_since("s1", cursor, fresh_after=woken))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    assert [c.code for c in (await staying)[1]] == ["C3"]
+    assert leaving.cancelled()
+
+
 async def test_renaming_an_attendee_is_not_a_change_for_doors(store) -> None:
     cursor, _ = await store.changes_since("s1", 0)
     assert await store.upsert_attendees([Attendee("A1", "Renamed", "a@example.org")]) == (0, 1)
