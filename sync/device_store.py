@@ -25,7 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
@@ -41,9 +41,11 @@ from sync.device_schema import MIGRATIONS
 from sync.messages import CODE_KEY_BYTES, code_key_id
 
 __all__ = ["ANCHOR_SQL", "FACTS_SQL", "HASH_BYTES", "KEY_SQL", "REAPPLY_OWN", "STORE_FILE",
-           "UPSERT_ADMISSION", "UPSERT_SESSION", "CodeHasher", "Decided", "DoorStore", "HeldKey",
+           "UPSERT_ADMISSION", "UPSERT_SESSION", "CodeHasher", "Decided", "DoorStore",
+           "HashedCache", "HeldKey",
            "ScanRecord", "SessionRow", "Store", "StoreError", "UploadState", "anchor_of",
-           "code_hash", "facts_of", "new_code_key", "store_key", "write_cache"]
+           "code_hash", "facts_of", "hash_cache", "new_code_key", "store_key",
+           "write_cache"]
 
 T = TypeVar("T")
 
@@ -503,15 +505,24 @@ class Store:
         """Replace the whole cache with a full snapshot, in one transaction (see
         :func:`write_cache` for *admissions* and *exits*), hashed with the key the store
         holds (one of its own if it holds none: for tests and tools)."""
+        cache = hash_cache(await self.key_to_hash_with(), attendees, registrants,
+                           admissions, exits)
         async with self.write():
-            key = await store_key(self._db, None)
-            await write_cache(self._db, key, {
+            await store_key(self._db, cache.key)
+            await write_cache(self._db, cache, {
                 "session_id": session.session_id, "name": name,
                 "validate_registrants": int(session.validate_registrants),
                 "starts_at": _format_time(session.starts_at),
                 "ends_at": _format_time(session.ends_at),
                 "capacity": session.capacity,
-            }, attendees, registrants, admissions, exits)
+            })
+
+    async def key_to_hash_with(self, key: bytes | None = None) -> bytes:
+        """The key a new cache is to be hashed with: *key* (the server's), else the key
+        the store holds, else a new one of this device's own (stored with the cache)."""
+        if key is not None:
+            return key
+        return (await self._load_key()).key or new_code_key()
 
     async def scans(self) -> list[dict[str, Any]]:
         """Every recorded scan, oldest first (for status, tests and tools)."""
@@ -555,60 +566,69 @@ ON CONFLICT (hash) DO UPDATE SET inside = excluded.inside
 _WAITING_ONLY = f"AND upload_state = '{UploadState.WAITING}'"
 
 
-async def write_cache(
-    db: aiosqlite.Connection,
-    key: bytes,
-    session: SessionRow | None,
-    attendees: Iterable[str],
-    registrants: Iterable[str],
-    admissions: Iterable[str] | None = None,
-    exits: Iterable[str] | None = None,
-) -> None:
-    """Replace the cache's rows, inside the caller's write transaction: every code
-    hashed with *key* (the key the store holds: :func:`store_key`).
+@dataclass(frozen=True, slots=True)
+class HashedCache:
+    """A whole cache's codes as the store keeps them: hashed with *key*, each list sorted
+    (a B-tree filled in key order appends to its last page; hashes come in random order).
+    Made by :func:`hash_cache` before the write transaction, so the door's commits wait
+    for the inserts alone, not for the hashing too."""
+
+    key: bytes
+    attendees: list[bytes]
+    registrants: list[bytes]
+    #: ``None``: the server shares no admissions (see :func:`write_cache`).
+    admissions: list[bytes] | None = None
+    exits: list[bytes] | None = None
+
+
+def hash_cache(key: bytes, attendees: Iterable[str], registrants: Iterable[str],
+               admissions: Iterable[str] | None = None,
+               exits: Iterable[str] | None = None) -> HashedCache:
+    """The codes of a snapshot hashed with *key*, for :func:`write_cache`."""
+    hasher = CodeHasher(key)
+
+    def hashed(codes: Iterable[str]) -> list[bytes]:
+        return sorted(set(map(hasher, codes)))
+
+    return HashedCache(key, hashed(attendees), hashed(registrants),
+                       None if admissions is None else hashed(admissions),
+                       None if exits is None else hashed(exits))
+
+
+async def write_cache(db: aiosqlite.Connection, cache: HashedCache,
+                      session: SessionRow | None) -> None:
+    """Replace the cache's rows with *cache*'s, inside the caller's write transaction,
+    after :func:`store_key` stored its key.
 
     *session* holds the session row's columns (``session_id``, ``name``,
     ``validate_registrants``, ``starts_at``, ``ends_at``, ``capacity``), or is
     ``None`` for a device without a session (the door then answers not_ready).
 
-    *admissions* (inside now) and *exits* (left since) are the session's presence as
-    the server knows it; this door's own scans the server does not have yet are applied
-    over it, so an admission not yet uploaded is never forgotten. Both ``None`` (a
-    server that shares no admissions): the door's own scans are all it knows.
+    The cache's *admissions* (inside now) and *exits* (left since) are the session's
+    presence as the server knows it; this door's own scans the server does not have yet
+    are applied over it, so an admission not yet uploaded is never forgotten. Both
+    ``None`` (a server that shares no admissions): the door's own scans are all it knows.
     """
     await db.execute("DELETE FROM session")
     await db.execute("DELETE FROM attendees")
     await db.execute("DELETE FROM registrants")
     await db.execute("DELETE FROM admissions")
     await db.executemany("INSERT OR IGNORE INTO attendees (hash) VALUES (?)",
-                         _in_order(key, attendees))
+                         zip(cache.attendees))
     if session is None:
         return
     await db.execute(UPSERT_SESSION, {"capacity": None} | session)
-    await db.executemany(
-        "INSERT OR IGNORE INTO registrants (session_id, hash) VALUES (?, ?)",
-        _in_order(key, registrants, lambda hashes: zip(repeat(session["session_id"]), hashes)),
-    )
-    shared = admissions is not None or exits is not None
+    await db.executemany("INSERT OR IGNORE INTO registrants (session_id, hash) VALUES (?, ?)",
+                         zip(repeat(session["session_id"]), cache.registrants))
+    shared = cache.admissions is not None or cache.exits is not None
     # This door's own scans first, the snapshot's rows over them: a scan the server
     # already holds is in the snapshot (with anything later, say another door's exit),
     # and one it does not hold yet comes back as a change once stored, if it changes
     # who is inside. Replayed over the snapshot, a scan in flight as the snapshot was
     # made would stand over the later exit for good (found by the model test).
     await db.execute(REAPPLY_OWN.format(waiting=_WAITING_ONLY if shared else ""))
-    await db.executemany(UPSERT_ADMISSION, _in_order(key, admissions or (),
-                                                     lambda hashes: zip(hashes, repeat(1))))
-    await db.executemany(UPSERT_ADMISSION, _in_order(key, exits or (),
-                                                     lambda hashes: zip(hashes, repeat(0))))
-
-
-def _in_order(key: bytes, codes: Iterable[str],
-              rows: Callable[[list[bytes]], Iterable[tuple[Any, ...]]] = zip,
-              ) -> Iterator[tuple[Any, ...]]:
-    """``rows(hashes)``: the codes' hashes, sorted, made into rows (by default each alone).
-    A B-tree filled in key order appends to its last page, and hashes come in random
-    order. A generator, so the hashing runs on the database's thread, with the inserts."""
-    yield from rows(sorted(set(map(CodeHasher(key), codes))))
+    await db.executemany(UPSERT_ADMISSION, zip(cache.admissions or (), repeat(1)))
+    await db.executemany(UPSERT_ADMISSION, zip(cache.exits or (), repeat(0)))
 
 
 async def store_key(db: aiosqlite.Connection, key: bytes | None) -> bytes:

@@ -8,6 +8,7 @@ scan; and keep the daemon's state for ``checkin status``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from sync.device_store import (
     SessionRow,
     Store,
     UploadState,
+    hash_cache,
     store_key,
     write_cache,
 )
@@ -93,12 +95,14 @@ class SyncStore(Store):
 
     async def apply_snapshot(self, snapshot: ApplySnapshot) -> None:
         """Replace the cache (hashed with the snapshot's code key, or the key held) and
-        store the snapshot's epoch and cursor, atomically."""
+        store the snapshot's epoch and cursor, atomically. The codes are hashed before the
+        transaction: the door's commits wait for the inserts alone."""
+        cache = await asyncio.to_thread(
+            hash_cache, await self.key_to_hash_with(snapshot.code_key), snapshot.attendees,
+            snapshot.registrants, snapshot.admissions, snapshot.exits)
         async with self.write():
-            key = await store_key(self._db, snapshot.code_key)
-            await write_cache(self._db, key, _session_row(snapshot.session),
-                              snapshot.attendees, snapshot.registrants, snapshot.admissions,
-                              snapshot.exits)
+            await store_key(self._db, cache.key)
+            await write_cache(self._db, cache, _session_row(snapshot.session))
             await self._set_cursor(snapshot.cursor, snapshot.epoch)
 
     async def apply_changes(self, changes: ApplyChanges) -> None:
