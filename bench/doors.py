@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.fixtures import SESSION, codes, event
 from bench.report import Row, percentile
 from checkin.harness import Device, DoorLines, Server, wait_for
-from sync.device_store import STORE_FILE
+from sync.device_store import STORE_FILE, code_hash
 
 #: The issue's goal, at the 99th percentile.
 GOAL_MS = 1000.0
@@ -50,8 +50,12 @@ def _synced(device: Device) -> bool:
 
 
 def _known(db: sqlite3.Connection, code: str) -> bool:
-    return db.execute("SELECT inside FROM admissions WHERE code = ?", (code,)).fetchone() \
-        is not None
+    """Whether the door's store holds *code*'s admission (under its keyed hash: a door
+    keeps no codes)."""
+    key = db.execute("SELECT code_key FROM sync_state").fetchone()[0]
+    return key is not None and db.execute(
+        "SELECT inside FROM admissions WHERE hash = ?", (code_hash(key, code),)
+    ).fetchone() is not None
 
 
 def measure_known(folder: Path, server: Server, admissions: list[str]) -> list[float]:
