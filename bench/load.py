@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import queue
 import random
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 
 from bench.fixtures import SESSION, codes, event
 from bench.report import Row, percentile
-from bench.simulated import SimDoor, open_all, raise_fd_limit
+from bench.simulated import SimDoor, collect, open_all, raise_fd_limit
 from sync.device_end import CacheState
 
 #: Doors per worker process.
@@ -87,14 +86,14 @@ def measure(quick: bool) -> tuple[list[Row], float]:
             for p in procs:
                 p.start()
                 started.append(p)
-            ready = sum(_collect(out, "ready", workers, 180))
+            ready = sum(collect(out, "ready", workers, 180, "load"))
             connected = server.api("GET", "/api/health")["devices_connected"]
             if ready != n_doors or connected != n_doors:
                 raise RuntimeError(f"load: {ready} doors ready, {connected} connected, "
                                    f"of {n_doors}")
             cpu, wall = server.process.cpu_seconds(), time.perf_counter()
             go.set()
-            results = _collect(out, "done", workers, seconds + 180)
+            results = collect(out, "done", workers, seconds + 180, "load")
             server_busy = (server.process.cpu_seconds() - cpu) / (time.perf_counter() - wall)
             peak = server.process.peak_rss_kb() / 1024
             finished = True
@@ -123,18 +122,3 @@ def measure(quick: bool) -> tuple[list[Row], float]:
     ], peak
 
 
-def _collect(out: Any, kind: str, count: int, timeout: float) -> list[Any]:
-    """*count* messages of *kind* from the workers, or fail with a worker's error."""
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        try:
-            what, value = out.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            raise RuntimeError(f"load: workers silent for {timeout} s (waiting for {kind})") \
-                from None
-        if what == "error":
-            raise RuntimeError(f"load worker failed: {value}")
-        if what == kind:
-            got.append(value)
-    return got

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
-import queue
 import random
 import secrets
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 
 from bench.fixtures import SESSION, SESSION_INFO, codes
 from bench.report import Row, percentile
-from bench.simulated import SimDoor, open_all, raise_fd_limit
+from bench.simulated import SimDoor, collect, open_all, raise_fd_limit
 from checkin.harness import ROOT, Postgres, Server, stop_all
 from server.database import open_database
 from server.migrate import migrate
@@ -183,23 +182,6 @@ async def _doors(doors: list[tuple[str, str, str]], epoch: str, cursor: int,
         await asyncio.gather(*(d.close() for d in sims))
 
 
-def _collect(out: Any, kind: str, count: int, timeout: float) -> list[Any]:
-    """*count* messages of *kind* from the workers, or fail with a worker's error."""
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        try:
-            what, value = out.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            raise RuntimeError(f"scale: workers silent for {timeout:g} s (waiting for "
-                               f"{kind})") from None
-        if what == "error":
-            raise RuntimeError(f"scale worker failed: {value}")
-        if what == kind:
-            got.append(value)
-    return got
-
-
 # -- one configuration ----------------------------------------------------------------
 
 
@@ -247,7 +229,7 @@ def _measure(label: str, url: str | None, data_dirs: list[Path], template: Templ
             list(starting.map(lambda server: server.start(timeout=60), servers))
         fleet = _start_fleet(template, [s.sync_url for s in servers], plan)
         workers = len(fleet.processes)
-        ready = sum(_collect(fleet.out, "ready", workers, 300))
+        ready = sum(collect(fleet.out, "ready", workers, 300, "scale"))
         connected = sum(s.api("GET", "/api/health")["devices_connected"] for s in servers)
         if ready != plan.doors or connected != plan.doors:
             raise RuntimeError(f"scale, {label}: {ready} doors ready, {connected} connected, "
@@ -256,11 +238,11 @@ def _measure(label: str, url: str | None, data_dirs: list[Path], template: Templ
         for code in template.fresh:
             started = time.perf_counter()
             servers[0].api("PUT", f"/api/sessions/{SESSION}/registrants/{code}", expect=201)
-            arrived = _collect(fleet.out, "arrived", workers, 120)
+            arrived = collect(fleet.out, "arrived", workers, 120, "scale")
             times.append(max(at for c, at in arrived if c == code) - started)
             time.sleep(random.uniform(0.02, 0.05))
         fleet.go.set()
-        results = _collect(fleet.out, "done", workers, plan.seconds + 300)
+        results = collect(fleet.out, "done", workers, plan.seconds + 300, "scale")
         peak_mb = sum(s.process.peak_rss_kb() for s in servers if s.process) / 1024
         finished = True
     finally:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import resource
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -121,3 +123,21 @@ def raise_fd_limit(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def collect(out: Any, kind: str, count: int, timeout: float, bench: str) -> list[Any]:
+    """*count* messages ``(kind, value)`` of *kind* from the worker processes of doors
+    (on queue *out*), or fail with a worker's error; *bench* names the benchmark."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        try:
+            what, value = out.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"{bench}: workers silent for {timeout:g} s (waiting for "
+                               f"{kind})") from None
+        if what == "error":
+            raise RuntimeError(f"{bench} worker failed: {value}")
+        if what == kind:
+            got.append(value)
+    return got
