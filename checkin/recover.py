@@ -42,13 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from core import __version__
 from core.database import StoreError
 from sync.backoff import Backoff
-from sync.daemon import TokenError, read_token, ssl_context
+from sync.daemon import TokenError, open_link, read_token
 from sync.device_end import CacheState, DeviceEnd, RecordResults, Welcomed
 from sync.device_schema import MIGRATIONS
 from sync.device_store import STORE_FILE, UploadState
@@ -58,13 +58,13 @@ from sync.messages import (
     CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
     MAX_SCANS_PER_BATCH,
-    MAX_SERVER_MESSAGE,
     ProtocolError,
     Scan,
     ScanOutcome,
     ScanResult,
     fit_batch,
 )
+from sync.server_end import OTHER_DEVICE_REASON
 from sync.store import SyncStore
 
 #: Exit statuses.
@@ -77,9 +77,6 @@ BATCH_SIZE = 500
 #: Connection attempts in a row that may fail (no scan answered between them) before
 #: the server counts as unreachable.
 MAX_ATTEMPTS = 5
-#: The server's reason for a scan id another device pushed first: the scan is on the
-#: server (the dead unit uploaded it and never heard the answer), so it counts as stored.
-OTHER_DEVICE_REASON = "scan id already stored from another device"
 #: Tables every checkin door store has, whatever its schema version.
 DOOR_TABLES = frozenset({"scans", "sync_state", "door_state", "session", "attendees",
                          "registrants"})
@@ -334,14 +331,7 @@ def give_up(failures: Sequence[_Retry], device_id: str) -> str:
 
 async def _connection(url: str, token: str, config: Any, report: Report) -> None:
     try:
-        async with connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            user_agent_header=f"checkin-recover/{__version__}",
-            ssl=ssl_context(url, config.server.ca_file),
-            max_size=MAX_SERVER_MESSAGE,
-            open_timeout=10, ping_interval=10, ping_timeout=10, close_timeout=2,
-        ) as websocket:
+        async with open_link(url, token, config.server.ca_file, "checkin-recover") as websocket:
             await _push(websocket, config, report, url)
     except InvalidStatus as exc:
         status = exc.response.status_code

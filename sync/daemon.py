@@ -89,6 +89,20 @@ def read_token(path: Path) -> str:
     return token
 
 
+def open_link(url: str, token: str, ca_file: Path | None, agent: str) -> connect:
+    """``async with open_link(...) as websocket:`` — a device's connection to the server
+    at *url*, authenticated by *token*, TLS trusting *ca_file*, named *agent* (the sync
+    daemon's, and ``checkin recover``'s under a new unit's token)."""
+    return connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        user_agent_header=f"{agent}/{__version__}",
+        ssl=ssl_context(url, ca_file),
+        max_size=MAX_SERVER_MESSAGE,
+        open_timeout=10, ping_interval=10, ping_timeout=10, close_timeout=2,
+    )
+
+
 def ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
     """TLS for a ``wss://`` *url*, trusting *ca_file* (one CA file for every server) or the
     system's CAs; ``None`` for ``ws://``."""
@@ -214,14 +228,7 @@ class SyncDaemon:
             raise _Failure(str(exc), auth=True) from None
         url = self.rotation.current
         try:
-            async with connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                user_agent_header=f"checkin-sync/{__version__}",
-                ssl=ssl_context(url, self.server.ca_file),
-                max_size=MAX_SERVER_MESSAGE,
-                open_timeout=10, ping_interval=10, ping_timeout=10, close_timeout=2,
-            ) as websocket:
+            async with open_link(url, token, self.server.ca_file, "checkin-sync") as websocket:
                 await self._serve(websocket)
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -303,6 +303,11 @@ class ServerEnd(ProtocolEnd[ServerAction]):
         return len(self._actions)
 
 
+#: Why a scan whose id another device pushed first is refused (``checkin recover`` counts
+#: it as stored: the dead unit had pushed it).
+OTHER_DEVICE_REASON = "scan id already stored from another device"
+
+
 def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
                 owners: dict[str, str]) -> list[ScanResult]:
     """What the server makes of each pushed scan.
@@ -319,8 +324,7 @@ def judge_scans(scans: list[Scan], device_id: str, session_id: str | None,
         if owner == device_id:
             results.append(ScanResult(scan.scan_id, ScanOutcome.DUPLICATE))
         elif owner is not None:
-            results.append(ScanResult.refused(scan.scan_id,
-                                              "scan id already stored from another device"))
+            results.append(ScanResult.refused(scan.scan_id, OTHER_DEVICE_REASON))
         elif scan.session_id is not None and scan.session_id != session_id:
             results.append(ScanResult.refused(
                 scan.scan_id,
