@@ -112,8 +112,7 @@ class ServerStore:
         self._presence_versions: dict[str, int] = {}
         #: changes_since reads under way, by (session, cursor, admissions): their number
         #: (see read_mark) and their task, shared by callers woken before they started.
-        self._shared_reads: dict[tuple[str | None, int, bool],
-                                 tuple[int, asyncio.Future[tuple[int, list[Change]] | None]]] = {}
+        self._shared_reads: dict[tuple[str | None, int, bool], _SharedRead] = {}
         self._reads_started = 0
 
     @classmethod
@@ -721,15 +720,25 @@ class ServerStore:
         after a shared read began wakes them again)."""
         key = (session_id, since, admissions)
         shared = self._shared_reads.get(key)
-        if shared is None or fresh_after is None or shared[0] <= fresh_after:
+        if shared is None or fresh_after is None or shared.number <= fresh_after:
             self._reads_started += 1
             task = asyncio.ensure_future(self._changes_since(session_id, since, admissions))
-            shared = self._shared_reads[key] = (self._reads_started, task)
+            shared = self._shared_reads[key] = _SharedRead(self._reads_started, task)
             task.add_done_callback(functools.partial(self._read_done, key, shared))
-        # Shielded: a caller that goes away does not cancel the others' read.
-        return await asyncio.shield(shared[1])
+        shared.waiting += 1
+        try:
+            # Shielded: a caller that goes away does not cancel the others' read...
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            shared.waiting -= 1
+            if shared.waiting == 0 and not shared.task.done():
+                # ...but the last one does, and waits for it to end its transaction: a
+                # cancelled call leaves the store as it found it.
+                shared.task.cancel()
+                await asyncio.wait((shared.task,))
+            raise
 
-    def _read_done(self, key: tuple[str | None, int, bool], shared: tuple[int, Any],
+    def _read_done(self, key: tuple[str | None, int, bool], shared: _SharedRead,
                    task: asyncio.Future[Any]) -> None:
         if self._shared_reads.get(key) is shared:
             del self._shared_reads[key]
@@ -1225,6 +1234,16 @@ class ServerStore:
                  "late": LATE_UPLOAD_SECONDS})
         return (rows[-1]["position"] if rows else after,
                 [dict(r) | {"uploaded_late": bool(r["uploaded_late"])} for r in rows])
+
+
+@dataclasses.dataclass(slots=True)
+class _SharedRead:
+    """A :meth:`ServerStore.changes_since` read under way: its number (see ``read_mark``),
+    its task and how many callers wait for it."""
+
+    number: int
+    task: asyncio.Future[tuple[int, list[Change]] | None]
+    waiting: int = 0
 
 
 #: A scan received more than this many seconds after the door made it was uploaded late
