@@ -24,9 +24,12 @@ T = TypeVar("T")
 
 #: Connection settings for every store.
 PRAGMAS: tuple[str, ...] = (
+    # First: the journal_mode pragma needs the file's lock, and without a timeout set a
+    # connection opened while another process writes (a door's daemon applying a long
+    # snapshot) failed at once with "database is locked".
+    "PRAGMA busy_timeout = 5000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
-    "PRAGMA busy_timeout = 5000",
     "PRAGMA foreign_keys = ON",
 )
 
