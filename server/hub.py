@@ -59,8 +59,8 @@ class Hub:
         self._wall = wall
         self._tell: Tell = tell or (lambda event: None)
         self._clock = clock
-        #: device id -> when another process's word that it holds the device expires.
-        self._remote: dict[str, float] = {}
+        #: device id -> (the process that said it holds the device, when its word expires).
+        self._remote: dict[str, tuple[str | None, float]] = {}
 
     def __len__(self) -> int:
         return len(self._links)
@@ -68,7 +68,8 @@ class Hub:
     def connected(self) -> frozenset[str]:
         """The devices connected to this process or (said recently) to another."""
         now = self._clock()
-        return frozenset(self._links) | {d for d, until in self._remote.items() if until > now}
+        return frozenset(self._links) | {d for d, (_, until) in self._remote.items()
+                                         if until > now}
 
     def local(self) -> frozenset[str]:
         """The devices connected to this process."""
@@ -135,9 +136,10 @@ class Hub:
         return {"event": "holding", "devices": sorted(self._links)}
 
     async def receive(self, event: dict[str, Any]) -> None:
-        """Act on *event*, told by another server process. Unknown or malformed events
-        are ignored (logged): a newer process may tell things this one does not know."""
-        kind, devices = event.get("event"), event.get("devices")
+        """Act on *event*, told by another server process (its ``origin``, when given,
+        names that process). Unknown or malformed events are ignored (logged): a newer
+        process may tell things this one does not know."""
+        kind, devices, origin = event.get("event"), event.get("devices"), event.get("origin")
         try:
             if kind in ("attached", "holding") and isinstance(devices, list):
                 until = self._clock() + REMOTE_SECONDS
@@ -147,11 +149,13 @@ class Hub:
                         # It connected there after it did here: this link is a stale one.
                         await self._close(device_id, int(event["code"]),
                                           "replaced by a newer connection of this device")
-                    if device_id not in self._links:
-                        self._remote[device_id] = until
+                    self._remote[device_id] = (origin, until)
             elif kind == "detached" and isinstance(devices, list):
-                for device_id in devices:
-                    self._remote.pop(str(device_id), None)
+                for device_id in map(str, devices):
+                    # Only the process that held it: a stale link closed elsewhere says
+                    # "detached" after the device connected to a third.
+                    if self._remote.get(device_id, (origin,))[0] == origin:
+                        self._remote.pop(device_id, None)
             elif kind == "disconnect" and isinstance(devices, list):
                 for device_id in devices:
                     await self._close(str(device_id), int(event["code"]), str(event["reason"]))

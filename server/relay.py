@@ -164,7 +164,8 @@ class Relay:
                 if isinstance(topics, list):
                     self.live.offer(*(str(t) for t in topics[:DEFAULT_LIMIT + 1]))
             elif len(self._acting) < MAX_ACTING:
-                task = asyncio.create_task(self.hub.receive(event))
+                task = asyncio.create_task(self.hub.receive(event | {
+                    "origin": payload.get("origin")}))
                 self._acting.add(task)
                 task.add_done_callback(self._acting.discard)
             else:

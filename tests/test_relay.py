@@ -160,6 +160,20 @@ async def test_a_device_another_process_held_expires_unless_repeated() -> None:
     assert hub.connected() == {"a"}
 
 
+async def test_a_stale_link_closed_in_one_process_leaves_the_device_held_by_another(
+        database) -> None:
+    one, two, three = (database.process(name) for name in ("one", "two", "three"))
+    stale, fresh = Link("door-1"), Link("door-1")
+    await one.hub.attach(stale, replaced_code=4003)
+    await settle(one, two, three)
+    await two.hub.attach(fresh, replaced_code=4003)
+    await settle(one, two, three)
+    one.hub.detach(stale)  # closed as stale: its "detached" reaches the others
+    await settle(one, two, three)
+    assert "door-1" in three.hub.connected() and "door-1" in one.hub.connected()
+    await one.close(), await two.close(), await three.close()
+
+
 @pytest.mark.parametrize("event", [
     {"event": "disconnect", "devices": ["a"]},  # no code
     {"event": "disconnect", "devices": ["a"], "code": "x", "reason": "r"},
