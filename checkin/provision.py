@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from core.private_files import write_private
 from core.shapes import identifier, show
 from device.config import ConfigError, parse_config
 
@@ -281,18 +282,6 @@ def _read_token(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return token or None
-
-
-def write_private(path: Path, text: str) -> None:
-    """*path* holding *text*, mode 0600 from the start, replaced atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
 
 
 def write_public(path: Path, text: str) -> None:

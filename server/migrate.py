@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import psycopg
 
 from core.database import StoreError
+from core.private_files import write_private
 from server.database import Connection, Database, RowError, open_database, redact
 from server.schema import LINK_SECRET_FILE, MIGRATIONS_BY_KIND
 from server.store import LINK_SECRET_NAME
@@ -282,20 +282,9 @@ async def _write_secret(database: Database, conn: Connection, secret: bytes) -> 
         return
     path = sqlite_path(database.url).parent / LINK_SECRET_FILE
     try:
-        await asyncio.to_thread(_write_private, path, secret.hex() + "\n")
+        await asyncio.to_thread(write_private, path, secret.hex() + "\n")
     except OSError as exc:
         raise MigrationError(f"cannot write the link secret {path}: {exc}") from exc
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write *path* whole or not at all, readable by its owner only."""
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 # -- the report ---------------------------------------------------------------------

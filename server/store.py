@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 from core.clock import wall_stamp
 from core.database import StoreError
+from core.private_files import write_private
 from core.rules import Decision, Direction, Reason
 from server.audit import clock_flag, disagreement
 from server.database import (
@@ -1343,9 +1343,7 @@ def _read_or_make_secret(path: Path) -> bytes:
         secret = b""
     if len(secret) < 32:
         secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(secret.hex() + "\n")
+        write_private(path, secret.hex() + "\n")
     return secret
 
 
