@@ -9,6 +9,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 from checkin import harness
 from checkin.badges import Look
 from checkin.harness import DoorLines, decisions, free_port, wait_for
+from device.config import DoorConfig
 from server.schema import SERVER_FILE
+from sync.config import ServerConfig
 from sync.device_end import CacheState, DeviceEnd, RecordResults
 from sync.device_store import code_hash
 from sync.messages import Scan
@@ -268,3 +271,14 @@ class SyncClient:
     async def push(self, *scans: Scan) -> RecordResults:
         self.end.send_scans(list(scans))
         return await self.until(RecordResults)
+
+
+@dataclass
+class DaemonSettings:
+    """What an in-process ``SyncDaemon`` needs of a device's config (``DaemonConfig``):
+    a door ``door-1`` with its data in *data_dir* and the ``[server]`` section *server*."""
+
+    data_dir: Path
+    server: ServerConfig
+    device_id: str = "door-1"
+    door: DoorConfig = field(default_factory=DoorConfig)

@@ -19,7 +19,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from checkin.harness import until
 from core.clock import boot_id, monotonic_ns
 from core.rules import Decision
-from device.config import DoorConfig
 from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
 from sync.device_store import ScanRecord, code_hash
@@ -36,6 +35,7 @@ from sync.messages import (
     encode,
 )
 from sync.store import SyncStore
+from tests.system import DaemonSettings
 
 SESSION = SessionInfo("s1", "Workshop", True)
 
@@ -95,14 +95,6 @@ class FakeServer:
                 server_time=self.server_time().isoformat())))
 
 
-@dataclass
-class _Config:
-    device_id: str
-    data_dir: Path
-    server: ServerConfig
-    door: DoorConfig
-
-
 @pytest.fixture
 async def served() -> AsyncIterator[Callable[[FakeServer], Any]]:
     """Start a :class:`FakeServer` on a free port; stop it after the test."""
@@ -132,7 +124,7 @@ async def daemon_for(tmp_path: Path) -> AsyncIterator[Callable[[FakeServer], Any
                               retry_min_seconds=0.05, retry_max_seconds=0.1,
                               auth_retry_seconds=0.2, status_seconds=30)
         store = await SyncStore.open(tmp_path / "data")
-        daemon = SyncDaemon(_Config("door-1", tmp_path / "data", server, DoorConfig()), store)
+        daemon = SyncDaemon(DaemonSettings(tmp_path / "data", server), store)
         running.append((daemon, asyncio.create_task(daemon.run()), store))
         return daemon, store
 

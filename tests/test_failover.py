@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,12 +21,11 @@ import pytest
 
 from checkin.doctor import StoreFacts, daemons_server, which_server
 from checkin.harness import run, until
-from device.config import DoorConfig
 from sync.config import ServerConfig
 from sync.daemon import SyncDaemon
 from sync.failover import Rotation
 from sync.store import SyncStore
-from tests.system import Device, Server, free_port, process_env, wait_for
+from tests.system import DaemonSettings, Device, Server, free_port, process_env, wait_for
 from tests.test_sync_e2e import assert_each_scan_once, event
 
 # -- the rotation, pure ------------------------------------------------------------------
@@ -76,15 +75,7 @@ def test_a_welcome_does_not_start_a_round() -> None:
 # -- the daemon, against ports nobody listens on ----------------------------------------
 
 
-@dataclass
-class _Config:
-    device_id: str
-    data_dir: Path
-    server: ServerConfig
-    door: DoorConfig
-
-
-def _run_daemon(config: _Config, caplog, rounds: int) -> tuple[list[str], str | None]:
+def _run_daemon(config: DaemonSettings, caplog, rounds: int) -> tuple[list[str], str | None]:
     """Run the daemon in this process until it has waited *rounds* times; its log lines
     and the server URL it noted in the store."""
 
@@ -116,7 +107,7 @@ def test_the_daemon_tries_each_url_then_waits(tmp_path: Path, caplog) -> None:
     urls = tuple(f"ws://127.0.0.1:{free_port()}/sync" for _ in range(2))
     server = ServerConfig(url=urls, token_file=token, retry_min_seconds=0.05,
                           retry_max_seconds=0.1)
-    lines, noted = _run_daemon(_Config("door-1", tmp_path / "data", server, DoorConfig()),
+    lines, noted = _run_daemon(DaemonSettings(tmp_path / "data", server),
                                caplog, 2)
     failures = [line for line in lines if line.startswith("cannot reach")]
     assert failures[0].startswith(f"cannot reach {urls[0]}: ")
@@ -137,7 +128,7 @@ def test_a_token_problem_waits_whatever_the_urls(tmp_path: Path, caplog) -> None
     one URL, and never hops to the next at once."""
     urls = tuple(f"ws://127.0.0.1:{free_port()}/sync" for _ in range(3))
     server = ServerConfig(url=urls, token_file=tmp_path / "missing", auth_retry_seconds=0.05)
-    lines, _noted = _run_daemon(_Config("door-1", tmp_path / "data", server, DoorConfig()),
+    lines, _noted = _run_daemon(DaemonSettings(tmp_path / "data", server),
                                 caplog, 2)
     failures = [line for line in lines if "token file" in line]
     assert len(failures) >= 2 and all("; retrying in " in line for line in failures), lines
